@@ -1,0 +1,172 @@
+"""Experiment loading: ``defaults:`` composition, profile overlay, dot-list overrides, validation.
+
+Resolution order (later wins): each entry of ``defaults:`` (recursively, in order), the
+experiment's own keys, ``experiments/profiles/<profile>.yaml``, then command-line overrides.
+The result is checked against :class:`ctvlp.config.schema.ExperimentConfig` before anything
+heavy runs; an unknown key fails with the closest valid key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ctvlp.config.schema import CHOICES, ExperimentConfig
+
+DEFAULTS_KEY = "defaults"
+
+
+class ConfigError(ValueError):
+    """A configuration the user has to fix; the message says how."""
+
+
+def experiments_dir() -> Path:
+    env = os.environ.get("CTVLP_EXPERIMENTS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "experiments"
+
+
+def available_experiments(root: Path | None = None) -> list[str]:
+    root = root or experiments_dir()
+    return sorted(p.stem for p in root.glob("*.yaml"))
+
+
+def available_profiles(root: Path | None = None) -> list[str]:
+    root = root or experiments_dir()
+    return sorted(p.stem for p in (root / "profiles").glob("*.yaml"))
+
+
+def _resolve_file(ref: str, base: Path, kind: str, choices: list[str]) -> Path:
+    candidate = Path(ref)
+    if candidate.suffix == ".yaml" and candidate.exists():
+        return candidate
+    path = base / f"{ref}.yaml"
+    if path.exists():
+        return path
+    hint = difflib.get_close_matches(ref, choices, n=1)
+    suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+    raise ConfigError(
+        f"Unknown {kind} '{ref}' (looked for {path}).{suggestion} Available: {', '.join(choices)}"
+    )
+
+
+def _load_composed(path: Path, root: Path, stack: tuple[Path, ...] = ()) -> DictConfig:
+    if path in stack:
+        chain = " -> ".join(p.stem for p in (*stack, path))
+        raise ConfigError(f"Circular defaults: {chain}")
+    node = OmegaConf.load(path)
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} must contain a mapping at the top level")
+    defaults = node.pop(DEFAULTS_KEY, [])
+    if not isinstance(defaults, ListConfig | list):
+        raise ConfigError(f"'{DEFAULTS_KEY}' in {path} must be a list of experiment parts")
+    parts = [p.stem for p in root.rglob("*.yaml")]
+    merged = OmegaConf.create()
+    for ref in defaults:
+        part = _resolve_file(str(ref), root, "defaults entry", sorted(set(parts)))
+        merged = OmegaConf.merge(merged, _load_composed(part, root, (*stack, path)))
+    return OmegaConf.merge(merged, node)
+
+
+def _schema_keys(schema: Any, prefix: str = "") -> dict[str, Any]:
+    """All dotted keys of a dataclass schema, mapped to their field type's dataclass (or None)."""
+    keys: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        nested = type(default) if dataclasses.is_dataclass(default) else None
+        keys[key] = nested
+        if nested is not None:
+            keys.update(_schema_keys(nested, key + "."))
+    return keys
+
+
+def _check_unknown_keys(cfg: DictConfig, schema_keys: dict[str, Any], prefix: str = "") -> None:
+    for key in cfg.keys():
+        dotted = f"{prefix}{key}"
+        if dotted not in schema_keys:
+            parent = prefix.rstrip(".")
+            pool = [k for k in schema_keys if k.rpartition(".")[0] == parent]
+            hint = difflib.get_close_matches(dotted, pool, n=1, cutoff=0.5) or difflib.get_close_matches(
+                dotted, list(schema_keys), n=1, cutoff=0.6
+            )
+            suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+            raise ConfigError(f"Unknown config key '{dotted}'.{suggestion}")
+        value = cfg[key] if not OmegaConf.is_missing(cfg, key) else None
+        if schema_keys[dotted] is not None and isinstance(value, DictConfig):
+            _check_unknown_keys(value, schema_keys, dotted + ".")
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value not in allowed:
+            hint = difflib.get_close_matches(str(value), allowed, n=1)
+            suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+            raise ConfigError(
+                f"Invalid value '{value}' for '{key}'.{suggestion} Allowed: {', '.join(allowed)}"
+            )
+
+
+def _check_consistency(cfg: DictConfig) -> None:
+    """Cross-key rules a schema cannot express."""
+    if cfg.optim.warmup_steps >= cfg.trainer.max_steps:
+        raise ConfigError(
+            f"optim.warmup_steps={cfg.optim.warmup_steps} must be smaller than "
+            f"trainer.max_steps={cfg.trainer.max_steps}"
+        )
+    if cfg.data.crop_size % cfg.model.image.patch_size:
+        raise ConfigError(
+            f"data.crop_size={cfg.data.crop_size} must be a multiple of "
+            f"model.image.patch_size={cfg.model.image.patch_size}"
+        )
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Return ``cfg`` merged into the typed schema, or raise :class:`ConfigError`."""
+    _check_unknown_keys(cfg, _schema_keys(ExperimentConfig))
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), cfg)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"Invalid configuration: {error}") from error
+    missing = sorted(OmegaConf.missing_keys(typed))
+    if missing:
+        hints = {
+            "data.root": " (the CT-RATE 'dataset/' folder, e.g. data.root=/data/CT-RATE/dataset;"
+            " or use PROFILE=cpu_demo for the bundled phantom)",
+        }
+        detail = "; ".join(f"'{k}'{hints.get(k, '')}" for k in missing)
+        raise ConfigError(f"Required config value(s) not set: {detail}")
+    _check_choices(typed)
+    _check_consistency(typed)
+    return typed
+
+
+def load_experiment(
+    experiment: str,
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    root: Path | None = None,
+) -> DictConfig:
+    """Compose, overlay, override and validate one experiment config."""
+    root = root or experiments_dir()
+    path = _resolve_file(experiment, root, "experiment", available_experiments(root))
+    cfg = _load_composed(path, root)
+    if "name" not in cfg:
+        cfg.name = path.stem
+    if profile:
+        profile_path = _resolve_file(profile, root / "profiles", "profile", available_profiles(root))
+        cfg = OmegaConf.merge(cfg, _load_composed(profile_path, root))
+    if overrides:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"Override '{item}' must look like key=value (e.g. optim.lr=3e-4)")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    return validate(cfg)

@@ -1,0 +1,48 @@
+"""results.json (a flat ``"<split>/<task>/<metric>": float`` map) and its Markdown table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def collect_results(metrics: dict[str, object]) -> dict[str, float]:
+    """Keep ``split/task/metric`` scalars (e.g. ``val/retrieval/R@5``) from logged metrics."""
+    results: dict[str, float] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] in {"val", "test"}:
+            results[key] = float(value)  # type: ignore[arg-type]
+    return dict(sorted(results.items()))
+
+
+def write_results(path: Path, results: dict[str, float]) -> None:
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing.update(results)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dict(sorted(existing.items())), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def results_table(results: dict[str, float]) -> str:
+    """Markdown: one row per split/task, one column per metric; chance levels in brackets."""
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    columns: list[str] = []
+    for key, value in results.items():
+        split, task, metric = key.split("/")
+        if metric.endswith("_chance"):
+            continue
+        chance = results.get(f"{key}_chance")
+        cell = "nan" if math.isnan(value) else f"{value:.4f}"
+        if chance is not None:
+            cell += f" (chance {chance:.4f})"
+        rows.setdefault((split, task), {})[metric] = cell
+        if metric not in columns:
+            columns.append(metric)
+    header = "| split | task | " + " | ".join(columns) + " |"
+    divider = "|" + "---|" * (len(columns) + 2)
+    lines = [header, divider]
+    for (split, task), cells in rows.items():
+        lines.append(f"| {split} | {task} | " + " | ".join(cells.get(c, "") for c in columns) + " |")
+    return "\n".join(lines)

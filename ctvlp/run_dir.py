@@ -1,0 +1,76 @@
+"""Run directories: ``runs/<experiment>/version_<k>/`` with config, logs, checkpoints, results."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_VERSION = re.compile(r"^version_(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def results_table(self) -> Path:
+        return self.path / "results.md"
+
+
+def _versions(experiment_dir: Path) -> list[tuple[int, Path]]:
+    if not experiment_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in experiment_dir.iterdir() if (m := _VERSION.match(p.name))]
+    return sorted(found)
+
+
+def new_run_dir(runs_dir: Path, experiment: str) -> RunDir:
+    experiment_dir = runs_dir / experiment
+    versions = _versions(experiment_dir)
+    next_version = versions[-1][0] + 1 if versions else 0
+    path = experiment_dir / f"version_{next_version}"
+    path.mkdir(parents=True, exist_ok=False)
+    return RunDir(path)
+
+
+def resolve_resume(runs_dir: Path, experiment: str, resume: str) -> tuple[RunDir, Path]:
+    """``resume="auto"``: the newest run of ``experiment`` that has a ``last.ckpt``.
+    Otherwise ``resume`` is a checkpoint path or a run directory."""
+    if resume == "auto":
+        for _, path in reversed(_versions(runs_dir / experiment)):
+            run = RunDir(path)
+            if run.last_checkpoint.exists():
+                return run, run.last_checkpoint
+        raise FileNotFoundError(
+            f"RESUME=auto found no run of '{experiment}' with checkpoints/last.ckpt under {runs_dir / experiment}"
+        )
+    target = Path(resume)
+    if target.is_dir():
+        run = RunDir(target)
+        if not run.last_checkpoint.exists():
+            raise FileNotFoundError(f"{run.last_checkpoint} does not exist; nothing to resume")
+        return run, run.last_checkpoint
+    if target.is_file():
+        return RunDir(target.parent.parent), target
+    raise FileNotFoundError(f"RESUME={resume}: no such checkpoint or run directory")

@@ -1,0 +1,86 @@
+"""Config composition, validation and the errors a user sees for typos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ctvlp.config.loader import ConfigError, available_experiments, load_experiment
+
+
+def test_colipri_c_has_the_paper_settings() -> None:
+    cfg = load_experiment("colipri_c", overrides=["data.root=/data/ct-rate"])
+    assert cfg.model.image.size == "M" and cfg.model.image.patch_size == 8
+    assert cfg.model.image.use_abs_pos_embed is False
+    assert cfg.data.crop_size == 160 and cfg.data.spacing == 2.0
+    assert cfg.data.batch_size == 16
+    assert cfg.optim.lr == pytest.approx(6e-4) and cfg.optim.warmup_steps == 6250
+    assert cfg.optim.schedule == "poly" and cfg.trainer.max_steps == 125_000
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert cfg.data.text.sentence_shuffle is True and cfg.data.text.section == "findings"
+    assert cfg.loss.kind == "softmax" and cfg.loss.init_temperature == pytest.approx(0.07)
+
+
+def test_profile_then_overrides_win() -> None:
+    cfg = load_experiment("colipri_c", profile="cpu_demo", overrides=["optim.lr=1e-3"])
+    assert cfg.model.image.size == "tiny"  # from the profile
+    assert cfg.optim.lr == pytest.approx(1e-3)  # override beats profile
+    assert cfg.optim.warmup_steps == 30  # profile beats experiment
+
+
+@pytest.mark.parametrize(
+    ("override", "suggestion"),
+    [
+        ("optim.lrr=1e-3", "optim.lr"),
+        ("trainr.max_steps=3", "trainer"),
+        ("data.crop_sise=64", "data.crop_size"),
+        ("model.image.drop_pth=0.1", "model.image.drop_path"),
+    ],
+)
+def test_typo_names_the_closest_key(override: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError, match=f"Did you mean '{suggestion}'"):
+        load_experiment("colipri_c", profile="cpu_demo", overrides=[override])
+
+
+def test_invalid_choice_is_reported() -> None:
+    with pytest.raises(ConfigError, match="Did you mean 'softmax'"):
+        load_experiment("colipri_c", profile="cpu_demo", overrides=["loss.kind=softmx"])
+
+
+def test_wrong_type_is_reported() -> None:
+    with pytest.raises(ConfigError, match="crop_size"):
+        load_experiment("colipri_c", profile="cpu_demo", overrides=["data.crop_size=big"])
+
+
+def test_missing_data_root_explains_what_to_set() -> None:
+    with pytest.raises(ConfigError, match=r"data\.root.*cpu_demo"):
+        load_experiment("colipri_c")
+
+
+def test_unknown_experiment_and_profile() -> None:
+    with pytest.raises(ConfigError, match="Did you mean 'colipri_c'"):
+        load_experiment("colipri_d")
+    with pytest.raises(ConfigError, match="Did you mean 'cpu_demo'"):
+        load_experiment("colipri_c", profile="cpu_dem")
+
+
+def test_typo_in_a_yaml_file_is_caught(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "base.yaml").write_text("name: base\ndata:\n  root: /x\n")
+    (tmp_path / "bad.yaml").write_text("defaults: [base]\noptim:\n  warmup_step: 3\n")
+    with pytest.raises(ConfigError, match="Did you mean 'optim.warmup_steps'"):
+        load_experiment("bad", root=tmp_path)
+
+
+def test_every_experiment_validates_with_cpu_demo() -> None:
+    for name in available_experiments():
+        cfg = load_experiment(name, profile="cpu_demo")
+        assert cfg.name
+
+
+def test_cross_key_rules() -> None:
+    with pytest.raises(ConfigError, match="warmup_steps=30 must be smaller than trainer.max_steps=20"):
+        load_experiment("colipri_c", profile="cpu_demo", overrides=["trainer.max_steps=20"])
+    with pytest.raises(ConfigError, match="multiple of model.image.patch_size"):
+        load_experiment("colipri_c", profile="cpu_demo", overrides=["data.crop_size=50"])
