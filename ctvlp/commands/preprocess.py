@@ -1,0 +1,75 @@
+"""``ctvlp preprocess``: build the preprocessed-volume cache of a dataset, once per spacing."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from datamodules.cache import INTERPOLATIONS, cache_path
+from datamodules.labels import CT_RATE_LABELS
+from datamodules.preprocess import build_cache, read_quarantine
+from datamodules.sources.ct_rate import SourceScan, scan_ct_rate
+
+# source name -> (scanner, label names)
+SOURCES: dict[str, tuple[Callable[[Path, list[str]], SourceScan], list[str]]] = {
+    "ct_rate": (scan_ct_rate, CT_RATE_LABELS),
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "preprocess",
+        help="build the preprocessed volume cache (RAS+, HU int16, isotropic spacing)",
+        description=(
+            "Convert a dataset once into <cache-dir>/<source>/<spacing>mm-<interpolation>/ "
+            "(volumes/<id>.npy, index.json, quarantine.csv). Resumable: rerun to finish an interrupted build."
+        ),
+    )
+    parser.add_argument("--source", choices=sorted(SOURCES), default="ct_rate")
+    parser.add_argument(
+        "--root", type=Path, required=True, help="data root (the folder with train_fixed/ ...)"
+    )
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="default: ./cache")
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        action="append",
+        help="isotropic target spacing in mm; repeat for several caches (default: 2)",
+    )
+    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="paper")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="parallel processes (each needs ~2 GB for a 512x512x300 CT); default: min(8, cores)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    scanner, label_names = SOURCES[args.source]
+    scan = scanner(Path(args.root), label_names)
+    print(f"{args.source}: {len(scan.records)} volumes, {len(scan.rejected)} rejected by the source")
+    for spacing in args.spacing or [2.0]:
+        root = cache_path(Path(args.cache_dir), args.source, spacing, args.interpolation)
+        index = build_cache(
+            scan.records,
+            root,
+            spacing=spacing,
+            interpolation=args.interpolation,
+            label_names=label_names,
+            workers=args.workers,
+            progress=not args.no_progress,
+            rejected=scan.rejected,
+        )
+        counts = Counter(e.split for e in index.entries)
+        splits = ", ".join(f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (s != "train", s)))
+        quarantined = len(read_quarantine(root))
+        print(f"cache {root}: {len(index.entries)} volumes ({splits or 'none'}), {quarantined} quarantined")
+        if quarantined:
+            print(f"  reasons: {index.quarantine_path}")
+    return 0

@@ -1,0 +1,222 @@
+"""The preprocessed-volume cache: path naming, the index, and fast partial (crop) reads.
+
+Layout of one cache (one source at one spacing and interpolation)::
+
+    <cache_dir>/<source>/<spacing>mm-<interpolation>/      e.g. cache/ct_rate/2mm-paper
+        index.json        written last, atomically: its presence means the build finished
+        quarantine.csv    id, path, reason of every record that is not in the index
+        build.json        the build parameters, written first (guards resuming with other parameters)
+        volumes/<id>.npy  int16 HU in [-1000, 1000], RAS+, shape (X, Y, Z), C order, uncompressed
+
+The model input is ``HU / 1000`` in [-1, 1]; the dataset does that division, the cache stores HU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = 1
+INDEX_NAME = "index.json"
+QUARANTINE_NAME = "quarantine.csv"
+BUILD_NAME = "build.json"
+VOLUMES_DIR = "volumes"
+AIR_HU = -1000
+DTYPE = np.dtype("<i2")
+INTERPOLATIONS = ("paper", "colipri_inference")
+
+
+class CacheMissingError(FileNotFoundError):
+    """No finished cache at the expected place."""
+
+
+def spacing_tag(spacing: float) -> str:
+    """2.0 -> ``"2mm"``, 0.5 -> ``"0.5mm"``, 1.5 -> ``"1.5mm"``."""
+    return f"{float(spacing):g}mm"
+
+
+def cache_path(cache_dir: Path, source: str, spacing: float, interpolation: str) -> Path:
+    """Where the cache of ``source`` at ``spacing`` mm with ``interpolation`` lives."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, not {interpolation!r}")
+    return Path(cache_dir) / source / f"{spacing_tag(spacing)}-{interpolation}"
+
+
+def volume_relpath(volume_id: str) -> str:
+    return f"{VOLUMES_DIR}/{volume_id}.npy"
+
+
+def npy_shape(path: Path) -> tuple[int, ...] | None:
+    """Shape of a complete int16 C-order ``.npy`` file (header parses, size matches), else ``None``."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return None
+            data_offset = f.tell()
+        size = os.path.getsize(path)
+    except (OSError, ValueError):
+        return None
+    if fortran or np.dtype(dtype) != DTYPE:
+        return None
+    if size != data_offset + math.prod(shape) * DTYPE.itemsize:
+        return None
+    return tuple(int(s) for s in shape)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and ``os.replace`` (strict JSON: no NaN)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class CacheEntry:
+    """One cached volume. ``labels`` follow the index's ``label_names``; NaN = unknown."""
+
+    id: str
+    patient_id: str
+    split: str
+    source: str
+    file: Path  # absolute
+    shape: tuple[int, int, int]
+    labels: list[float] = field(default_factory=list)
+    sections: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self, root: Path) -> dict[str, Any]:
+        try:
+            file = self.file.relative_to(root).as_posix()
+        except ValueError:
+            file = str(self.file)
+        return {
+            "id": self.id,
+            "patient_id": self.patient_id,
+            "split": self.split,
+            "source": self.source,
+            "file": file,
+            "shape": list(self.shape),
+            "labels": [None if math.isnan(v) else float(v) for v in self.labels],
+            "sections": dict(self.sections),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], root: Path) -> CacheEntry:
+        x, y, z = (int(s) for s in data["shape"])
+        return cls(
+            id=str(data["id"]),
+            patient_id=str(data["patient_id"]),
+            split=str(data["split"]),
+            source=str(data["source"]),
+            file=(root / data["file"]).absolute(),
+            shape=(x, y, z),
+            labels=[math.nan if v is None else float(v) for v in data["labels"]],
+            sections={str(k): str(v) for k, v in data.get("sections", {}).items()},
+        )
+
+
+@dataclass
+class CacheIndex:
+    """The index of one finished cache (``index.json``)."""
+
+    root: Path
+    spacing: float
+    interpolation: str
+    label_names: list[str]
+    entries: list[CacheEntry]
+    format: int = FORMAT
+
+    @classmethod
+    def load(cls, cache_root: Path) -> CacheIndex:
+        cache_root = Path(cache_root)
+        path = cache_root / INDEX_NAME
+        if not path.is_file():
+            raise CacheMissingError(
+                f"No preprocessed cache at {cache_root} ({INDEX_NAME} missing). Build it first with "
+                "`ctvlp preprocess --source <source> --root <data root> --cache-dir <cache dir> "
+                "--spacing <mm>` (the cache goes to <cache dir>/<source>/<spacing>mm-<interpolation>)."
+            )
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("format") != FORMAT:
+            raise ValueError(
+                f"{path} has cache format {data.get('format')!r}, this code reads format {FORMAT}; "
+                "rebuild it with `ctvlp preprocess`."
+            )
+        root = cache_root.absolute()
+        return cls(
+            root=root,
+            spacing=float(data["spacing"]),
+            interpolation=str(data["interpolation"]),
+            label_names=[str(n) for n in data["label_names"]],
+            entries=[CacheEntry.from_json(e, root) for e in data["entries"]],
+            format=int(data["format"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "spacing": self.spacing,
+            "interpolation": self.interpolation,
+            "label_names": list(self.label_names),
+            "entries": [e.to_json(self.root) for e in self.entries],
+        }
+
+    def save(self) -> None:
+        write_json_atomic(self.root / INDEX_NAME, self.to_json())
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.root / QUARANTINE_NAME
+
+    def split(self, name: str) -> list[CacheEntry]:
+        """Entries of one official split (``"train"`` / ``"test"``)."""
+        return [e for e in self.entries if e.split == name]
+
+    def missing_entries(self, check_sizes: bool = True) -> list[CacheEntry]:
+        """Entries whose volume file is absent (or, with ``check_sizes``, truncated / wrong shape)."""
+        if not check_sizes:
+            return [e for e in self.entries if not e.file.is_file()]
+        return [e for e in self.entries if npy_shape(e.file) != e.shape]
+
+    def is_complete(self, check_sizes: bool = True) -> bool:
+        """Every entry's volume file is present (and, with ``check_sizes``, whole)."""
+        return not self.missing_entries(check_sizes)
+
+
+def read_volume(entry: CacheEntry) -> np.ndarray:
+    """The whole cached volume: int16 HU, (X, Y, Z), RAS+."""
+    return np.load(entry.file)
+
+
+def read_crop(entry: CacheEntry, start: tuple[int, int, int], size: tuple[int, int, int]) -> np.ndarray:
+    """``volume[start : start + size]`` read through mmap (only the crop is touched).
+
+    ``start`` may be negative and the crop may reach past the volume: what lies outside is air (-1000).
+    Returns a C-contiguous int16 array of shape ``size``.
+    """
+    if len(start) != 3 or len(size) != 3 or any(int(s) <= 0 for s in size):
+        raise ValueError(f"read_crop wants 3 start indices and 3 positive sizes, got {start}, {size}")
+    volume = np.load(entry.file, mmap_mode="r")
+    out = np.full(tuple(int(s) for s in size), AIR_HU, dtype=volume.dtype)
+    src, dst = [], []
+    for begin, length, extent in zip(start, size, volume.shape, strict=True):
+        lo, hi = max(int(begin), 0), min(int(begin) + int(length), extent)
+        if lo >= hi:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - int(begin), hi - int(begin)))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out

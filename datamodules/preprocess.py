@@ -1,0 +1,407 @@
+"""One-time cache build: one record -> a canonical int16 volume, and the parallel, resumable builder.
+
+Conversion follows COLIPRI: HU from the record's rescale, RAS+ orientation, isotropic resampling with
+torchio (B-spline + antialiasing for ``"paper"``; linear without antialiasing for
+``"colipri_inference"``, exactly the released ``colipri`` processor), clamp to [-1000, 1000], int16.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import multiprocessing
+import os
+import re
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torchio as tio
+from tqdm import tqdm
+
+from datamodules.cache import (
+    BUILD_NAME,
+    DTYPE,
+    FORMAT,
+    QUARANTINE_NAME,
+    VOLUMES_DIR,
+    CacheEntry,
+    CacheIndex,
+    npy_shape,
+    volume_relpath,
+    write_json_atomic,
+)
+from datamodules.labels import CT_RATE_LABELS
+from datamodules.records import Record
+
+log = logging.getLogger(__name__)
+
+HU_MAX = 1000
+# interpolation name -> (torchio image_interpolation, antialias, clamp before resampling too)
+INTERPOLATION_SETTINGS: dict[str, tuple[str, bool, bool]] = {
+    # The paper's offline preprocessing: B-spline with an antialiasing filter when downsampling. HU are
+    # clipped first (the recipe's order) so that B-spline does not ring off out-of-FOV padding values
+    # (about -3000 HU), and again after because B-spline overshoots.
+    "paper": ("bspline", True, True),
+    # The released colipri processor: ToOrientation RAS, Resample linear no antialias, Clamp +-1000.
+    "colipri_inference": ("linear", False, False),
+}
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_STALE_TMP_S = 3600.0
+
+
+class BadVolumeError(ValueError):
+    """This input volume cannot be converted; the message is the reason (goes to quarantine.csv)."""
+
+
+# ----------------------------------------------------------------------------------------- one volume
+
+
+def load_hu(record: Record) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``record.image_path`` as float32 HU (X, Y, Z) and its affine, spacing from the record.
+
+    HU = stored value * ``hu_slope`` + ``hu_intercept``. When the record gives a spacing (metadata
+    from the dataset's tables, as CT-RATE) the header's scl_slope/scl_inter are ignored like its
+    zooms; when ``record.spacing`` is None the header is trusted, its scaling included.
+    The affine keeps the header's direction cosines and origin; its voxel sizes become
+    ``record.spacing``.
+    """
+    path = Path(record.image_path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise BadVolumeError(f"cannot open file: {error}") from error
+    if size == 0:
+        raise BadVolumeError("zero-byte file")
+    try:
+        image = nib.load(path)
+    except Exception as error:
+        raise BadVolumeError(f"unreadable header: {type(error).__name__}: {error}") from error
+
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        squeeze = True
+    elif len(shape) == 3:
+        squeeze = False
+    else:
+        raise BadVolumeError(f"not a 3D volume: shape {shape}")
+    if any(s < 2 for s in shape[:3]):
+        raise BadVolumeError(f"degenerate 3D volume (an axis shorter than 2 voxels): shape {shape}")
+
+    trust_header = record.spacing is None
+    try:
+        proxy = image.dataobj
+        if not trust_header and hasattr(proxy, "get_unscaled"):
+            raw = np.asarray(proxy.get_unscaled())
+        else:
+            raw = np.asarray(proxy)
+    except Exception as error:
+        raise BadVolumeError(f"unreadable or truncated data: {type(error).__name__}: {error}") from error
+    if squeeze:
+        raw = raw[..., 0]
+    if raw.dtype.kind not in "iuf" or raw.ndim != 3:
+        raise BadVolumeError(f"unsupported voxel type {raw.dtype} / shape {raw.shape}")
+
+    hu = raw.astype(np.float32, copy=True)
+    del raw
+    slope, intercept = float(record.hu_slope), float(record.hu_intercept)
+    if not (math.isfinite(slope) and math.isfinite(intercept) and slope != 0):
+        raise BadVolumeError(f"bad HU rescale slope={slope} intercept={intercept}")
+    if slope != 1.0:
+        hu *= np.float32(slope)
+    if intercept != 0.0:
+        hu += np.float32(intercept)
+    if not np.isfinite(hu).all():
+        raise BadVolumeError("NaN or Inf voxels")
+
+    affine = np.asarray(image.affine, dtype=np.float64).copy()
+    linear = affine[:3, :3]
+    zooms = np.linalg.norm(linear, axis=0)
+    if not (np.isfinite(affine).all() and (zooms > 0).all()):
+        raise BadVolumeError(f"degenerate header affine:\n{affine}")
+    if trust_header:
+        spacing = zooms
+    else:
+        spacing = np.asarray(record.spacing, dtype=np.float64)
+    if spacing.shape != (3,) or not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise BadVolumeError(f"zero, negative or non-finite spacing {tuple(spacing.tolist())}")
+    affine[:3, :3] = linear / zooms * spacing  # unit direction cosines (columns) x spacing
+    return hu, affine
+
+
+def preprocess_volume_with_affine(
+    record: Record, spacing: float, interpolation: str = "paper"
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`preprocess_volume` plus the RAS+ affine (voxel index -> world mm) of the result."""
+    if interpolation not in INTERPOLATION_SETTINGS:
+        raise ValueError(
+            f"interpolation must be one of {list(INTERPOLATION_SETTINGS)}, not {interpolation!r}"
+        )
+    if not (math.isfinite(spacing) and spacing > 0):
+        raise ValueError(f"target spacing must be positive, not {spacing}")
+    image_interpolation, antialias, clamp_first = INTERPOLATION_SETTINGS[interpolation]
+    hu, affine = load_hu(record)
+    extent = np.array(hu.shape) * np.linalg.norm(affine[:3, :3], axis=0)
+    if (extent < spacing).any():
+        raise BadVolumeError(
+            f"field of view {extent.round(2).tolist()} mm is smaller than one {spacing} mm voxel"
+        )
+    image = tio.ScalarImage(tensor=torch.from_numpy(hu)[None], affine=affine)
+    del hu
+    # copy=False: the image is ours, and deep copies of a 512x512x300 float volume cost seconds.
+    steps: list[tio.Transform] = [tio.ToOrientation("RAS", copy=False)]
+    if clamp_first:
+        steps.append(tio.Clamp(out_min=-HU_MAX, out_max=HU_MAX, copy=False))
+    steps += [
+        tio.Resample(
+            float(spacing), image_interpolation=image_interpolation, antialias=antialias, copy=False
+        ),
+        tio.Clamp(out_min=-HU_MAX, out_max=HU_MAX, copy=False),
+    ]
+    out = tio.Compose(steps, copy=False)(image)
+    volume = np.rint(out.data[0].numpy()).astype(DTYPE)
+    return np.ascontiguousarray(volume), np.asarray(out.affine, dtype=np.float64)
+
+
+def preprocess_volume(record: Record, spacing: float, interpolation: str = "paper") -> np.ndarray:
+    """One record -> int16 HU in [-1000, 1000], RAS+, isotropic ``spacing`` mm, shape (X, Y, Z).
+
+    The output grid is torchio's: centred on the input's field of view, ``floor(n * s / spacing)``
+    voxels per axis, axes along R, A, S. Raises :class:`BadVolumeError` for unusable inputs.
+    """
+    return preprocess_volume_with_affine(record, spacing, interpolation)[0]
+
+
+# ------------------------------------------------------------------------------------------ the builder
+
+
+def build_cache(
+    records: list[Record],
+    cache_root: Path,
+    spacing: float,
+    interpolation: str = "paper",
+    label_names: list[str] = CT_RATE_LABELS,
+    workers: int = 2,
+    progress: bool = True,
+    rejected: Sequence[tuple[str, str, str]] = (),
+) -> CacheIndex:
+    """Convert every record into ``<cache_root>/volumes/<id>.npy`` and write the index.
+
+    Parallel (``workers`` processes; <= 1 runs in-process), resumable (a complete ``.npy`` from an
+    earlier run is reused), atomic (temp file + ``os.replace``; ``index.json`` last). Bad volumes and
+    ``rejected`` go to ``quarantine.csv``; they never raise.
+    """
+    if interpolation not in INTERPOLATION_SETTINGS:
+        raise ValueError(
+            f"interpolation must be one of {list(INTERPOLATION_SETTINGS)}, not {interpolation!r}"
+        )
+    cache_root = Path(cache_root).absolute()
+    volumes_dir = cache_root / VOLUMES_DIR
+    volumes_dir.mkdir(parents=True, exist_ok=True)
+    _claim_build(cache_root, float(spacing), interpolation)
+    _remove_stale_tmp(volumes_dir)
+
+    quarantine: list[tuple[str, str, str]] = [(str(i), str(p), str(r)) for i, p, r in rejected]
+    shapes: dict[str, tuple[int, int, int]] = {}
+    unique: list[Record] = []
+    todo: list[Record] = []
+    seen: set[str] = set()
+    for record in records:
+        if record.id in seen:
+            quarantine.append((record.id, str(record.image_path), "duplicate record id"))
+            continue
+        seen.add(record.id)
+        if not _SAFE_ID.match(record.id):
+            quarantine.append((record.id, str(record.image_path), "id is not usable as a file name"))
+            continue
+        unique.append(record)
+        shape = npy_shape(cache_root / volume_relpath(record.id))
+        if shape is not None and len(shape) == 3:
+            shapes[record.id] = (shape[0], shape[1], shape[2])
+        else:
+            todo.append(record)
+    reused = len(shapes)
+
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), disable=not progress, desc=f"preprocess {cache_root.name}", unit="vol")
+    with bar:
+        for record, shape, reason in _convert_all(todo, cache_root, float(spacing), interpolation, workers):
+            bar.update(1)
+            if shape is None:
+                quarantine.append((record.id, str(record.image_path), reason))
+                log.warning("quarantined %s (%s): %s", record.id, record.image_path, reason)
+            else:
+                shapes[record.id] = shape
+    elapsed = time.perf_counter() - start
+
+    entries = [
+        CacheEntry(
+            id=r.id,
+            patient_id=r.patient_id,
+            split=r.split,
+            source=r.source,
+            file=cache_root / volume_relpath(r.id),
+            shape=shapes[r.id],
+            labels=r.label_vector(list(label_names)),
+            sections=dict(r.sections),
+        )
+        for r in unique
+        if r.id in shapes
+    ]
+    _write_quarantine(cache_root / QUARANTINE_NAME, quarantine)
+    index = CacheIndex(
+        root=cache_root,
+        spacing=float(spacing),
+        interpolation=interpolation,
+        label_names=list(label_names),
+        entries=entries,
+    )
+    index.save()
+    built = len(shapes) - reused
+    log.info(
+        "cache %s: %d entries (%d reused, %d built in %.1f s), %d quarantined",
+        cache_root,
+        len(entries),
+        reused,
+        built,
+        elapsed,
+        len(quarantine),
+    )
+    return index
+
+
+def read_quarantine(cache_root: Path) -> list[tuple[str, str, str]]:
+    """The (id, path, reason) rows of ``<cache_root>/quarantine.csv`` (empty if there is none)."""
+    path = Path(cache_root) / QUARANTINE_NAME
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [(row["id"], row["path"], row["reason"]) for row in csv.DictReader(f)]
+
+
+# ----------------------------------------------------------------------------------------- internals
+
+
+def _claim_build(cache_root: Path, spacing: float, interpolation: str) -> None:
+    """Refuse to resume a cache folder that was started with other parameters."""
+    params = {"format": FORMAT, "spacing": spacing, "interpolation": interpolation}
+    path = cache_root / BUILD_NAME
+    if path.is_file():
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+        if previous != params:
+            raise ValueError(
+                f"{cache_root} holds a cache built with {previous}, not {params}; "
+                "use another cache folder (see datamodules.cache.cache_path) or delete this one."
+            )
+        return
+    write_json_atomic(path, params)
+
+
+def _remove_stale_tmp(volumes_dir: Path) -> None:
+    now = time.time()
+    for tmp in volumes_dir.glob("*.npy.tmp-*"):
+        try:
+            if now - tmp.stat().st_mtime > _STALE_TMP_S:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def _write_quarantine(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "path", "reason"])
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _save_npy_atomic(volume: np.ndarray, target: Path) -> None:
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(volume, dtype=DTYPE))
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _convert_one(
+    record: Record, cache_root: Path, spacing: float, interpolation: str
+) -> tuple[tuple[int, int, int] | None, str]:
+    """Runs in a worker: returns (shape, "") or (None, reason). Errors writing the cache do raise."""
+    try:
+        volume = preprocess_volume(record, spacing, interpolation)
+    except BadVolumeError as error:
+        return None, str(error)
+    except MemoryError:
+        return None, "out of memory while preprocessing"
+    except Exception as error:  # a volume that breaks the pipeline must not stop the whole build
+        detail = traceback.format_exc(limit=4)
+        log.error("unexpected error preprocessing %s:\n%s", record.id, detail)
+        return None, f"unexpected error: {type(error).__name__}: {error}"
+    _save_npy_atomic(volume, cache_root / volume_relpath(record.id))
+    x, y, z = volume.shape
+    return (x, y, z), ""
+
+
+def _init_worker(threads: int) -> None:
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def _convert_all(
+    todo: list[Record], cache_root: Path, spacing: float, interpolation: str, workers: int
+) -> Iterator[tuple[Record, tuple[int, int, int] | None, str]]:
+    if workers <= 1 or len(todo) <= 1:
+        for record in todo:
+            yield (record, *_convert_one(record, cache_root, spacing, interpolation))
+        return
+    workers = min(workers, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # spawn: forking a parent that already runs torch / ITK thread pools can deadlock the children.
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads,),
+    )
+    try:
+        futures: dict[Future, Record] = {
+            pool.submit(_convert_one, record, cache_root, spacing, interpolation): record for record in todo
+        }
+        for future in as_completed(list(futures)):
+            record = futures[future]
+            try:
+                shape, reason = future.result()
+            except OSError:
+                raise  # the cache cannot be written (disk full, permissions): not the volume's fault
+            except Exception as error:  # e.g. BrokenProcessPool when a worker is killed (out of memory)
+                shape, reason = None, f"worker process failed: {type(error).__name__}: {error}"
+            yield record, shape, reason
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+__all__ = [
+    "BadVolumeError",
+    "build_cache",
+    "load_hu",
+    "preprocess_volume",
+    "preprocess_volume_with_affine",
+    "read_quarantine",
+]

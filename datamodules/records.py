@@ -1,0 +1,33 @@
+"""The plain record a source yields: everything about one volume, no tensors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Record:
+    """One volume as a source reads it from a dataset's own files.
+
+    ``split`` is the dataset's *official* split (``"train"`` or ``"test"``); the DataModule
+    carves the internal validation set out of ``"train"`` by patient.
+    ``spacing`` is (x, y, z) in mm as the dataset's metadata states it; ``None`` means the
+    image header is trusted. Voxels become HU as ``raw * hu_slope + hu_intercept``.
+    ``labels`` maps label name -> 1.0 / 0.0, with ``math.nan`` for unknown.
+    """
+
+    id: str
+    patient_id: str
+    split: str
+    image_path: Path
+    spacing: tuple[float, float, float] | None = None
+    hu_slope: float = 1.0
+    hu_intercept: float = 0.0
+    sections: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, float] = field(default_factory=dict)
+    source: str = "ct_rate"
+
+    def label_vector(self, names: list[str]) -> list[float]:
+        return [float(self.labels.get(name, math.nan)) for name in names]
