@@ -14,7 +14,7 @@ PHANTOM_DIR ?= data/phantom_ct_rate
 PHANTOM_N ?= 300
 DEMO_EXPERIMENT ?= colipri_c
 
-.PHONY: demo test test-all exp tb lint format clean distclean venv
+.PHONY: demo test test-all exp sweep bench-train tb lint format clean distclean venv
 
 venv: $(STAMP)
 
@@ -39,6 +39,12 @@ test-all: $(STAMP)
 
 exp: $(STAMP)
 	$(BIN)/ctvlp fit $(NAME) $(if $(PROFILE),--profile $(PROFILE)) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
+
+sweep: $(STAMP)
+	$(BIN)/ctvlp sweep $(NAME) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
+
+bench-train: $(STAMP)
+	$(BIN)/python -m ctvlp.bench.train
 
 tb: $(STAMP)
 	$(BIN)/tensorboard --logdir runs --bind_all

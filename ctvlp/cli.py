@@ -6,7 +6,8 @@ import argparse
 import logging
 import sys
 
-from ctvlp.commands import fit, phantom, preprocess
+from ctvlp.commands import eval as eval_command
+from ctvlp.commands import export_colipri, fit, phantom, preprocess, sweep
 from ctvlp.config.loader import ConfigError
 from datamodules.errors import DataRootError, MissingLabelColumnError
 
@@ -16,14 +17,22 @@ USER_ERRORS = (ConfigError, DataRootError, MissingLabelColumnError, FileNotFound
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctvlp", description="3D CT vision-language pretraining")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (fit, phantom, preprocess):
+    for command in (fit, sweep, eval_command, export_colipri, phantom, preprocess):
         command.add_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Dot-list overrides may come after options (``fit NAME --profile P k=v``), which argparse
+    # cannot attach to an earlier positional: collect them here.
+    args, unknown = parser.parse_known_args(argv)
+    misplaced = [a for a in unknown if a.startswith("-") or "=" not in a]
+    if misplaced or (unknown and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(misplaced or unknown)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
     try:
         return int(args.handler(args) or 0)
     except USER_ERRORS as error:

@@ -25,18 +25,29 @@ def write_results(path: Path, results: dict[str, float]) -> None:
     tmp.replace(path)
 
 
+CI_SUFFIXES = ("_ci_low", "_ci_high")
+
+
+def _number(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.4f}"
+
+
 def results_table(results: dict[str, float]) -> str:
-    """Markdown: one row per split/task, one column per metric; chance levels in brackets."""
+    """Markdown: one row per split/task, one column per metric; chance levels in parentheses and
+    95 % CIs in brackets when ``<metric>_ci_low`` / ``<metric>_ci_high`` keys exist."""
     rows: dict[tuple[str, str], dict[str, str]] = {}
     columns: list[str] = []
     for key, value in results.items():
         split, task, metric = key.split("/")
-        if metric.endswith("_chance"):
+        if metric.endswith(("_chance", *CI_SUFFIXES)):
             continue
         chance = results.get(f"{key}_chance")
-        cell = "nan" if math.isnan(value) else f"{value:.4f}"
+        cell = _number(value)
         if chance is not None:
             cell += f" (chance {chance:.4f})"
+        low, high = (results.get(f"{key}{suffix}") for suffix in CI_SUFFIXES)
+        if low is not None and high is not None:
+            cell += f" [{_number(low)}, {_number(high)}]"
         rows.setdefault((split, task), {})[metric] = cell
         if metric not in columns:
             columns.append(metric)

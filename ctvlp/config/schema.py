@@ -26,7 +26,7 @@ class TextDataConfig:
 
 @dataclass
 class AugmentationConfig:
-    # off | low | high (COLIPRI "augmentation" axis: intensity scale/shift + noise strength).
+    # none | low | high (COLIPRI "augmentation" axis: intensity scale/shift + noise strength).
     level: str = "low"
 
 
@@ -59,6 +59,9 @@ class ImageModelConfig:
     use_abs_pos_embed: bool = False
     num_register_tokens: int = 0
     activation_checkpointing: bool = False
+    # Token aggregation: attention (query = masked mean, as COLIPRI), multi_query (4 learned
+    # queries), mean or max. Single-head attention pooling is pooler=attention + model.pool_heads=1.
+    pooler: str = "attention"
 
 
 @dataclass
@@ -94,6 +97,8 @@ class OptimConfig:
     warmup_steps: int = 6250
     schedule: str = "poly"
     poly_power: float = 1.0
+    # NaN/Inf losses: the step is skipped; this many in a row stop the run.
+    max_consecutive_nonfinite: int = 10
 
 
 @dataclass
@@ -121,6 +126,24 @@ class EvaluationConfig:
     recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     # Volumes shown as axial/coronal/sagittal slices in TensorBoard once per run.
     preview_volumes: int = 3
+    # Periodic evaluation during pretraining (EvaluationCallback): every N steps (0 = off), a light
+    # subset of the tasks of `ctvlp eval` on one split.
+    every_n_steps: int = 0
+    callback_tasks: list[str] = field(default_factory=lambda: ["retrieval", "zeroshot_short"])
+    callback_split: str = "val"
+    # Probe grid (COLIPRI App. C.2): 5 aggregators x these learning rates, SGD momentum 0.95,
+    # cosine schedule, trained jointly on cached frozen features.
+    probe_steps: int = 12_500
+    probe_batch_size: int = 16
+    probe_lrs: list[float] = field(default_factory=lambda: [1e-1, 3e-2, 1e-2, 3e-3])
+    # Percentile bootstrap CIs: real resamples of the evaluated volumes (0 = no CIs).
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
+    # Native zero-shot: training Findings averaged per label and class (positive / negative).
+    zeroshot_reports_per_class: int = 50
+    # Disk budget for the fp16 probe-token cache under <run>/eval_features; above it, only
+    # avg/max-pooled tokens are kept and the attention probes are skipped.
+    feature_cache_gb: float = 64.0
 
 
 # Keys whose value must come from a fixed set; checked with the schema.
@@ -128,9 +151,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("ct_rate",),
     "data.interpolation": ("paper", "colipri_inference"),
     "data.text.section": ("findings", "impressions", "both"),
-    "data.augmentation.level": ("off", "low", "high"),
+    "data.augmentation.level": ("none", "low", "high"),
     "model.image.arch": ("primus",),
     "model.image.size": ("tiny", "S", "B", "M", "L"),
+    "model.image.pooler": ("attention", "multi_query", "mean", "max"),
     "loss.kind": ("softmax", "sigmoid"),
     "optim.name": ("adamw",),
     "optim.schedule": ("poly", "cosine", "linear", "constant"),

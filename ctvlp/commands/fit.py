@@ -1,0 +1,102 @@
+"""``ctvlp fit``: train one experiment, then evaluate it and write results.json."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from ctvlp.config.loader import load_experiment
+from ctvlp.results import collect_results, results_table, write_results
+from ctvlp.run_dir import RunDir, new_run_dir, resolve_resume
+from ctvlp.trainer_factory import build_trainer
+from datamodules.datamodule import CTDataModule, ensure_cache
+from lightning_modules.contrastive import ContrastiveModule
+from lightning_modules.nets.text_encoder import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def flatten_config(cfg: DictConfig) -> dict[str, object]:
+    """Dotted-key scalars of the config (lists as strings), as TensorBoard hparams need."""
+    flat: dict[str, object] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node if isinstance(node, int | float | str | bool) else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+@dataclass
+class FitResult:
+    run: RunDir
+    results: dict[str, float]
+
+
+def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
+    """Train ``cfg`` (already validated) in a new or resumed run directory."""
+    L.seed_everything(int(cfg.seed), workers=True)
+    # Fail on a wrong data root or an unreadable dataset before any model is built.
+    ensure_cache(cfg.data)
+    if resume:
+        run, ckpt_path = resolve_resume(Path(cfg.runs_dir), cfg.name, resume)
+        log.info("Resuming %s from %s", run.path, ckpt_path)
+    else:
+        run, ckpt_path = new_run_dir(Path(cfg.runs_dir), cfg.name), None
+    OmegaConf.save(cfg, run.config)
+
+    tokenizer = load_tokenizer(cfg.model.text.name_or_path)
+    datamodule = CTDataModule(cfg.data, tokenizer, int(cfg.model.text.max_length), seed=int(cfg.seed))
+    module = ContrastiveModule(OmegaConf.to_container(cfg, resolve=True))
+    trainer = build_trainer(cfg, run)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+
+    results: dict[str, float] = {}
+    final_splits = [] if cfg.trainer.fast_dev_run else cfg.evaluation.final_splits
+    for split in final_splits:
+        loader = datamodule.loader(split)
+        if split == "test":
+            trainer.test(module, dataloaders=loader, verbose=False)
+        else:
+            trainer.validate(module, dataloaders=loader, verbose=False)
+        results.update(collect_results(trainer.callback_metrics))
+    if trainer.is_global_zero and results:
+        # The HParams tab pairs every run's config with its final metrics (sweeps compare here).
+        trainer.logger.log_hyperparams(flatten_config(cfg), metrics=results)
+    if trainer.is_global_zero:
+        write_results(run.results, results)
+        run.results_table.write_text(results_table(results) + "\n")
+    return FitResult(run, results)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    cfg = load_experiment(args.experiment, args.profile, args.overrides)
+    result = fit(cfg, resume=args.resume)
+    print(f"\nResults ({result.run.results}):\n")
+    print(results_table(result.results))
+    print(
+        f"\nTensorBoard logs: {result.run.tensorboard}  (make tb, or tensorboard --logdir {result.run.path})"
+    )
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("fit", help="train an experiment (experiments/<NAME>.yaml)")
+    parser.add_argument("experiment", help="experiment name (experiments/<NAME>.yaml) or a YAML path")
+    parser.add_argument("--profile", default=None, help="overlay experiments/profiles/<PROFILE>.yaml")
+    parser.add_argument(
+        "--resume", default=None, help="'auto' (latest run of this experiment) or a checkpoint/run path"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="dot-list overrides, e.g. optim.lr=3e-4 data.root=/data/ct-rate"
+    )
+    parser.set_defaults(handler=run_fit)

@@ -1,0 +1,79 @@
+"""Builds the Lightning Trainer from the ``trainer`` config: precision, logger, callbacks."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
+
+from callbacks.evaluation import evaluation_callback_from_config
+from callbacks.rng_state import RngStateCallback
+from callbacks.volume_preview import VolumePreviewCallback
+from ctvlp.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+BEST_METRIC = "val/retrieval/R@5"
+
+
+def uses_gpu(trainer_cfg: DictConfig) -> bool:
+    return trainer_cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def effective_precision(trainer_cfg: DictConfig) -> str:
+    """bf16 mixed precision is a GPU setting; on CPU fall back to fp32 with a notice."""
+    precision = str(trainer_cfg.precision)
+    if not uses_gpu(trainer_cfg) and precision not in ("32", "32-true", "64", "64-true"):
+        log.warning("No GPU in use: trainer.precision=%s replaced by 32-true", precision)
+        return "32-true"
+    return precision
+
+
+def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
+    t = cfg.trainer
+    logger = TensorBoardLogger(
+        save_dir=str(run.path), name="tensorboard", version="", default_hp_metric=False
+    )
+    last = ModelCheckpoint(
+        dirpath=run.checkpoints,
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=int(t.checkpoint_every_n_steps),
+    )
+    best = ModelCheckpoint(
+        dirpath=run.checkpoints,
+        filename="best-step{step}",
+        monitor=BEST_METRIC,
+        mode="max",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    callbacks = [last, best, RngStateCallback(), VolumePreviewCallback(int(cfg.evaluation.preview_volumes))]
+    if int(cfg.evaluation.every_n_steps) > 0:
+        callbacks.append(evaluation_callback_from_config(cfg))
+    return L.Trainer(
+        default_root_dir=str(run.path),
+        max_steps=int(t.max_steps),
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=int(t.num_nodes),
+        strategy=t.strategy,
+        precision=effective_precision(t),
+        gradient_clip_val=t.gradient_clip_val,
+        val_check_interval=int(t.val_check_interval),
+        check_val_every_n_epoch=None,
+        log_every_n_steps=int(t.log_every_n_steps),
+        limit_val_batches=t.limit_val_batches,
+        deterministic=bool(t.deterministic),
+        logger=logger,
+        callbacks=callbacks,
+        # Our samplers shard by rank themselves (datamodules/samplers.py).
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        fast_dev_run=bool(t.fast_dev_run),
+        enable_model_summary=True,
+    )

@@ -1,0 +1,40 @@
+"""Patient-level splits: the internal validation set is carved out of the official train split."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class HasPatientSplit(Protocol):
+    patient_id: str
+    split: str
+
+
+def assign_splits(
+    entries: Sequence[HasPatientSplit], val_patients: int, seed: int = 0
+) -> dict[str, list[HasPatientSplit]]:
+    """Return ``{"train", "val", "test"}`` lists. ``test`` is the official test split;
+    ``val`` holds every volume of ``val_patients`` patients drawn (seeded) from official train,
+    so no patient is ever on both sides."""
+    train_patients = sorted({e.patient_id for e in entries if e.split == "train"})
+    if val_patients >= len(train_patients):
+        raise ValueError(
+            f"data.val_patients={val_patients} leaves no training patients "
+            f"(the official train split has {len(train_patients)}); lower data.val_patients"
+        )
+    chosen = set(random.Random(seed).sample(train_patients, val_patients))
+    splits: dict[str, list[HasPatientSplit]] = {"train": [], "val": [], "test": []}
+    for entry in entries:
+        if entry.split == "test":
+            splits["test"].append(entry)
+        elif entry.split == "train":
+            splits["val" if entry.patient_id in chosen else "train"].append(entry)
+        else:
+            raise ValueError(f"Unknown official split '{entry.split}' for patient {entry.patient_id}")
+    log.info("Splits: %s", {k: len(v) for k, v in splits.items()})
+    return splits

@@ -1,0 +1,49 @@
+"""What every ctvlp LightningModule shares: the resolved config, the optimiser recipe, and the
+non-finite loss guard. Objective modules subclass this and only compose their parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.nonfinite_guard import NonFiniteGuard
+from lightning_modules.optim import build_optimizer_and_scheduler
+
+
+class ObjectiveModule(L.LightningModule):
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        # The whole resolved experiment config: stored in checkpoints and logged as hparams.
+        self.save_hyperparameters({"config": config})
+        self.cfg: DictConfig = OmegaConf.create(config)
+        self.nonfinite = NonFiniteGuard(int(self.cfg.optim.max_consecutive_nonfinite))
+
+    def guard_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Call on the total training loss; a NaN/Inf on any rank skips the step on all ranks."""
+        self.nonfinite.observe(loss, lambda flag: self.trainer.strategy.reduce(flag, reduce_op="min"))
+        return loss
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        loss = optimizer_closure()  # training_step + backward
+        if self.nonfinite.should_step():
+            optimizer.step(closure=lambda: loss)
+        self.log("train/nonfinite_skipped", float(self.nonfinite.skipped_total))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optim = self.cfg.optim
+        return build_optimizer_and_scheduler(
+            self,
+            name=optim.name,
+            lr=float(optim.lr),
+            weight_decay=float(optim.weight_decay),
+            betas=tuple(optim.betas),
+            warmup_steps=int(optim.warmup_steps),
+            total_steps=int(self.cfg.trainer.max_steps),
+            schedule=optim.schedule,
+            poly_power=float(optim.poly_power),
+        )

@@ -1,0 +1,63 @@
+"""Shared fixtures: one small phantom CT-RATE and its 6 mm cache per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from datamodules.cache import cache_path  # noqa: E402
+from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate  # noqa: E402
+from datamodules.preprocess import build_cache  # noqa: E402
+from datamodules.sources.ct_rate import scan_ct_rate  # noqa: E402
+
+PHANTOM_SCANS = 120
+DEMO_SPACING = 6.0
+TRAINED_RUN_OVERRIDES = ["trainer.max_steps=150", "trainer.val_check_interval=50"]
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("phantom") / "ct_rate"
+    write_phantom_ct_rate(root, n=PHANTOM_SCANS, seed=0, workers=2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_cache_dir(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache_dir = tmp_path_factory.mktemp("cache")
+    scan = scan_ct_rate(phantom_root)
+    build_cache(
+        scan.records,
+        cache_path(cache_dir, "ct_rate", DEMO_SPACING, "paper"),
+        spacing=DEMO_SPACING,
+        interpolation="paper",
+        workers=2,
+        progress=False,
+        rejected=scan.rejected,
+    )
+    return cache_dir
+
+
+@pytest.fixture(scope="session")
+def phantom_overrides(phantom_root: Path, phantom_cache_dir: Path) -> list[str]:
+    """Overrides that point the cpu_demo profile at the session phantom."""
+    return [f"data.root={phantom_root}", f"data.cache_dir={phantom_cache_dir}", "data.val_patients=20"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(phantom_overrides: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short cpu_demo COLIPRI-C run through the real CLI, shared by the tests that read it."""
+    from ctvlp.cli import main
+
+    runs_dir = tmp_path_factory.mktemp("runs")
+    arguments = ["fit", "colipri_c", "--profile", "cpu_demo", *phantom_overrides, f"runs_dir={runs_dir}"]
+    assert main([*arguments, *TRAINED_RUN_OVERRIDES]) == 0
+    (run,) = sorted((runs_dir / "colipri_c").glob("version_*"))
+    return run

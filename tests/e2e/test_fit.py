@@ -1,0 +1,73 @@
+"""End-to-end runs of the real entry point (`ctvlp fit`) on the phantom CT-RATE."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ctvlp.cli import main
+from ctvlp.config.loader import available_experiments
+
+
+def _only_run(runs_dir: Path, experiment: str) -> Path:
+    versions = sorted((runs_dir / experiment).glob("version_*"))
+    assert len(versions) == 1, versions
+    return versions[0]
+
+
+@pytest.mark.parametrize("experiment", available_experiments())
+def test_fast_dev_run_every_experiment(experiment: str, phantom_overrides: list[str], tmp_path: Path) -> None:
+    code = main(
+        [
+            "fit",
+            experiment,
+            "--profile",
+            "cpu_demo",
+            *phantom_overrides,
+            f"runs_dir={tmp_path}",
+            "trainer.fast_dev_run=true",
+        ]
+    )
+    assert code == 0
+    assert (_only_run(tmp_path, experiment) / "config.yaml").exists()
+
+
+def test_training_learns_retrieval_above_chance(trained_run: Path) -> None:
+    results = json.loads((trained_run / "results.json").read_text())
+    for split in ("val", "test"):
+        for k in (1, 5, 10):
+            assert f"{split}/retrieval/R@{k}" in results and f"{split}/retrieval/R@{k}_chance" in results
+    assert results["val/retrieval/R@5"] > 1.5 * results["val/retrieval/R@5_chance"], results
+    assert results["test/retrieval/R@5"] > 1.5 * results["test/retrieval/R@5_chance"], results
+    assert (trained_run / "results.md").read_text().startswith("| split | task |")
+
+
+def test_run_directory_layout(trained_run: Path) -> None:
+    assert (trained_run / "config.yaml").exists()
+    checkpoints = {p.name for p in (trained_run / "checkpoints").iterdir()}
+    assert "last.ckpt" in checkpoints
+    assert any(name.startswith("best-step") for name in checkpoints), checkpoints
+
+
+def test_tensorboard_has_scalars_hparams_and_previews(trained_run: Path) -> None:
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in (
+        "train/loss",
+        "train/temperature",
+        "train/lr",
+        "val/retrieval/R@5",
+        "val/retrieval/R@5_chance",
+    ):
+        assert tag in scalars, sorted(scalars)
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert losses[-1] < losses[0]
+    lrs = [e.value for e in events.Scalars("train/lr")]
+    assert max(lrs) == pytest.approx(3e-4, rel=0.05)  # warm-up reaches the configured lr
+    images = events.Tags()["images"]
+    assert {"axial", "coronal", "sagittal"} <= {tag.rsplit("/", 1)[-1] for tag in images}, images
+    assert (trained_run / "tensorboard" / "hparams.yaml").exists()

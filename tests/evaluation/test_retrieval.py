@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from evaluation.retrieval import recall_at_k
+
+
+def test_recall_on_a_toy_similarity_matrix() -> None:
+    # Rank of the true report per image: image0 -> 0, image1 -> 2, image2 -> 1, image3 -> 3.
+    similarity = torch.tensor(
+        [
+            [0.9, 0.1, 0.2, 0.3],
+            [0.8, 0.5, 0.7, 0.1],
+            [0.1, 0.2, 0.6, 0.7],
+            [0.9, 0.8, 0.7, 0.1],
+        ]
+    )
+    metrics = recall_at_k(similarity, [1, 2, 3, 10])
+    assert metrics["R@1"] == pytest.approx(1 / 4)
+    assert metrics["R@2"] == pytest.approx(2 / 4)
+    assert metrics["R@3"] == pytest.approx(3 / 4)
+    assert metrics["R@10"] == pytest.approx(1.0)
+    assert metrics["R@1_chance"] == pytest.approx(1 / 4)
+    assert metrics["R@2_chance"] == pytest.approx(2 / 4)
+    assert metrics["R@10_chance"] == pytest.approx(1.0)
+
+
+def test_ties_count_against_the_match() -> None:
+    metrics = recall_at_k(torch.ones(5, 5), [1, 4, 5])
+    assert metrics["R@1"] == 0.0 and metrics["R@4"] == 0.0 and metrics["R@5"] == 1.0
+
+
+def test_non_square_is_rejected() -> None:
+    with pytest.raises(ValueError, match="square"):
+        recall_at_k(torch.zeros(2, 3), [1])
