@@ -1,0 +1,180 @@
+"""``make bench-train``: training-step throughput, FLOP/s against a same-run GEMM baseline,
+peak memory, activation checkpointing and input-size scaling of the Primus image tower.
+
+Every measurement runs in a fresh subprocess so that peak memory (``ru_maxrss`` on CPU,
+``max_memory_allocated`` on GPU) belongs to that configuration alone. FLOPs are counted with
+``torch.utils.flop_counter`` on one forward+backward; achieved FLOP/s are reported as a ratio to
+the FLOP/s of a plain matmul of similar size measured in the same run (and, on a GPU, as MFU
+against the card's bf16 peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_modules.nets.image_encoder import build_image_encoder
+
+# Dense bf16 peak FLOP/s of common cards, for MFU.
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+@dataclass
+class Case:
+    name: str
+    size: str
+    input_size: int
+    batch: int
+    checkpointing: bool = False
+
+
+@dataclass
+class Measurement:
+    case: str
+    seconds_per_step: float
+    samples_per_second: float
+    tflops: float
+    gemm_ratio: float
+    mfu: float | None
+    peak_memory_gb: float
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def gemm_flops_per_second(tokens: int, dim: int, device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of (tokens x dim) @ (dim x 4·dim), the shape of a ViT MLP matmul."""
+    a = torch.randn(tokens, dim, device=device, dtype=dtype)
+    b = torch.randn(dim, 4 * dim, device=device, dtype=dtype)
+    seconds = _timed(lambda: a @ b, device, warmup=3, repeats=10)
+    return 2 * tokens * dim * 4 * dim / seconds
+
+
+def measure(case: Case) -> Measurement:
+    device = _device()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    encoder = build_image_encoder(
+        case.size, case.input_size, patch_size=8, proj_dim=768, pool_heads=12, drop_path=0.0
+    )
+    if case.checkpointing:
+        from lightning_modules.nets.primus_encoder import set_activation_checkpointing
+
+        set_activation_checkpointing(encoder.backbone, True)
+    encoder.to(device).train()
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-4)
+    images = torch.randn(case.batch, 1, *(case.input_size,) * 3, device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            loss = encoder(images).pooled.float().square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = _timed(step, device, warmup=1, repeats=3)
+    tokens = case.batch * (case.input_size // 8) ** 3
+    gemm = gemm_flops_per_second(tokens, encoder.embed_dim, device, dtype)
+    achieved = flops / seconds
+    mfu = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
+        mfu = achieved / peak if peak else None
+        memory = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    return Measurement(
+        case.name, seconds, case.batch / seconds, achieved / 1e12, achieved / gemm, mfu, memory
+    )
+
+
+def default_cases(device: torch.device) -> list[Case]:
+    if device.type == "cuda":
+        return [
+            Case("small: S 96^3 b4", "S", 96, 4),
+            Case("medium: M 160^3 b4", "M", 160, 4),
+            Case("medium + act. ckpt", "M", 160, 4, checkpointing=True),
+            *[Case(f"scaling: M {s}^3 b2", "M", s, 2) for s in (96, 128, 160)],
+        ]
+    return [
+        Case("small: tiny 64^3 b4", "tiny", 64, 4),
+        Case("medium: S 64^3 b2", "S", 64, 2),
+        Case("medium + act. ckpt", "S", 64, 2, checkpointing=True),
+        *[Case(f"scaling: tiny {s}^3 b1", "tiny", s, 1) for s in (96, 128, 160)],
+    ]
+
+
+def table(results: list[Measurement]) -> str:
+    lines = [
+        "| case | s/step | samples/s | TFLOP/s | ratio to GEMM | MFU | peak mem (GiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        mfu = "—" if r.mfu is None else f"{r.mfu:.1%}"
+        lines.append(
+            f"| {r.case} | {r.seconds_per_step:.3f} | {r.samples_per_second:.2f} | {r.tflops:.3f} | "
+            f"{r.gemm_ratio:.1%} | {mfu} | {r.peak_memory_gb:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", help="(internal) run one case as JSON and print its measurement")
+    args = parser.parse_args(argv)
+    if args.case:
+        print(json.dumps(asdict(measure(Case(**json.loads(args.case))))))
+        return 0
+    device = _device()
+    print(
+        f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
+    results = []
+    for case in default_cases(device):
+        print(f"  measuring {case.name} ...", flush=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "ctvlp.bench.train", "--case", json.dumps(asdict(case))],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results.append(Measurement(**json.loads(out.stdout.strip().splitlines()[-1])))
+    print()
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
