@@ -1,0 +1,57 @@
+"""A 3-point star sweep through `ctvlp sweep` on the phantom: table, and skipping on a re-run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ctvlp.cli import main
+from ctvlp.sweep.spec import expand, load_spec
+
+
+def _write_spec(path: Path, phantom_overrides: list[str]) -> Path:
+    spec = {
+        "base": "colipri_c",
+        "profile": "cpu_demo",
+        "mode": "star",
+        "overrides": [
+            *phantom_overrides,
+            "trainer.max_steps=4",
+            "optim.warmup_steps=1",
+            "trainer.val_check_interval=4",
+            "evaluation.final_splits=[val]",
+            "evaluation.preview_volumes=0",
+            "data.num_workers=0",
+        ],
+        # 0.0003 is the base value: star mode runs the base once and skips it in the axis.
+        "params": {"optim.lr": [0.0003, 0.001], "loss.kind": ["sigmoid"]},
+        "metrics": ["val/retrieval/R@1", "val/retrieval/R@5"],
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_star_expansion_runs_base_once_and_one_change_per_run(
+    tmp_path: Path, phantom_overrides: list[str]
+) -> None:
+    runs = expand(load_spec(str(_write_spec(tmp_path / "star.yaml", phantom_overrides))))
+    assert [r.run_id for r in runs] == ["base", "lr=0.001", "kind=sigmoid"]
+    assert runs[1].overrides == ["optim.lr=0.001"]
+
+
+def test_star_sweep_tabulates_and_skips_finished_runs(
+    tmp_path: Path, phantom_overrides: list[str], capsys
+) -> None:
+    spec = _write_spec(tmp_path / "star.yaml", phantom_overrides)
+    assert main(["sweep", str(spec), "--runs-dir", str(tmp_path / "runs")]) == 0
+    first = capsys.readouterr().out
+    table = (tmp_path / "runs" / "sweeps" / "star" / "results.md").read_text().splitlines()
+    assert table[0] == "| run | change | val/retrieval/R@1 | val/retrieval/R@5 |"
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["base", "lr=0.001", "kind=sigmoid"]
+    assert "—" not in "".join(table[2:])  # every run produced its metrics
+    assert first.count(": running") == 3
+
+    assert main(["sweep", str(spec), "--runs-dir", str(tmp_path / "runs")]) == 0
+    second = capsys.readouterr().out
+    assert second.count("finished earlier, skipped") == 3 and ": running" not in second
