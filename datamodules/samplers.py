@@ -1,11 +1,14 @@
 """Rank-aware samplers whose output depends only on (seed, step, rank, world size).
 
-Training draws from one endless, seeded stream per rank: epoch ``k`` of the stream is
-``permutation(seed, k)`` cut into equal per-rank shards, truncated to whole batches. Each
-``__iter__`` starts at the stream position of the trainer's current global step, so a run
-resumed from a mid-epoch checkpoint sees exactly the batches an uninterrupted run would have,
-whatever Lightning's epoch bookkeeping does. Samples are ``(index, stream_epoch)`` pairs so the
-dataset can make each sample's randomness a pure function of them.
+Training draws from one endless, seeded stream: epoch ``k`` of the stream is
+``permutation(seed, k)`` cut into global batches of ``batch_size * world`` (the tail that does
+not fill one is dropped); rank ``r`` takes the ``r``-th block of ``batch_size`` of every global
+batch. So a DDP step on W ranks sees exactly the samples of one single-process step with
+batch ``W * batch_size``. Each ``__iter__`` starts at the stream position of the trainer's
+current global step, so a run resumed from a mid-epoch checkpoint sees exactly the batches an
+uninterrupted run would have, whatever Lightning's epoch bookkeeping does. Samples are
+``(index, stream_epoch)`` pairs so the dataset can make each sample's randomness a pure function
+of them.
 
 We shard across ranks here ourselves (the Trainer runs with ``use_distributed_sampler=False``):
 Lightning's DistributedSamplerWrapper would materialise and re-shuffle our stream.
@@ -27,8 +30,8 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 class TrainSampler(Sampler[tuple[int, int]]):
-    """Yields one epoch's worth of whole batches from the rank's stream, starting at
-    ``global_step() * batch_size``."""
+    """Yields one epoch's worth of this rank's batches from the stream, starting at
+    ``global_step()``."""
 
     def __init__(
         self, size: int, batch_size: int, seed: int = 0, global_step: Callable[[], int] = lambda: 0
@@ -38,31 +41,31 @@ class TrainSampler(Sampler[tuple[int, int]]):
         self.seed = seed
         self.global_step = global_step
         _, world = _rank_and_world()
-        self.per_epoch = (size // world) // batch_size * batch_size
-        if self.per_epoch == 0:
+        self.steps_per_epoch = size // (batch_size * world)
+        if self.steps_per_epoch == 0:
             raise ValueError(
                 f"{size} training samples cannot fill one batch of {batch_size} on each of {world} ranks; "
                 "lower data.batch_size"
             )
 
-    def _shard(self, epoch: int) -> np.ndarray:
+    def _rank_batches(self, epoch: int) -> np.ndarray:
+        """(steps_per_epoch, batch_size) indices of this rank in stream epoch ``epoch``."""
         rank, world = _rank_and_world()
         order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-        per_rank = self.size // world
-        return order[rank * per_rank : rank * per_rank + self.per_epoch]
+        global_batches = order[: self.steps_per_epoch * world * self.batch_size]
+        return global_batches.reshape(self.steps_per_epoch, world, self.batch_size)[:, rank]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        position = self.global_step() * self.batch_size
-        epoch, offset = divmod(position, self.per_epoch)
+        epoch, step = divmod(self.global_step(), self.steps_per_epoch)
         samples: list[tuple[int, int]] = []
-        while len(samples) < self.per_epoch:
-            shard = self._shard(epoch)[offset:]
-            samples += [(int(i), epoch) for i in shard[: self.per_epoch - len(samples)]]
-            epoch, offset = epoch + 1, 0
-        return iter(samples)
+        while len(samples) < len(self):
+            for batch in self._rank_batches(epoch)[step:]:
+                samples += [(int(i), epoch) for i in batch]
+            epoch, step = epoch + 1, 0
+        return iter(samples[: len(self)])
 
     def __len__(self) -> int:
-        return self.per_epoch
+        return self.steps_per_epoch * self.batch_size
 
 
 class EvalSampler(Sampler[int]):

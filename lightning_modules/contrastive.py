@@ -38,6 +38,8 @@ class ContrastiveModule(ObjectiveModule):
         )
         if image.activation_checkpointing:
             set_activation_checkpointing(self.image_encoder.backbone, True)
+        if image.compile:
+            self.image_encoder.backbone.compile()
         self.text_encoder = TextEncoder(
             cfg.model.text.name_or_path,
             proj_dim=int(cfg.model.proj_dim),
@@ -65,7 +67,8 @@ class ContrastiveModule(ObjectiveModule):
         loss = self.clip_loss(image_emb, text_emb)
         self.guard_loss(loss)
         batch_size = batch["image"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        # Mean over ranks: equals the single-process loss on the global batch.
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log("train/loss_clip", loss, batch_size=batch_size)
         self.log("train/temperature", self.clip_loss.temperature, batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)

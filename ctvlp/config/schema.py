@@ -39,6 +39,7 @@ class DataConfig:
     # paper: antialiasing + B-spline; colipri_inference: linear, no antialiasing.
     interpolation: str = "paper"
     crop_size: int = 160
+    # Per device; the CLIP loss gathers across ranks, so the contrastive batch is global.
     batch_size: int = 16
     num_workers: int = 8
     # Patients moved from the official train split to our internal validation split.
@@ -62,6 +63,8 @@ class ImageModelConfig:
     # Token aggregation: attention (query = masked mean, as COLIPRI), multi_query (4 learned
     # queries), mean or max. Single-head attention pooling is pooler=attention + model.pool_heads=1.
     pooler: str = "attention"
+    # torch.compile the Primus backbone (GPU runs; first steps are slower while it compiles).
+    compile: bool = False
 
 
 @dataclass

@@ -28,14 +28,19 @@ def test_train_sampler_starts_at_the_global_step() -> None:
     assert stream != second_epoch
 
 
-def test_train_sampler_shards_are_disjoint_and_equal() -> None:
+def test_ddp_ranks_split_the_single_process_global_batch() -> None:
+    single = [i for i, _ in TrainSampler(10, batch_size=4, seed=0)]  # 2 steps of 4
     shards = []
-    for rank in range(3):
-        with mock.patch("datamodules.samplers._rank_and_world", return_value=(rank, 3)):
-            sampler = TrainSampler(10, batch_size=1, seed=0)
+    for rank in range(2):
+        with mock.patch("datamodules.samplers._rank_and_world", return_value=(rank, 2)):
+            sampler = TrainSampler(10, batch_size=2, seed=0)
             shards.append([i for i, _ in sampler])
-            assert len(sampler) == 3
-    assert len(set(shards[0]) | set(shards[1]) | set(shards[2])) == 9
+            assert len(sampler) == 4
+    for step in range(2):  # each DDP step = the single-process step, rank 0 first
+        assert (
+            shards[0][2 * step : 2 * step + 2] + shards[1][2 * step : 2 * step + 2]
+            == single[4 * step : 4 * step + 4]
+        )
 
 
 def test_train_sampler_too_small_for_a_batch() -> None:
