@@ -1,0 +1,485 @@
+"""Write a synthetic "phantom" CT-RATE dataset in the real CT-RATE on-disk layout.
+
+Layout under ``out/`` (the role of CT-RATE's ``dataset/`` folder)::
+
+    train_fixed/train_<pid>/train_<pid>_<scan>/train_<pid>_<scan>_<recon>.nii.gz
+    valid_fixed/valid_<pid>/valid_<pid>_<scan>/valid_<pid>_<scan>_<recon>.nii.gz
+    radiology_text_reports/{train_reports,validation_reports}.csv
+    multi_abnormality_labels/{train,valid}_predicted_labels.csv
+    metadata/{train,validation}_metadata.csv
+    no_chest_train.txt, no_chest_valid.txt      (head CTs a reader must drop)
+    shortened_findings.json                      ({VolumeName: {"positive": [...], "negative": [...]}})
+    phantom_manifest.json                        (written last: marks a complete phantom)
+
+Geometry and intensity conventions (what a correct reader must do)
+-----------------------------------------------------------------
+* World frame: RAS+ millimetres, nibabel convention (+x = patient Right, +y = Anterior,
+  +z = Superior). The field of view is centred on the world origin.
+* **Spacing is only in the metadata CSV** (``XYSpacing`` = ``"[sx, sy]"``, ``ZSpacing``). The NIfTI
+  header says 1.0 mm isotropic, which is wrong.
+* The header affine's **direction signs are right**: either ``diag(+1, +1, +1)`` (RAS storage) or
+  ``diag(-1, -1, +1)`` (LPS storage: array index i grows towards patient Left, j towards
+  Posterior). Its translation is the true world position of voxel (0, 0, 0) computed with the
+  true spacing, so the true affine is the header affine with each of the three direction columns
+  rescaled to the CSV spacing: ``A[:3, :3] = sign(A[:3, :3]) * diag(sx, sy, sz)``. Equivalently,
+  stored voxel (i, j, k) of an array of shape (nx, ny, nz) lies at world
+  ``(dx * (i - (nx-1)/2) * sx, dy * (j - (ny-1)/2) * sy, (k - (nz-1)/2) * sz)`` with
+  ``(dx, dy) = (+1, +1)`` for RAS and ``(-1, -1)`` for LPS storage.
+* **Intensities are raw int16**: ``HU = raw * RescaleSlope + RescaleIntercept`` with both from the
+  metadata CSV (intercept -1024, -1000 or 0; slope 1, 0.5 or 2). The header's scl_slope/scl_inter
+  are unset (nibabel reports slope 1, intercept 0).
+* Reconstructions ``_1``/``_2`` of one scan share anatomy, labels and report but differ in
+  in-plane matrix (``Rows``/``Columns``); which one is the smaller varies. Keep the smallest.
+* Volumes listed in ``no_chest_*.txt`` are head CTs (all labels 0) and must be excluded.
+* Splits are by patient; ~15 % of patients have two scans (``a``, ``b``).
+* Metadata columns are strings where CT-RATE's are: ``PatientAge`` is DICOM-style (``"057Y"``),
+  ``ImagePositionPatient`` etc. are list strings. Don't derive geometry from them.
+
+Determinism: every random stream is seeded from ``(seed, stream id, index)``, so the output is
+byte-identical for a given seed whatever ``workers`` is. Volumes are rendered in ``workers``
+spawned processes (call from under ``if __name__ == "__main__":`` in scripts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from datamodules.labels import CT_RATE_LABELS
+from datamodules.phantom.anatomy import Habitus, sample_habitus
+from datamodules.phantom.geometry import Grid
+from datamodules.phantom.reports import Report, chest_report, head_report
+from datamodules.phantom.scene import (
+    Case,
+    ChestCase,
+    field_of_view,
+    render,
+    sample_chest_case,
+    sample_head_case,
+)
+
+MANIFEST = "phantom_manifest.json"
+
+
+def _generator_version() -> str:
+    """Hash of the phantom generator's source: a cached phantom made by other code is rewritten."""
+    h = hashlib.sha256()
+    for module in ("geometry", "anatomy", "findings", "scene", "reports", "ct_rate_writer"):
+        h.update((Path(__file__).parent / f"{module}.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
+VERSION = _generator_version()
+REPORT_COLUMNS = ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"]
+LABEL_COLUMNS = ["VolumeName", *CT_RATE_LABELS]
+METADATA_COLUMNS = [
+    "VolumeName",
+    "Manufacturer",
+    "SeriesDescription",
+    "ManufacturerModelName",
+    "PatientSex",
+    "PatientAge",
+    "ReconstructionDiameter",
+    "DistanceSourceToDetector",
+    "DistanceSourceToPatient",
+    "GantryDetectorTilt",
+    "TableHeight",
+    "RotationDirection",
+    "ExposureTime",
+    "XRayTubeCurrent",
+    "Exposure",
+    "FilterType",
+    "GeneratorPower",
+    "FocalSpots",
+    "ConvolutionKernel",
+    "PatientPosition",
+    "RevolutionTime",
+    "SingleCollimationWidth",
+    "TotalCollimationWidth",
+    "TableSpeed",
+    "TableFeedPerRotation",
+    "SpiralPitchFactor",
+    "DataCollectionCenterPatient",
+    "ReconstructionTargetCenterPatient",
+    "ExposureModulationType",
+    "CTDIvol",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "SliceThickness",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "XYSpacing",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "RescaleType",
+    "NumberofSlices",
+    "ZSpacing",
+    "StudyDate",
+]
+# (split dir prefix, reports csv, labels csv, metadata csv, no-chest list)
+SPLIT_FILES = {
+    "train": ("train_reports.csv", "train_predicted_labels.csv", "train_metadata.csv", "no_chest_train.txt"),
+    "valid": (
+        "validation_reports.csv",
+        "valid_predicted_labels.csv",
+        "validation_metadata.csv",
+        "no_chest_valid.txt",
+    ),
+}
+_OWNED = [
+    "train_fixed",
+    "valid_fixed",
+    "radiology_text_reports",
+    "multi_abnormality_labels",
+    "metadata",
+    "no_chest_train.txt",
+    "no_chest_valid.txt",
+    "shortened_findings.json",
+    MANIFEST,
+]
+_SCANNERS = [
+    ("SIEMENS", "SOMATOM Definition Edge", ["Br40d", "Bl57d", "I70f"]),
+    ("PHILIPS", "Ingenuity CT", ["B", "YA", "L"]),
+    ("GE MEDICAL SYSTEMS", "Revolution EVO", ["STANDARD", "LUNG", "BONE"]),
+    ("TOSHIBA", "Aquilion ONE", ["FC08", "FC52", "FC86"]),
+]
+_N_NO_CHEST = {"train": 2, "valid": 1}
+# Stream ids mixed into the per-item seeds, so every random stream is independent.
+_S_PATIENT, _S_CASE, _S_RECON, _S_NOISE, _S_REPORT, _S_META = 1, 2, 3, 4, 5, 6
+
+
+@dataclass
+class PhantomSummary:
+    """What was written. Counts include the extra head CTs where named so."""
+
+    root: Path
+    n_scans: int  # chest acquisitions (= n)
+    n_volumes: int  # NIfTI files, all reconstructions and the head CTs included (= CSV rows)
+    n_patients: int  # patients, head-CT patients included
+    n_no_chest: int = 0  # head CT volumes (listed in no_chest_*.txt)
+    n_train_volumes: int = 0
+    n_valid_volumes: int = 0
+    seed: int = 0
+    reused: bool = False  # True when a complete phantom with the same (n, seed) was found
+
+
+@dataclass(frozen=True)
+class VolumeJob:
+    """Everything a worker needs to write one NIfTI file."""
+
+    path: Path
+    case: Case
+    grid: Grid
+    lps: bool
+    slope: float
+    intercept: float
+    noise_seed: tuple[int, ...]
+
+
+@dataclass
+class _Scan:
+    split: str
+    pid: int
+    letter: str
+    index: int  # global scan index (seeds)
+    case: Case
+    report: Report
+    patient_meta: dict[str, object]
+    volumes: list[tuple[str, VolumeJob, dict[str, object]]] = field(default_factory=list)
+
+    @property
+    def head(self) -> bool:
+        return not isinstance(self.case, ChestCase)
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *key])
+
+
+def header_affine(grid: Grid, lps: bool) -> np.ndarray:
+    """The (lying) header affine: 1 mm zooms, true direction signs, true origin."""
+    d = np.array([-1.0, -1.0, 1.0]) if lps else np.ones(3)
+    centre = (np.array(grid.shape, dtype=float) - 1.0) / 2.0
+    aff = np.eye(4)
+    aff[:3, :3] = np.diag(d)
+    aff[:3, 3] = -d * centre * np.array(grid.spacing)
+    return aff
+
+
+def write_volume(job: VolumeJob) -> None:
+    """Render and write one volume with the CT-RATE quirks (raw int16, wrong zooms, LPS/RAS)."""
+    hu = render(job.case, job.grid, np.random.default_rng(list(job.noise_seed))).hu
+    raw = np.rint((hu - np.float32(job.intercept)) / np.float32(job.slope))
+    raw = np.clip(raw, -32768, 32767).astype(np.int16)
+    if job.lps:
+        raw = raw[::-1, ::-1, :]
+    aff = header_affine(job.grid, job.lps)
+    img = nib.Nifti1Image(np.ascontiguousarray(raw), aff)
+    img.header.set_slope_inter(None, None)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(aff, code=1)
+    img.set_sform(aff, code=1)
+    job.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = job.path.with_name(job.path.name.replace(".nii.gz", ".tmp.nii.gz"))
+    nib.save(img, tmp)
+    os.replace(tmp, job.path)
+
+
+def _read_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_complete(out: Path, n: int, seed: int) -> dict | None:
+    m = _read_manifest(out)
+    if not m or m.get("version") != VERSION or m.get("n") != n or m.get("seed") != seed:
+        return None
+    n_files = sum(1 for _ in out.glob("*_fixed/*/*/*.nii.gz"))
+    return m if n_files == m.get("n_volumes") else None
+
+
+def _plan_patients(n: int, rng: np.random.Generator) -> dict[str, list[int | None]]:
+    """Scans per patient (None = a head-CT patient), grouped by split, in pid order."""
+    counts: list[int] = []
+    left = n
+    while left > 0:
+        k = 2 if left >= 2 and rng.random() < 0.15 else 1
+        counts.append(k)
+        left -= k
+    order = rng.permutation(len(counts))
+    n_valid = max(1, int(round(0.2 * len(counts)))) if len(counts) > 1 else 0
+    valid_ids = set(order[:n_valid].tolist())
+    split: dict[str, list[int | None]] = {"train": [], "valid": []}
+    for i, k in enumerate(counts):
+        split["valid" if i in valid_ids else "train"].append(k)
+    for name, items in split.items():
+        items.extend([None] * _N_NO_CHEST[name])
+        split[name] = [items[j] for j in rng.permutation(len(items))]
+    return split
+
+
+def _patient_meta(rng: np.random.Generator) -> dict[str, object]:
+    return {"PatientSex": "M" if rng.random() < 0.55 else "F", "age": int(rng.integers(25, 86))}
+
+
+def _grids(case: Case, rng: np.random.Generator, n_recons: int) -> list[Grid]:
+    """One grid per reconstruction: same FOV and slices, different in-plane matrix."""
+    fov_xy, fov_z = field_of_view(case)
+    sz = round(float(rng.uniform(3.0, 5.0)), 2)
+    nz = int(round(fov_z / sz))
+    s1 = round(float(rng.uniform(2.8, 4.0)), 4)
+    spacings = [s1]
+    if n_recons == 2:
+        s2 = round(s1 * float(rng.uniform(1.12, 1.3)), 4)
+        spacings = [s1, s2] if rng.random() < 0.5 else [s2, s1]
+    return [Grid((int(round(fov_xy / s)), int(round(fov_xy / s)), nz), (s, s, sz)) for s in spacings]
+
+
+def _metadata(name: str, scan: _Scan, job: VolumeJob, rng: np.random.Generator) -> dict[str, object]:
+    maker, model, kernels = _SCANNERS[int(rng.integers(len(_SCANNERS)))]
+    nx, ny, nz = job.grid.shape
+    sx, sy, sz = job.grid.spacing
+    ma = int(rng.integers(80, 400))
+    rot = 0.5
+    coll = 0.625 if maker == "GE MEDICAL SYSTEMS" else 0.6
+    pitch = round(float(rng.uniform(0.8, 1.5)), 3)
+    total = round(coll * 64, 1)
+    first = [round(-(nx - 1) / 2 * sx, 3), round(-(ny - 1) / 2 * sy, 3), round(-(nz - 1) / 2 * sz, 3)]
+    age = int(scan.patient_meta["age"]) + (1 if scan.letter == "b" else 0)
+    return {
+        "VolumeName": name,
+        "Manufacturer": maker,
+        "SeriesDescription": "HEAD" if scan.head else _pick_str(rng, ["THORAX", "CHEST", "TORAKS"]),
+        "ManufacturerModelName": model,
+        "PatientSex": scan.patient_meta["PatientSex"],
+        "PatientAge": f"{age:03d}Y",
+        "ReconstructionDiameter": round(nx * sx, 1),
+        "DistanceSourceToDetector": 1085.6,
+        "DistanceSourceToPatient": 595.0,
+        "GantryDetectorTilt": 0.0,
+        "TableHeight": round(float(rng.uniform(120.0, 200.0)), 1),
+        "RotationDirection": "CW",
+        "ExposureTime": int(rot * 1000),
+        "XRayTubeCurrent": ma,
+        "Exposure": int(ma * rot),
+        "FilterType": "FLAT",
+        "GeneratorPower": int(ma * 120 / 1000),
+        "FocalSpots": "[1.2, 1.2]",
+        "ConvolutionKernel": _pick_str(rng, kernels),
+        "PatientPosition": "HFS",
+        "RevolutionTime": rot,
+        "SingleCollimationWidth": coll,
+        "TotalCollimationWidth": total,
+        "TableSpeed": round(total * pitch / rot, 2),
+        "TableFeedPerRotation": round(total * pitch, 2),
+        "SpiralPitchFactor": pitch,
+        "DataCollectionCenterPatient": "[0.0, 0.0, 0.0]",
+        "ReconstructionTargetCenterPatient": "[0.0, 0.0, 0.0]",
+        "ExposureModulationType": "XYZ_EC",
+        "CTDIvol": round(float(rng.uniform(3.0, 15.0)), 2),
+        "ImagePositionPatient": str(first),
+        "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]",
+        "SliceThickness": sz,
+        "SamplesPerPixel": 1,
+        "PhotometricInterpretation": "MONOCHROME2",
+        "Rows": ny,
+        "Columns": nx,
+        "XYSpacing": f"[{sx}, {sy}]",
+        "RescaleIntercept": job.intercept,
+        "RescaleSlope": job.slope,
+        "RescaleType": "HU",
+        "NumberofSlices": nz,
+        "ZSpacing": sz,
+        "StudyDate": 20200101 + int(rng.integers(0, 1100)),
+    }
+
+
+def _pick_str(rng: np.random.Generator, options: list[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _plan(out: Path, n: int, seed: int) -> list[_Scan]:
+    rng = _rng(seed, 0)
+    scans: list[_Scan] = []
+    patient_index = 0
+    for split, patients in _plan_patients(n, rng).items():
+        for pid, n_scans in enumerate(patients, start=1):
+            prng = _rng(seed, _S_PATIENT, patient_index)
+            patient_index += 1
+            habitus: Habitus = sample_habitus(prng)
+            meta = _patient_meta(prng)
+            for s in range(n_scans or 1):
+                idx = len(scans)
+                crng = _rng(seed, _S_CASE, idx)
+                case: Case = sample_head_case(crng) if n_scans is None else sample_chest_case(crng, habitus)
+                n_recons = 1 if n_scans is None or crng.random() >= 0.2 else 2
+                grids = _grids(case, crng, n_recons)
+                rrng = _rng(seed, _S_REPORT, idx)
+                if isinstance(case, ChestCase):
+                    report = chest_report(case.findings, case.anatomy.contrast, grids[0].spacing[2], rrng)
+                else:
+                    report = head_report(rrng)
+                letter = "ab"[s]
+                scan = _Scan(split, pid, letter, idx, case, report, meta)
+                for r, grid in enumerate(grids, start=1):
+                    vrng = _rng(seed, _S_RECON, idx, r)
+                    name = f"{split}_{pid}_{letter}_{r}.nii.gz"
+                    path = out / f"{split}_fixed" / f"{split}_{pid}" / f"{split}_{pid}_{letter}" / name
+                    job = VolumeJob(
+                        path=path,
+                        case=case,
+                        grid=grid,
+                        lps=bool(vrng.random() < 0.5),
+                        intercept=float(vrng.choice([-1024.0, -1000.0, 0.0], p=[0.5, 0.25, 0.25])),
+                        slope=float(vrng.choice([1.0, 0.5, 2.0], p=[0.8, 0.1, 0.1])),
+                        noise_seed=(seed, _S_NOISE, idx, r),
+                    )
+                    scan.volumes.append((name, job, _metadata(name, scan, job, _rng(seed, _S_META, idx, r))))
+                scans.append(scan)
+    return scans
+
+
+def _write_tables(out: Path, scans: list[_Scan]) -> None:
+    for split, (rep_csv, lab_csv, meta_csv, no_chest) in SPLIT_FILES.items():
+        reports, labels, metas, heads = [], [], [], []
+        for scan in (s for s in scans if s.split == split):
+            present = scan.case.labels
+            for name, _, meta in scan.volumes:
+                r = scan.report
+                reports.append([name, r.clinical, r.technique, r.findings, r.impressions])
+                labels.append([name, *(int(lab in present) for lab in CT_RATE_LABELS)])
+                metas.append(meta)
+                if scan.head:
+                    heads.append(name)
+        for sub, fname, frame in (
+            ("radiology_text_reports", rep_csv, pd.DataFrame(reports, columns=REPORT_COLUMNS)),
+            ("multi_abnormality_labels", lab_csv, pd.DataFrame(labels, columns=LABEL_COLUMNS)),
+            ("metadata", meta_csv, pd.DataFrame(metas, columns=METADATA_COLUMNS)),
+        ):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+            frame.to_csv(out / sub / fname, index=False)
+        (out / no_chest).write_text("".join(f"{h}\n" for h in heads))
+    short = {
+        name: {"positive": s.report.positive, "negative": s.report.negative}
+        for s in scans
+        for name, _, _ in s.volumes
+    }
+    (out / "shortened_findings.json").write_text(json.dumps(short, indent=1))
+
+
+def _run_jobs(jobs: list[VolumeJob], workers: int, progress: bool) -> None:
+    bar = tqdm(total=len(jobs), desc="phantom CT-RATE", unit="vol", disable=not progress)
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        for job in jobs:
+            write_volume(job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            for _ in pool.map(write_volume, jobs, chunksize=4):
+                bar.update()
+    bar.close()
+
+
+def write_phantom_ct_rate(
+    out: Path, n: int, seed: int = 0, workers: int = 2, progress: bool = True
+) -> PhantomSummary:
+    """Write ``n`` phantom chest scans (+ reconstructions + a few head CTs) under ``out``.
+
+    Deterministic given ``seed``. Skips all work when ``out`` already holds a complete phantom
+    with the same ``(n, seed)``; otherwise removes the phantom's own files there and rewrites them.
+    """
+    out = Path(out)
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    done = _is_complete(out, n, seed)
+    if done is not None:
+        return PhantomSummary(root=out, **done["summary"], seed=seed, reused=True)
+    for name in _OWNED:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+    scans = _plan(out, n, seed)
+    jobs = [job for scan in scans for _, job, _ in scan.volumes]
+    _run_jobs(jobs, workers, progress)
+    _write_tables(out, scans)
+
+    n_train = sum(len(s.volumes) for s in scans if s.split == "train")
+    summary = {
+        "n_scans": sum(1 for s in scans if not s.head),
+        "n_volumes": len(jobs),
+        "n_patients": len({(s.split, s.pid) for s in scans}),
+        "n_no_chest": sum(len(s.volumes) for s in scans if s.head),
+        "n_train_volumes": n_train,
+        "n_valid_volumes": len(jobs) - n_train,
+    }
+    counts = {lab: sum(int(lab in s.case.labels) for s in scans) for lab in CT_RATE_LABELS}
+    manifest = {
+        "version": VERSION,
+        "n": n,
+        "seed": seed,
+        "n_volumes": len(jobs),
+        "summary": summary,
+        "label_counts_per_scan": counts,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return PhantomSummary(root=out, **summary, seed=seed)
