@@ -24,6 +24,7 @@ def _run(phantom_overrides: list[str], runs_dir: Path, *extra: str) -> Path:
         "trainer.val_check_interval=1000",
         "trainer.log_every_n_steps=1",
         "optim.warmup_steps=1",
+        "optim.lr=3e-4",
         "evaluation.final_splits=[]",
         "evaluation.preview_volumes=0",
         "data.num_workers=0",
