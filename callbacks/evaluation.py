@@ -1,0 +1,110 @@
+"""Periodic light evaluation during pretraining (``evaluation.every_n_steps``).
+
+Every ``every_n_steps`` optimiser steps, global rank 0 encodes one split (validation by default)
+with the current weights and runs a light subset of ``ctvlp eval`` (retrieval and short zero-shot
+by default: no probe training, no token cache), then logs ``<split>/<task>/<metric>`` scalars to
+the Trainer's logger. Other ranks skip it (the split is read by rank 0 alone, unsharded).
+
+Thresholded metrics need a validation split to fit thresholds on; evaluating the validation split
+itself makes them optimistic, so the callback's numbers track progress and are not the final
+protocol. Bootstrap CIs are off here to keep it cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from ctvlp.config.loader import ConfigError
+from evaluation.runner import EvalSettings, EvalSplit, Evaluator, TrainSplit, hf_tokenize, parse_tasks
+
+LIGHT_TASKS = ("retrieval", "zeroshot_short")
+
+
+class EvaluationCallback(L.Callback):
+    def __init__(
+        self,
+        every_n_steps: int,
+        tasks: Sequence[str] = LIGHT_TASKS,
+        split: str = "val",
+        settings: EvalSettings | None = None,
+    ) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.tasks = parse_tasks(tasks)
+        self.split = split
+        self.settings = settings or EvalSettings()
+        self.settings.tasks = self.tasks
+        self.settings.bootstrap_resamples = 0
+        self.settings.feature_cache_dir = None
+        self._last_step = -1
+
+    def _loader(self, datamodule: Any, split: str) -> DataLoader:
+        """Every volume of ``split`` once, in order, on this rank alone (no DDP sharding)."""
+        dataset = datamodule.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=int(datamodule.data.batch_size),
+            shuffle=False,
+            num_workers=0,
+            collate_fn=datamodule.collate,
+            generator=torch.Generator(),  # the loader's seed draw must not advance the global RNG
+        )
+
+    def _train_split(self, datamodule: Any) -> TrainSplit | None:
+        if "zeroshot_native" not in self.tasks and "probe" not in self.tasks:
+            return None
+        loader = self._loader(datamodule, "train") if "probe" in self.tasks else None
+        return TrainSplit.from_entries(datamodule.splits["train"], loader)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        datamodule = trainer.datamodule
+        tokenize = hf_tokenize(datamodule.collate.tokenizer, datamodule.collate.max_length)
+
+        def split(name: str) -> EvalSplit:
+            return EvalSplit(name, self._loader(datamodule, name), len(datamodule.datasets[name]))
+
+        evaluator = Evaluator(
+            pl_module,
+            tokenize,
+            datamodule.label_names,
+            self.settings,
+            device=pl_module.device,
+            autocast=trainer.precision_plugin.forward_context,
+            progress=False,
+        )
+        evaluated = split(self.split)
+        val = evaluated if self.split == "val" else split("val")
+        return evaluator.run(val, [evaluated], self._train_split(datamodule)).results
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step  # with gradient accumulation the step repeats across batches
+        if not trainer.is_global_zero or trainer.logger is None:
+            return
+        with torch.no_grad():
+            results = self.evaluate(trainer, pl_module)
+        trainer.logger.log_metrics(results, step=step)
+
+
+def evaluation_callback_from_config(cfg: Any) -> EvaluationCallback:
+    """The callback configured by ``cfg.evaluation`` (every_n_steps, callback_tasks, callback_split)."""
+    try:
+        tasks = parse_tasks(list(cfg.evaluation.callback_tasks))
+    except ValueError as error:
+        raise ConfigError(f"evaluation.callback_tasks: {error}") from error
+    return EvaluationCallback(
+        int(cfg.evaluation.every_n_steps),
+        tasks,
+        str(cfg.evaluation.callback_split),
+        EvalSettings.from_config(cfg, tasks),
+    )

@@ -1,0 +1,261 @@
+"""``ctvlp eval``: retrieval, zero-shot and probe evaluation of a trained or imported encoder.
+
+Writes into the run directory (``--out``; default: the checkpoint's run directory):
+``results.json`` (merged with training's flat keys), ``results.md`` (with CIs),
+``results_per_label.json`` (per-label values, thresholds, excluded labels),
+``probe_selection.json`` (every probe's validation AUPRC and the chosen one), TensorBoard
+scalars under ``tensorboard/``, and the feature cache under ``eval_features/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from ctvlp.config.loader import ConfigError, load_experiment, validate
+from ctvlp.results import results_table, write_results
+from ctvlp.run_dir import RunDir, new_run_dir
+from datamodules.datamodule import CTDataModule, ensure_cache, resolve_cache_root
+from evaluation.features import checkpoint_identity, fingerprint
+from evaluation.runner import (
+    EvalOutput,
+    EvalSettings,
+    EvalSplit,
+    Evaluator,
+    TrainSplit,
+    hf_tokenize,
+    parse_tasks,
+)
+from lightning_modules.colipri_interop import ColipriFormatError, load_colipri_weights
+from lightning_modules.contrastive import ContrastiveModule
+from lightning_modules.nets.text_encoder import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("val", "test")
+FEATURES_DIR = "eval_features"
+PER_LABEL_NAME = "results_per_label.json"
+PROBE_SELECTION_NAME = "probe_selection.json"
+
+
+def parse_splits(spec: str) -> list[str]:
+    splits = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in splits if s not in EVAL_SPLITS]
+    if unknown or not splits:
+        raise ConfigError(f"Unknown evaluation split(s) {unknown or spec!r}; valid: {', '.join(EVAL_SPLITS)}")
+    return [s for s in EVAL_SPLITS if s in splits]
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return [*args.overrides, *([f"data.root={args.data}"] if args.data else [])]
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or a run directory's ``checkpoints/last.ckpt``; missing -> FileNotFoundError."""
+    path = Path(path)
+    if path.is_dir():
+        path = RunDir(path).last_checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt {path}: no such checkpoint file")
+    return path
+
+
+def load_checkpoint(
+    path: Path, overrides: list[str] | None = None
+) -> tuple[DictConfig, ContrastiveModule, dict]:
+    """A ``ContrastiveModule`` rebuilt from a ctvlp checkpoint: its own config (plus dot-list
+    ``overrides``, validated) and weights. Returns (config, module, raw checkpoint)."""
+    path = resolve_checkpoint(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoint.get("hyper_parameters", {}).get("config")
+    if saved is None:
+        raise ConfigError(
+            f"{path} holds no 'config' hyper-parameter: not a ctvlp ContrastiveModule checkpoint"
+        )
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"Override '{item}' must look like key=value (e.g. evaluation.probe_steps=500)")
+    cfg = validate(OmegaConf.merge(OmegaConf.create(saved), OmegaConf.from_dotlist(list(overrides or []))))
+    module = ContrastiveModule(OmegaConf.to_container(cfg, resolve=True))
+    module.load_state_dict(checkpoint["state_dict"])
+    return cfg, module, checkpoint
+
+
+def _from_checkpoint(args: argparse.Namespace) -> tuple[DictConfig, ContrastiveModule, int, Path, dict]:
+    path = resolve_checkpoint(Path(args.ckpt))
+    cfg, module, checkpoint = load_checkpoint(path, _overrides(args))
+    run_path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return cfg, module, int(checkpoint.get("global_step", 0)), run_path, checkpoint_identity(path)
+
+
+def _from_colipri(args: argparse.Namespace) -> tuple[DictConfig, ContrastiveModule, int, Path | None, dict]:
+    path = Path(args.colipri_weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"--colipri-weights {path}: no such file")
+    cfg = load_experiment(args.experiment, args.profile, _overrides(args))
+    module = ContrastiveModule(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        load_colipri_weights(module, path)
+    except ColipriFormatError as error:
+        raise ConfigError(str(error)) from error
+    return cfg, module, 0, None, checkpoint_identity(path)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(cfg: DictConfig, device: torch.device) -> Callable[[], AbstractContextManager]:
+    if device.type == "cuda" and str(cfg.trainer.precision).startswith("bf16"):
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def write_outputs(out: Path, output: EvalOutput, global_step: int) -> dict[str, float]:
+    """results.json (merged), results.md, per-label and probe JSONs, TensorBoard scalars."""
+    run = RunDir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(run.results, output.results)
+    merged: dict[str, float] = json.loads(run.results.read_text())
+    run.results_table.write_text(results_table(merged) + "\n")
+    per_label_path = out / PER_LABEL_NAME
+    per_label = json.loads(per_label_path.read_text()) if per_label_path.exists() else {}
+    per_label.update(output.per_label)  # merged like results.json: tasks may be evaluated separately
+    per_label_path.write_text(json.dumps(per_label, indent=1, sort_keys=True) + "\n")
+    if "probe" in output.details:
+        (out / PROBE_SELECTION_NAME).write_text(json.dumps(output.details["probe"], indent=1) + "\n")
+    writer = SummaryWriter(str(run.tensorboard))
+    for key, value in output.results.items():
+        writer.add_scalar(key, value, global_step)
+    writer.close()
+    return merged
+
+
+def prepare_evaluation(
+    cfg: DictConfig,
+    module: ContrastiveModule,
+    weights_identity: dict,
+    tasks: list[str],
+    out: Path,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[CTDataModule, Evaluator]:
+    """The data module (cache built if needed, splits set up) and an evaluator for ``module``.
+
+    Features are cached under ``out/eval_features``, keyed by the weights' identity and the data
+    config, so a second evaluation of the same weights reuses them.
+    """
+    ensure_cache(cfg.data, progress=progress)
+    tokenizer = load_tokenizer(cfg.model.text.name_or_path)
+    datamodule = CTDataModule(cfg.data, tokenizer, int(cfg.model.text.max_length), seed=int(cfg.seed))
+    datamodule.setup("validate")
+    settings = EvalSettings.from_config(cfg, tasks)
+    settings.feature_cache_dir = out / FEATURES_DIR
+    settings.model_key = fingerprint(
+        weights_identity, str(resolve_cache_root(cfg.data)), OmegaConf.to_container(cfg.data)
+    )
+    evaluator = Evaluator(
+        module.to(device).eval(),
+        hf_tokenize(tokenizer, int(cfg.model.text.max_length)),
+        datamodule.label_names,
+        settings,
+        device=device,
+        autocast=_autocast(cfg, device),
+        progress=progress,
+    )
+    return datamodule, evaluator
+
+
+def eval_split(datamodule: CTDataModule, name: str) -> EvalSplit:
+    """A CT-RATE split of the data module: centre crops, every volume once."""
+    return EvalSplit(name, datamodule.loader(name), len(datamodule.datasets[name]))
+
+
+def training_split(datamodule: CTDataModule, tasks: list[str]) -> TrainSplit:
+    loader = datamodule.loader("train") if "probe" in tasks else None
+    return TrainSplit.from_entries(datamodule.splits["train"], loader)
+
+
+def evaluate_run(args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
+    tasks = _parse_tasks(args.tasks)
+    splits = parse_splits(args.splits)
+    cfg, module, global_step, run_path, weights_identity = (
+        _from_checkpoint(args) if args.ckpt else _from_colipri(args)
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else run_path or new_run_dir(Path(cfg.runs_dir), f"{cfg.name}_colipri").path
+    )
+    progress = not args.no_progress
+    datamodule, evaluator = prepare_evaluation(
+        cfg, module, weights_identity, tasks, out, _device(args.device), progress
+    )
+    start = time.perf_counter()
+    output = evaluator.run(
+        eval_split(datamodule, "val"),
+        [eval_split(datamodule, s) for s in splits],
+        training_split(datamodule, tasks),
+    )
+    log.info("Evaluation took %.1f s", time.perf_counter() - start)
+    return out, write_outputs(out, output, global_step)
+
+
+def _parse_tasks(spec: str) -> list[str]:
+    try:
+        return parse_tasks(spec)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    out, results = evaluate_run(args)
+    print(f"\nResults ({out / 'results.json'}):\n")
+    print(results_table(results))
+    print(f"\nPer-label values: {out / PER_LABEL_NAME}\nTensorBoard logs: {out / 'tensorboard'}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint or colipri weights: retrieval, zero-shot, probes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--ckpt", default=None, help="a ctvlp checkpoint, or a run directory (its checkpoints/last.ckpt)"
+    )
+    source.add_argument("--colipri-weights", default=None, help="a colipri-format .safetensors file")
+    parser.add_argument(
+        "--experiment", default="colipri_c", help="with --colipri-weights: the experiment whose model matches"
+    )
+    parser.add_argument("--profile", default=None, help="with --colipri-weights: a profile overlay")
+    parser.add_argument(
+        "--tasks",
+        default="retrieval,zeroshot,probe",
+        help="comma-separated: retrieval, zeroshot "
+        "(= zeroshot_native + zeroshot_short), zeroshot_native, zeroshot_short, probe",
+    )
+    parser.add_argument("--splits", default="val,test", help="comma-separated: val, test")
+    parser.add_argument("--data", default=None, help="data root (sets data.root)")
+    parser.add_argument(
+        "--out", default=None, help="output directory (default: the checkpoint's run directory)"
+    )
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    parser.add_argument("overrides", nargs="*", help="dot-list overrides, e.g. evaluation.probe_steps=2000")
+    parser.set_defaults(handler=run_eval)

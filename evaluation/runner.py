@@ -1,0 +1,442 @@
+"""Runs the evaluation protocols (retrieval, zero-shot native/short, probes) over splits.
+
+Pure torch: given a frozen model, loaders and settings it returns the flat results
+(``"<split>/<task>/<metric>": float``, CI bounds as ``<metric>_ci_low`` / ``_ci_high``), the
+per-label values and the probe-selection details. ``ctvlp eval`` and ``EvaluationCallback``
+only build the inputs and write the outputs.
+
+Protocol (RECIPES.md "Evaluation protocols", COLIPRI App. C):
+
+- Every volume is encoded once per split (centre crop; the loaders provide it); all tasks reuse
+  those features.
+- Validation is always encoded when a classification task runs, even if it is not reported:
+  thresholds (F1-optimal per label) and the probe choice (macro AUPRC) come from validation only
+  and are applied frozen to test and transfer splits.
+- A transfer split (e.g. RAD-ChestCT on its CT-RATE-mapped labels) names its label columns;
+  they are matched by name to the model's label space, and only those columns are scored.
+  Retrieval runs only on splits with reports.
+- CIs: percentile bootstrap over the volumes of the evaluated split (real resampling,
+  ``bootstrap_resamples`` draws, seeded), thresholds and the chosen probe frozen.
+  Retrieval is reported without CIs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evaluation.bootstrap import bootstrap
+from evaluation.features import (
+    SplitFeatures,
+    TokenMode,
+    VisionLanguageModel,
+    encode_texts,
+    extract_features,
+    fingerprint,
+    token_cache_bytes,
+    tokens_per_volume,
+)
+from evaluation.metrics import classification_metrics, f1_optimal_thresholds
+from evaluation.probes import ProbeTraining, predict_probe_grid, select_probe, train_probe_grid
+from evaluation.retrieval import recall_at_k
+from evaluation.zero_shot import (
+    TEMPERATURE,
+    ClassPrompts,
+    native_class_prompts,
+    short_class_prompts,
+    zero_shot_scores,
+)
+from lightning_modules.nets.probe_grid import AGGREGATORS, PAPER_LEARNING_RATES, POOLED_AGGREGATORS, ProbeGrid
+
+log = logging.getLogger(__name__)
+
+TASKS = ("retrieval", "zeroshot_native", "zeroshot_short", "probe")
+TASK_GROUPS = {"zeroshot": ("zeroshot_native", "zeroshot_short")}
+CLASSIFICATION_TASKS = ("zeroshot_native", "zeroshot_short", "probe")
+Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
+
+
+def hf_tokenize(tokenizer: Callable[..., Any], max_length: int) -> Tokenize:
+    """Tokenise texts as the training collator does (longest padding, truncation at ``max_length``)."""
+
+    def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
+        return tokenizer(
+            texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+        )
+
+    return tokenize
+
+
+def parse_tasks(tasks: str | Iterable[str]) -> list[str]:
+    """``"retrieval,zeroshot,probe"`` (or a list) -> task names in canonical order.
+
+    ``zeroshot`` stands for both prompt styles. Unknown names raise ``ValueError`` listing the
+    valid ones.
+    """
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    chosen: set[str] = set()
+    for name in names:
+        if name in TASK_GROUPS:
+            chosen.update(TASK_GROUPS[name])
+        elif name in TASKS:
+            chosen.add(name)
+        else:
+            valid = ", ".join([*TASKS, *TASK_GROUPS])
+            raise ValueError(f"Unknown evaluation task {name!r}; valid tasks: {valid}")
+    if not chosen:
+        raise ValueError(f"No evaluation task given; valid tasks: {', '.join([*TASKS, *TASK_GROUPS])}")
+    return [t for t in TASKS if t in chosen]
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One split to encode. ``label_names`` names the loader's label columns when they are not
+    the model's label space (a transfer dataset); ``has_reports=False`` skips retrieval."""
+
+    name: str
+    loader: Iterable[dict[str, Any]]
+    volumes: int
+    label_names: list[str] | None = None
+    has_reports: bool = True
+
+
+@dataclass(frozen=True)
+class TrainSplit:
+    """The training split: Findings and labels for native prompts, images for the probes."""
+
+    reports: list[str]
+    labels: torch.Tensor  # (len(reports), K)
+    loader: Iterable[dict[str, Any]] | None = None  # centre-crop batches; required for probes
+    volumes: int = 0
+
+    @classmethod
+    def from_entries(
+        cls, entries: Sequence[Any], loader: Iterable[dict[str, Any]] | None = None
+    ) -> TrainSplit:
+        """From cache entries (``.sections["findings"]``, ``.labels``); ``loader`` yields their images."""
+        return cls(
+            reports=[e.sections.get("findings", "") or "" for e in entries],
+            labels=torch.tensor([list(e.labels) for e in entries], dtype=torch.float32),
+            loader=loader,
+            volumes=len(entries),
+        )
+
+
+@dataclass
+class EvalSettings:
+    tasks: Sequence[str] = TASKS
+    recall_ks: Sequence[int] = (1, 5, 10)
+    probe: ProbeTraining = field(default_factory=ProbeTraining)
+    probe_lrs: Sequence[float] = PAPER_LEARNING_RATES
+    probe_heads: int = 12
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
+    zeroshot_reports_per_class: int = 50
+    zeroshot_temperature: float = TEMPERATURE
+    input_size: int = 160  # centre-crop edge, for the token-cache size estimate
+    feature_cache_dir: Path | None = None  # None: features stay in memory
+    feature_cache_bytes: int = 64 * 2**30
+    model_key: str | None = None  # identity of the weights; enables reuse of cached features
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Any, tasks: Sequence[str]) -> EvalSettings:
+        """Settings from an experiment config's ``evaluation`` section (plus seed, crop, heads)."""
+        evaluation = cfg.evaluation
+        return cls(
+            tasks=list(tasks),
+            recall_ks=[int(k) for k in evaluation.recall_ks],
+            probe=ProbeTraining(int(evaluation.probe_steps), int(evaluation.probe_batch_size), int(cfg.seed)),
+            probe_lrs=[float(lr) for lr in evaluation.probe_lrs],
+            probe_heads=int(cfg.model.pool_heads),
+            bootstrap_resamples=int(evaluation.bootstrap_resamples),
+            bootstrap_seed=int(evaluation.bootstrap_seed),
+            zeroshot_reports_per_class=int(evaluation.zeroshot_reports_per_class),
+            input_size=int(cfg.data.crop_size),
+            feature_cache_bytes=int(float(evaluation.feature_cache_gb) * 2**30),
+            seed=int(cfg.seed),
+        )
+
+
+@dataclass
+class EvalOutput:
+    results: dict[str, float] = field(default_factory=dict)
+    per_label: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _timed(what: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    log.info("%s: %.1f s", what, time.perf_counter() - start)
+
+
+def _nan_to_none(values: torch.Tensor, names: Sequence[str]) -> dict[str, float | None]:
+    return {n: (None if math.isnan(v) else v) for n, v in zip(names, values.tolist(), strict=True)}
+
+
+class Evaluator:
+    """Evaluates one frozen vision–language model (``ContrastiveModule`` or alike)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenize: Tokenize,
+        label_names: Sequence[str],
+        settings: EvalSettings,
+        device: torch.device | str = "cpu",
+        autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.vl_model: VisionLanguageModel = model  # type: ignore[assignment]
+        self.tokenize = tokenize
+        self.label_names = list(label_names)
+        self.settings = settings
+        self.tasks = parse_tasks(settings.tasks)
+        self.device = device
+        self.autocast = autocast
+        self.progress = progress
+        self.output = EvalOutput()
+
+    # ------------------------------------------------------------------------------ entry
+    def run(
+        self, val: EvalSplit | None, splits: Sequence[EvalSplit], train: TrainSplit | None = None
+    ) -> EvalOutput:
+        """Evaluate ``splits`` (``val`` may be among them); ``val`` is required for classification."""
+        needs_val = any(t in CLASSIFICATION_TASKS for t in self.tasks)
+        if needs_val and val is None:
+            raise ValueError(
+                "Zero-shot and probe evaluation need the validation split (thresholds, probe choice)"
+            )
+        if train is None and ("zeroshot_native" in self.tasks or "probe" in self.tasks):
+            raise ValueError("Native zero-shot and probes need the training split")
+        if "probe" in self.tasks and (train is None or train.loader is None):
+            raise ValueError("Probes need centre-crop batches of the training split (TrainSplit.loader)")
+        self._check_label_names(splits)
+        self.output = EvalOutput()
+        modes = {module: module.training for module in self.model.modules()}
+        self.model.eval()
+        try:
+            self._run(val, list(splits), train)
+        finally:  # restore every module's own mode (frozen parts may stay in eval during training)
+            for module, training in modes.items():
+                module.training = training
+        self.output.results = dict(sorted(self.output.results.items()))
+        return self.output
+
+    def _run(self, val: EvalSplit | None, splits: list[EvalSplit], train: TrainSplit | None) -> None:
+        token_mode = self._token_mode(val, splits, train) if "probe" in self.tasks else "none"
+        encoded = {s.name: s for s in splits}
+        if val is not None and any(t in CLASSIFICATION_TASKS for t in self.tasks):
+            encoded.setdefault(val.name, val)  # thresholds and probe choice, even if not reported
+        with _timed(f"Features of {', '.join(encoded)}"):
+            features = {name: self._features(s, token_mode) for name, s in encoded.items()}
+        if "retrieval" in self.tasks:
+            for split in splits:
+                if split.has_reports:
+                    self._retrieval(split.name, features[split.name])
+        prompt_styles = [t for t in ("zeroshot_native", "zeroshot_short") if t in self.tasks]
+        for task in prompt_styles:
+            with _timed(f"{task} prompts"):
+                prompts = self._prompts(task, train)
+            scores = {
+                name: zero_shot_scores(f.image, prompts, self.settings.zeroshot_temperature)
+                for name, f in features.items()
+            }
+            assert val is not None
+            self._classification(task, val, splits, features, scores)
+        if "probe" in self.tasks:
+            assert train is not None and train.loader is not None and val is not None
+            train_split = EvalSplit("train", train.loader, train.volumes, has_reports=False)
+            with _timed("Features of train"):
+                train_features = self._features(train_split, token_mode, with_text=False)
+            with _timed(f"Probe grid ({self.settings.probe.steps} steps)"):
+                scores = self._probe_scores(train_features, features, val.name)
+            self._classification("probe", val, splits, features, scores)
+
+    # --------------------------------------------------------------------------- features
+    def _check_label_names(self, splits: Sequence[EvalSplit]) -> None:
+        for split in splits:
+            unknown = sorted(set(split.label_names or []) - set(self.label_names))
+            if unknown:
+                raise ValueError(
+                    f"Split '{split.name}' has labels outside the model's label space: {unknown}. "
+                    f"Map them to: {', '.join(self.label_names)}"
+                )
+
+    def _token_mode(
+        self, val: EvalSplit | None, splits: Sequence[EvalSplit], train: TrainSplit | None
+    ) -> TokenMode:
+        """Full fp16 tokens if every split the probes touch fits the disk budget, else pooled-only."""
+        encoder = self.model.image_encoder
+        per_volume = tokens_per_volume(encoder.patch_size, self.settings.input_size)
+        names = {s.name: s.volumes for s in [*splits, *([val] if val else [])]}
+        volumes = sum(names.values()) + (train.volumes if train else 0)
+        needed = token_cache_bytes(volumes, per_volume, int(encoder.proj_dim))
+        if needed <= self.settings.feature_cache_bytes:
+            return "tokens"
+        log.warning(
+            "Probe tokens need %.1f GB, over the %.1f GB budget (evaluation.feature_cache_gb): keeping only "
+            "avg/max pooled tokens; the attention probes (%s) are skipped",
+            needed / 2**30,
+            self.settings.feature_cache_bytes / 2**30,
+            ", ".join(a for a in AGGREGATORS if a not in POOLED_AGGREGATORS),
+        )
+        return "pooled"
+
+    def _features(
+        self, split: EvalSplit, token_mode: TokenMode, with_text: bool | None = None
+    ) -> SplitFeatures:
+        if with_text is None:
+            with_text = "retrieval" in self.tasks and split.has_reports
+        key = None
+        if self.settings.model_key is not None:
+            key = fingerprint(
+                self.settings.model_key, self.settings.input_size, split.name, split.volumes, token_mode
+            )
+        return extract_features(
+            self.vl_model,
+            split.loader,
+            split.name,
+            split.volumes,
+            with_text=with_text,
+            token_mode=token_mode,
+            cache_dir=self.settings.feature_cache_dir,
+            key=key,
+            device=self.device,
+            autocast=self.autocast,
+            progress=self.progress,
+        )
+
+    def _columns(self, split: EvalSplit) -> list[int]:
+        names = split.label_names or self.label_names
+        return [self.label_names.index(n) for n in names]
+
+    # -------------------------------------------------------------------------- retrieval
+    def _retrieval(self, split: str, features: SplitFeatures) -> None:
+        """Image -> report recall over the whole split. Cosine similarity: the trained logit
+        scale (and a sigmoid bias) do not change rankings."""
+        assert features.text is not None
+        similarity = F.normalize(features.image, dim=-1) @ F.normalize(features.text, dim=-1).T
+        for name, value in recall_at_k(similarity, list(self.settings.recall_ks)).items():
+            self.output.results[f"{split}/retrieval/{name}"] = value
+
+    # -------------------------------------------------------------------------- zero-shot
+    def _encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return encode_texts(self.vl_model, self.tokenize, texts, self.device, autocast=self.autocast)
+
+    def _prompts(self, task: str, train: TrainSplit | None) -> ClassPrompts:
+        if task == "zeroshot_short":
+            return short_class_prompts(self.label_names, self._encode_texts)
+        assert train is not None
+        return native_class_prompts(
+            train.reports,
+            train.labels,
+            self.label_names,
+            self._encode_texts,
+            per_class=self.settings.zeroshot_reports_per_class,
+            seed=self.settings.seed,
+        )
+
+    # ----------------------------------------------------------------------------- probes
+    def _probe_scores(
+        self, train: SplitFeatures, features: dict[str, SplitFeatures], val_name: str
+    ) -> dict[str, torch.Tensor]:
+        assert train.tokens is not None
+        aggregators = POOLED_AGGREGATORS if train.tokens.pooled_only else AGGREGATORS
+        torch.manual_seed(self.settings.seed)
+        grid = ProbeGrid(
+            train.tokens.dim,
+            len(self.label_names),
+            self.settings.probe_heads,
+            aggregators,
+            self.settings.probe_lrs,
+        )
+        train_loss = train_probe_grid(
+            grid, train.tokens, train.labels, self.settings.probe, self.device, self.progress
+        )
+        probabilities = {}
+        for name, split_features in features.items():
+            assert split_features.tokens is not None
+            probabilities[name] = predict_probe_grid(grid, split_features.tokens, device=self.device)
+        val = features[val_name]
+        best, val_auprc = select_probe(probabilities[val_name], val.labels, self.label_names, grid.names)
+        log.info("Best probe by validation AUPRC: %s (%.4f)", grid.names[best], val_auprc[grid.names[best]])
+        self.output.details["probe"] = {
+            "selected": grid.names[best],
+            "val_AUPRC": val_auprc,
+            "train_loss": dict(zip(grid.names, train_loss.tolist(), strict=True)),
+            "steps": self.settings.probe.steps,
+            "batch_size": self.settings.probe.batch_size,
+            "token_features": "pooled-only" if train.tokens.pooled_only else "tokens",
+        }
+        return {name: probs[best] for name, probs in probabilities.items()}
+
+    # --------------------------------------------------------------------- classification
+    def _classification(
+        self,
+        task: str,
+        val: EvalSplit,
+        splits: Sequence[EvalSplit],
+        features: dict[str, SplitFeatures],
+        scores: dict[str, torch.Tensor],
+    ) -> None:
+        """Fit thresholds on validation, then score every requested split with frozen thresholds."""
+        val_columns = self._columns(val)
+        thresholds = torch.full((len(self.label_names),), math.nan)
+        thresholds[val_columns] = f1_optimal_thresholds(
+            scores[val.name][:, val_columns], features[val.name].labels
+        )
+        self.output.per_label[f"{val.name}/{task}/threshold"] = _nan_to_none(thresholds, self.label_names)
+        for split in splits:
+            columns = self._columns(split)
+            self._report(
+                f"{split.name}/{task}",
+                scores[split.name][:, columns],
+                features[split.name].labels,
+                [self.label_names[c] for c in columns],
+                thresholds[columns],
+            )
+
+    def _report(
+        self,
+        prefix: str,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        names: list[str],
+        thresholds: torch.Tensor,
+    ) -> None:
+        metrics = classification_metrics(scores, labels, names, thresholds, split=prefix)
+        for metric, value in metrics.macro.items():
+            self.output.results[f"{prefix}/{metric}"] = value
+        for metric, values in metrics.per_label.items():
+            self.output.per_label[f"{prefix}/{metric}"] = _nan_to_none(values, names)
+        self.output.per_label[f"{prefix}/excluded"] = metrics.excluded
+        if self.settings.bootstrap_resamples > 0:
+            with _timed(f"{prefix}: {self.settings.bootstrap_resamples} bootstrap resamples"):
+                intervals = bootstrap(
+                    lambda rows: (
+                        classification_metrics(
+                            scores[rows], labels[rows], names, thresholds, warn=False
+                        ).macro
+                    ),
+                    n=scores.shape[0],
+                    resamples=self.settings.bootstrap_resamples,
+                    seed=self.settings.bootstrap_seed,
+                )
+            for metric in metrics.macro:
+                self.output.results[f"{prefix}/{metric}_ci_low"] = intervals.low[metric]
+                self.output.results[f"{prefix}/{metric}_ci_high"] = intervals.high[metric]
