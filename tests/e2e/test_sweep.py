@@ -24,8 +24,8 @@ def _write_spec(path: Path, phantom_overrides: list[str]) -> Path:
             "evaluation.preview_volumes=0",
             "data.num_workers=0",
         ],
-        # 0.0003 is the base value: star mode runs the base once and skips it in the axis.
-        "params": {"optim.lr": [0.0003, 0.001], "loss.kind": ["sigmoid"]},
+        # 0.001 is the base value (cpu_demo): star mode runs the base once and skips it in the axis.
+        "params": {"optim.lr": [0.001, 0.003], "loss.kind": ["sigmoid"]},
         "metrics": ["val/retrieval/R@1", "val/retrieval/R@5"],
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -36,8 +36,8 @@ def test_star_expansion_runs_base_once_and_one_change_per_run(
     tmp_path: Path, phantom_overrides: list[str]
 ) -> None:
     runs = expand(load_spec(str(_write_spec(tmp_path / "star.yaml", phantom_overrides))))
-    assert [r.run_id for r in runs] == ["base", "lr=0.001", "kind=sigmoid"]
-    assert runs[1].overrides == ["optim.lr=0.001"]
+    assert [r.run_id for r in runs] == ["base", "lr=0.003", "kind=sigmoid"]
+    assert runs[1].overrides == ["optim.lr=0.003"]
 
 
 def test_star_sweep_tabulates_and_skips_finished_runs(
@@ -48,7 +48,7 @@ def test_star_sweep_tabulates_and_skips_finished_runs(
     first = capsys.readouterr().out
     table = (tmp_path / "runs" / "sweeps" / "star" / "results.md").read_text().splitlines()
     assert table[0] == "| run | change | val/retrieval/R@1 | val/retrieval/R@5 |"
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["base", "lr=0.001", "kind=sigmoid"]
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["base", "lr=0.003", "kind=sigmoid"]
     assert "—" not in "".join(table[2:])  # every run produced its metrics
     assert first.count(": running") == 3
 
