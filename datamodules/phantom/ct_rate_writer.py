@@ -68,6 +68,7 @@ from datamodules.phantom.scene import (
     sample_chest_case,
     sample_head_case,
 )
+from datamodules.sources.ct_rate import SPLIT_LAYOUTS
 
 MANIFEST = "phantom_manifest.json"
 
@@ -129,16 +130,6 @@ METADATA_COLUMNS = [
     "ZSpacing",
     "StudyDate",
 ]
-# (split dir prefix, reports csv, labels csv, metadata csv, no-chest list)
-SPLIT_FILES = {
-    "train": ("train_reports.csv", "train_predicted_labels.csv", "train_metadata.csv", "no_chest_train.txt"),
-    "valid": (
-        "validation_reports.csv",
-        "valid_predicted_labels.csv",
-        "validation_metadata.csv",
-        "no_chest_valid.txt",
-    ),
-}
 _OWNED = [
     "train_fixed",
     "valid_fixed",
@@ -395,9 +386,10 @@ def _plan(out: Path, n: int, seed: int) -> list[_Scan]:
 
 
 def _write_tables(out: Path, scans: list[_Scan]) -> None:
-    for split, (rep_csv, lab_csv, meta_csv, no_chest) in SPLIT_FILES.items():
+    # The table locations are the ones the CT-RATE source reads: one declaration of the layout.
+    for layout in SPLIT_LAYOUTS:
         reports, labels, metas, heads = [], [], [], []
-        for scan in (s for s in scans if s.split == split):
+        for scan in (s for s in scans if s.split == layout.prefix):
             present = scan.case.labels
             for name, _, meta in scan.volumes:
                 r = scan.report
@@ -406,14 +398,14 @@ def _write_tables(out: Path, scans: list[_Scan]) -> None:
                 metas.append(meta)
                 if scan.head:
                     heads.append(name)
-        for sub, fname, frame in (
-            ("radiology_text_reports", rep_csv, pd.DataFrame(reports, columns=REPORT_COLUMNS)),
-            ("multi_abnormality_labels", lab_csv, pd.DataFrame(labels, columns=LABEL_COLUMNS)),
-            ("metadata", meta_csv, pd.DataFrame(metas, columns=METADATA_COLUMNS)),
+        for table, frame in (
+            (layout.reports, pd.DataFrame(reports, columns=REPORT_COLUMNS)),
+            (layout.labels, pd.DataFrame(labels, columns=LABEL_COLUMNS)),
+            (layout.metadata, pd.DataFrame(metas, columns=METADATA_COLUMNS)),
         ):
-            (out / sub).mkdir(parents=True, exist_ok=True)
-            frame.to_csv(out / sub / fname, index=False)
-        (out / no_chest).write_text("".join(f"{h}\n" for h in heads))
+            (out / table).parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(out / table, index=False)
+        (out / layout.no_chest).write_text("".join(f"{h}\n" for h in heads))
     short = {
         name: {"positive": s.report.positive, "negative": s.report.negative}
         for s in scans
