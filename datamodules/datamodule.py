@@ -17,7 +17,7 @@ from datamodules.dataset import PairedVolumeDataset
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.preprocess import build_cache
 from datamodules.samplers import EvalSampler, TrainSampler
-from datamodules.sources.ct_rate import scan_ct_rate
+from datamodules.sources.ct_rate import resolve_root, scan_ct_rate
 from datamodules.splits import assign_splits
 from datamodules.text import ReportTransform, load_shortened_findings
 from datamodules.transforms import AUGMENTATION_LEVELS
@@ -29,6 +29,14 @@ SHORTENED_FINDINGS_FILE = "shortened_findings.json"
 
 def resolve_cache_root(data: DictConfig) -> Path:
     return cache_path(Path(data.cache_dir), data.source, float(data.spacing), data.interpolation)
+
+
+def check_data(data: DictConfig) -> None:
+    """Fail fast (before any model work) on a wrong data root when the cache still has to be
+    built. Cheap and side-effect free, so every rank may call it; the build itself happens once,
+    in ``prepare_data``."""
+    if not (resolve_cache_root(data) / "index.json").exists():
+        resolve_root(Path(data.root))
 
 
 def ensure_cache(data: DictConfig, progress: bool = True) -> CacheIndex:

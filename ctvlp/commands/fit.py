@@ -14,7 +14,7 @@ from ctvlp.config.loader import load_experiment
 from ctvlp.results import collect_results, results_table, write_results
 from ctvlp.run_dir import RunDir, new_run_dir, resolve_resume
 from ctvlp.trainer_factory import build_trainer
-from datamodules.datamodule import CTDataModule, ensure_cache
+from datamodules.datamodule import CTDataModule, check_data
 from lightning_modules.contrastive import ContrastiveModule
 from lightning_modules.nets.text_encoder import load_tokenizer
 
@@ -45,8 +45,9 @@ class FitResult:
 def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
     """Train ``cfg`` (already validated) in a new or resumed run directory."""
     L.seed_everything(int(cfg.seed), workers=True)
-    # Fail on a wrong data root or an unreadable dataset before any model is built.
-    ensure_cache(cfg.data)
+    # Fail on a wrong data root before any model is built. The cache is built in the
+    # DataModule's prepare_data (one process per node), not here on every DDP rank.
+    check_data(cfg.data)
     if resume:
         run, ckpt_path = resolve_resume(Path(cfg.runs_dir), cfg.name, resume)
         log.info("Resuming %s from %s", run.path, ckpt_path)

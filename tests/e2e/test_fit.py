@@ -71,3 +71,21 @@ def test_tensorboard_has_scalars_hparams_and_previews(trained_run: Path) -> None
     images = events.Tags()["images"]
     assert {"axial", "coronal", "sagittal"} <= {tag.rsplit("/", 1)[-1] for tag in images}, images
     assert (trained_run / "tensorboard" / "hparams.yaml").exists()
+
+
+def test_fit_builds_a_missing_cache_in_prepare_data(phantom_root: Path, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "fresh_cache"
+    overrides = [f"data.root={phantom_root}", f"data.cache_dir={cache_dir}", "data.val_patients=20"]
+    code = main(
+        [
+            "fit",
+            "colipri_c",
+            "--profile",
+            "cpu_demo",
+            *overrides,
+            f"runs_dir={tmp_path}",
+            "trainer.fast_dev_run=true",
+        ]
+    )
+    assert code == 0
+    assert (cache_dir / "ct_rate" / "6mm-paper" / "index.json").exists()
