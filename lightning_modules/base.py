@@ -9,7 +9,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.datamodule import CTDataModule
+
 from lightning_modules.nonfinite_guard import NonFiniteGuard
+from lightning_modules.nets.text_encoder import load_tokenizer
 from lightning_modules.optim import build_optimizer_and_scheduler
 
 
@@ -20,6 +23,13 @@ class ObjectiveModule(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.cfg: DictConfig = OmegaConf.create(config)
         self.nonfinite = NonFiniteGuard(int(self.cfg.optim.max_consecutive_nonfinite))
+
+    @classmethod
+    def build_datamodule(cls, cfg: DictConfig) -> L.LightningDataModule:
+        """The DataModule this objective trains on. It must also offer ``loader(split)`` for
+        the final evaluation. Default: paired volumes + reports tokenised for the text model."""
+        tokenizer = load_tokenizer(cfg.model.text.name_or_path)
+        return CTDataModule(cfg.data, tokenizer, int(cfg.model.text.max_length), seed=int(cfg.seed))
 
     def guard_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Call on the total training loss; a NaN/Inf on any rank skips the step on all ranks."""

@@ -14,9 +14,8 @@ from ctvlp.config.loader import load_experiment
 from ctvlp.results import collect_results, results_table, write_results
 from ctvlp.run_dir import RunDir, new_run_dir, resolve_resume
 from ctvlp.trainer_factory import build_trainer
-from datamodules.datamodule import CTDataModule, check_data
-from lightning_modules.contrastive import ContrastiveModule
-from lightning_modules.nets.text_encoder import load_tokenizer
+from datamodules.datamodule import check_data
+from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +54,9 @@ def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
         run, ckpt_path = new_run_dir(Path(cfg.runs_dir), cfg.name), None
     OmegaConf.save(cfg, run.config)
 
-    tokenizer = load_tokenizer(cfg.model.text.name_or_path)
-    datamodule = CTDataModule(cfg.data, tokenizer, int(cfg.model.text.max_length), seed=int(cfg.seed))
-    module = ContrastiveModule(OmegaConf.to_container(cfg, resolve=True))
+    module_cls = module_class(cfg.module)
+    datamodule = module_cls.build_datamodule(cfg)
+    module = module_cls(OmegaConf.to_container(cfg, resolve=True))
     trainer = build_trainer(cfg, run)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 

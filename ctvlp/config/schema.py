@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from lightning_modules.registry import MODULES
+
 
 @dataclass
 class TextDataConfig:
@@ -151,6 +153,7 @@ class EvaluationConfig:
 
 # Keys whose value must come from a fixed set; checked with the schema.
 CHOICES: dict[str, tuple[str, ...]] = {
+    "module": tuple(MODULES),
     "data.source": ("ct_rate",),
     "data.interpolation": ("paper", "colipri_inference"),
     "data.text.section": ("findings", "impressions", "both"),
@@ -168,6 +171,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 @dataclass
 class ExperimentConfig:
     name: str = MISSING
+    # The LightningModule that trains it (lightning_modules/registry.py).
+    module: str = "contrastive"
     seed: int = 0
     runs_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
