@@ -9,3 +9,7 @@ class DataRootError(ValueError):
 
 class MissingLabelColumnError(ValueError):
     """A configured label name is not a column of the dataset's label table."""
+
+
+class BadVolumeError(ValueError):
+    """This input volume cannot be converted; the message is the reason (goes to quarantine.csv)."""

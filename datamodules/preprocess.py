@@ -38,7 +38,9 @@ from datamodules.cache import (
     volume_relpath,
     write_json_atomic,
 )
+from datamodules.errors import BadVolumeError
 from datamodules.labels import CT_RATE_LABELS
+from datamodules.readers import read_other_format
 from datamodules.records import Record
 
 log = logging.getLogger(__name__)
@@ -57,10 +59,6 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _STALE_TMP_S = 3600.0
 
 
-class BadVolumeError(ValueError):
-    """This input volume cannot be converted; the message is the reason (goes to quarantine.csv)."""
-
-
 # ----------------------------------------------------------------------------------------- one volume
 
 
@@ -74,6 +72,10 @@ def load_hu(record: Record) -> tuple[np.ndarray, np.ndarray]:
     ``record.spacing``.
     """
     path = Path(record.image_path)
+    # RAD-ChestCT .npz and DICOM series folders (datamodules/readers.py); NIfTI continues below.
+    other = read_other_format(record)
+    if other is not None:
+        return other
     try:
         size = path.stat().st_size
     except OSError as error:

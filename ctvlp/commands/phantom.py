@@ -1,4 +1,4 @@
-"""``ctvlp phantom``: write a synthetic phantom CT-RATE dataset in the real CT-RATE layout."""
+"""``ctvlp phantom``: write a synthetic phantom dataset in a real dataset's on-disk layout."""
 
 from __future__ import annotations
 
@@ -6,38 +6,91 @@ import argparse
 import time
 from pathlib import Path
 
-from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate
+PHANTOM_SOURCES = ("ct_rate", "merlin", "rad_chestct", "image_only")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "phantom",
-        help="write a synthetic phantom CT-RATE dataset (volumes, reports, labels, metadata)",
+        help="write a synthetic phantom dataset (CT-RATE, Merlin, RAD-ChestCT or image-only layout)",
         description=(
-            "Write N phantom chest CT scans (plus extra reconstructions and a few head CTs to exclude) "
-            "under DIR in the CT-RATE layout (train_fixed/, valid_fixed/, radiology_text_reports/, ...). "
-            "Deterministic given the seed; a complete phantom with the same N and seed is reused."
+            "Write N phantom scans under DIR in the layout of --source: ct_rate (chest CT + reports, "
+            "labels, metadata; extra reconstructions and head CTs), merlin (abdomen CT, "
+            "reports_final.xlsx, 30-disease CSV), rad_chestct (.npz chest CT + abnormality x location "
+            "labels) or image_only (NLST-style patient/time-point folders, DICOM series and NIfTI). "
+            "Deterministic given the seed; a complete phantom with the same parameters is reused."
         ),
+    )
+    parser.add_argument(
+        "--source", choices=PHANTOM_SOURCES, default="ct_rate", help="layout (default: ct_rate)"
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="dataset root to write")
     parser.add_argument(
-        "--n", type=int, default=300, metavar="N", help="number of chest scans (default: 300)"
+        "--n",
+        type=int,
+        default=300,
+        metavar="N",
+        help="number of scans (image_only: patients) (default: 300)",
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     parser.add_argument("--workers", type=int, default=2, metavar="W", help="parallel processes (default: 2)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="rad_chestct only: chest size factor (1 = life size at 0.8 mm, ~430^3 voxels; default 1)",
+    )
+    parser.add_argument(
+        "--dicom",
+        type=int,
+        default=1,
+        metavar="K",
+        help="image_only only: acquisitions written as DICOM (default 1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    s = write_phantom_ct_rate(
-        args.out, args.n, seed=args.seed, workers=args.workers, progress=not args.no_progress
-    )
+    progress = not args.no_progress
+    if args.source == "ct_rate":
+        from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate
+
+        s = write_phantom_ct_rate(args.out, args.n, seed=args.seed, workers=args.workers, progress=progress)
+        what = (
+            f"phantom CT-RATE at {s.root}: {s.n_scans} scans, {s.n_volumes} volumes "
+            f"({s.n_train_volumes} train / {s.n_valid_volumes} valid, {s.n_no_chest} head CTs), "
+            f"{s.n_patients} patients"
+        )
+    elif args.source == "merlin":
+        from datamodules.phantom.merlin_writer import write_phantom_merlin
+
+        m = write_phantom_merlin(args.out, args.n, seed=args.seed, workers=args.workers, progress=progress)
+        what = f"phantom Merlin at {m.root}: {m.n_studies} studies ({m.n_train} train / {m.n_val} val / {m.n_test} test)"
+        s = m
+    elif args.source == "rad_chestct":
+        from datamodules.phantom.rad_chestct_writer import write_phantom_rad_chestct
+
+        r = write_phantom_rad_chestct(
+            args.out, args.n, seed=args.seed, scale=args.scale, workers=args.workers, progress=progress
+        )
+        what = (
+            f"phantom RAD-ChestCT at {r.root}: {r.n_volumes} volumes ({r.n_train} train / {r.n_val} valid / "
+            f"{r.n_test} test), scale {r.scale}"
+        )
+        s = r
+    else:
+        from datamodules.phantom.image_only_writer import write_phantom_image_only
+
+        i = write_phantom_image_only(
+            args.out, args.n, seed=args.seed, n_dicom=args.dicom, workers=args.workers, progress=progress
+        )
+        what = (
+            f"phantom image-only collection at {i.root}: {i.n_patients} patients, {i.n_acquisitions} "
+            f"acquisitions, {i.n_series} series ({i.n_dicom_series} DICOM)"
+        )
+        s = i
     action = "reused" if s.reused else f"wrote in {time.perf_counter() - start:.1f} s"
-    print(
-        f"phantom CT-RATE at {s.root}: {s.n_scans} scans, {s.n_volumes} volumes "
-        f"({s.n_train_volumes} train / {s.n_valid_volumes} valid, {s.n_no_chest} head CTs), "
-        f"{s.n_patients} patients, seed {s.seed}; {action}"
-    )
+    print(f"{what}, seed {s.seed}; {action}")
     return 0

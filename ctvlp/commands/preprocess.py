@@ -5,18 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 from datamodules.cache import INTERPOLATIONS, cache_path
-from datamodules.labels import CT_RATE_LABELS
 from datamodules.preprocess import build_cache, read_quarantine
-from datamodules.sources.ct_rate import SourceScan, scan_ct_rate
-
-# source name -> (scanner, label names)
-SOURCES: dict[str, tuple[Callable[[Path, list[str]], SourceScan], list[str]]] = {
-    "ct_rate": (scan_ct_rate, CT_RATE_LABELS),
-}
+from datamodules.sources.registry import SOURCES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--source", choices=sorted(SOURCES), default="ct_rate")
     parser.add_argument(
-        "--root", type=Path, required=True, help="data root (the folder with train_fixed/ ...)"
+        "--root",
+        type=Path,
+        required=True,
+        help="data root of the source (CT-RATE: the folder with train_fixed/ ...; see README, Data)",
     )
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="default: ./cache")
     parser.add_argument(
@@ -51,8 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    scanner, label_names = SOURCES[args.source]
-    scan = scanner(Path(args.root), label_names)
+    source = SOURCES[args.source]
+    label_names = list(source.label_names)
+    scan = source.scan(Path(args.root), label_names)
     print(f"{args.source}: {len(scan.records)} volumes, {len(scan.rejected)} rejected by the source")
     for spacing in args.spacing or [2.0]:
         root = cache_path(Path(args.cache_dir), args.source, spacing, args.interpolation)

@@ -1,0 +1,52 @@
+"""The supported on-disk layouts: name -> scanner, native label space, sample kind, root check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from datamodules.labels import SOURCE_LABELS
+from datamodules.sources import ct_rate, image_only, merlin, rad_chestct
+from datamodules.sources.ct_rate import SourceScan
+
+PAIRED = "paired"
+IMAGE_ONLY = "image_only"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    scan: Callable[[Path, list[str]], SourceScan]
+    label_names: list[str]
+    # "paired" (volume + report) or "image_only" (no report: MAE / vision-only batches, or labels only)
+    kind: str
+    resolve_root: Callable[[Path], Path]
+
+
+SOURCES: dict[str, SourceSpec] = {
+    "ct_rate": SourceSpec(
+        "ct_rate", ct_rate.scan_ct_rate, SOURCE_LABELS["ct_rate"], PAIRED, ct_rate.resolve_root
+    ),
+    "merlin": SourceSpec("merlin", merlin.scan_merlin, SOURCE_LABELS["merlin"], PAIRED, merlin.resolve_root),
+    "rad_chestct": SourceSpec(
+        "rad_chestct",
+        rad_chestct.scan_rad_chestct,
+        SOURCE_LABELS["rad_chestct"],
+        IMAGE_ONLY,  # the public subset has labels but no reports
+        rad_chestct.resolve_root,
+    ),
+    "image_only": SourceSpec(
+        "image_only",
+        lambda root, labels: image_only.scan_image_only(root, labels),
+        SOURCE_LABELS["image_only"],
+        IMAGE_ONLY,
+        image_only.resolve_root,
+    ),
+}
+
+
+def get_source(name: str) -> SourceSpec:
+    if name not in SOURCES:
+        raise ValueError(f"Unknown data source {name!r}; available: {', '.join(sorted(SOURCES))}")
+    return SOURCES[name]
