@@ -5,6 +5,24 @@ from __future__ import annotations
 import torch
 
 
+def true_report_ranks(similarity: torch.Tensor) -> torch.Tensor:
+    """(N,) 0-based rank of each image's true report (report i for image i) among all N reports.
+
+    ``similarity[i, j]`` scores image i against report j. Ties count against the match
+    (pessimistic), so a constant similarity ranks every true report last, not first."""
+    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"similarity must be square (N images x N reports), got {tuple(similarity.shape)}")
+    positive = similarity.diagonal().unsqueeze(1)
+    # Rank of the true report = number of reports scoring >= it, other than itself.
+    return (similarity >= positive).sum(dim=1) - 1
+
+
+def recall_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
+    """``{"R@K": fraction of ranks < K}``: a mean over queries, so bootstrapping it means
+    resampling the queries (images) against the fixed gallery of the split's reports."""
+    return {f"R@{k}": float((ranks < k).float().mean()) for k in ks}
+
+
 def recall_at_k(similarity: torch.Tensor, ks: list[int]) -> dict[str, float]:
     """Image->report Recall@K. ``similarity[i, j]`` scores image i against report j and the
     matching report of image i is report i. Ties count against the match (pessimistic), so a
@@ -12,14 +30,10 @@ def recall_at_k(similarity: torch.Tensor, ks: list[int]) -> dict[str, float]:
 
     Returns ``{"R@K": recall, "R@K_chance": K / N}`` for each K (chance = expected recall of a
     random ranking)."""
-    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
-        raise ValueError(f"similarity must be square (N images x N reports), got {tuple(similarity.shape)}")
     n = similarity.shape[0]
-    positive = similarity.diagonal().unsqueeze(1)
-    # Rank of the true report = number of reports scoring >= it, other than itself.
-    rank = (similarity >= positive).sum(dim=1) - 1
+    recalls = recall_from_ranks(true_report_ranks(similarity), ks)
     metrics: dict[str, float] = {}
     for k in ks:
-        metrics[f"R@{k}"] = float((rank < k).float().mean())
+        metrics[f"R@{k}"] = recalls[f"R@{k}"]
         metrics[f"R@{k}_chance"] = min(k, n) / n
     return metrics

@@ -49,7 +49,7 @@ from evaluation.features import (
 )
 from evaluation.metrics import classification_metrics, f1_optimal_thresholds
 from evaluation.probes import ProbeTraining, predict_probe_grid, select_probe, train_probe_grid
-from evaluation.retrieval import recall_at_k
+from evaluation.retrieval import recall_at_k, recall_from_ranks, true_report_ranks
 from evaluation.zero_shot import (
     TEMPERATURE,
     ClassPrompts,
@@ -331,8 +331,22 @@ class Evaluator:
         scale (and a sigmoid bias) do not change rankings."""
         assert features.text is not None
         similarity = F.normalize(features.image, dim=-1) @ F.normalize(features.text, dim=-1).T
-        for name, value in recall_at_k(similarity, list(self.settings.recall_ks)).items():
-            self.output.results[f"{split}/retrieval/{name}"] = value
+        ks = list(self.settings.recall_ks)
+        prefix = f"{split}/retrieval"
+        for name, value in recall_at_k(similarity, ks).items():
+            self.output.results[f"{prefix}/{name}"] = value
+        if self.settings.bootstrap_resamples > 0:
+            # Queries (images) are resampled against the split's fixed report gallery.
+            ranks = true_report_ranks(similarity)
+            intervals = bootstrap(
+                lambda rows: recall_from_ranks(ranks[rows], ks),
+                n=ranks.shape[0],
+                resamples=self.settings.bootstrap_resamples,
+                seed=self.settings.bootstrap_seed,
+            )
+            for k in ks:
+                self.output.results[f"{prefix}/R@{k}_ci_low"] = intervals.low[f"R@{k}"]
+                self.output.results[f"{prefix}/R@{k}_ci_high"] = intervals.high[f"R@{k}"]
 
     # -------------------------------------------------------------------------- zero-shot
     def _encode_texts(self, texts: Sequence[str]) -> torch.Tensor:

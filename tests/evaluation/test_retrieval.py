@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from evaluation.retrieval import recall_at_k
+from evaluation.retrieval import recall_at_k, recall_from_ranks, true_report_ranks
 
 
 def test_recall_on_a_toy_similarity_matrix() -> None:
@@ -32,3 +32,13 @@ def test_ties_count_against_the_match() -> None:
 def test_non_square_is_rejected() -> None:
     with pytest.raises(ValueError, match="square"):
         recall_at_k(torch.zeros(2, 3), [1])
+
+
+def test_true_report_ranks_and_recall_from_ranks_match_recall_at_k() -> None:
+    similarity = torch.tensor([[0.9, 0.1, 0.2], [0.8, 0.5, 0.7], [0.1, 0.2, 0.6]])
+    ranks = true_report_ranks(similarity)
+    assert ranks.tolist() == [0, 2, 0]
+    # Resampling queries: image 1 twice and image 2 once -> hits at K=1 are [0, 0, 1].
+    assert recall_from_ranks(ranks[torch.tensor([1, 1, 2])], [1, 3]) == pytest.approx(
+        {"R@1": 1 / 3, "R@3": 1.0}
+    )

@@ -53,6 +53,13 @@ def test_all_tasks_on_val_test_and_a_transfer_split(toy_data: Any, toy_model: An
     results = output.results
     for split in ("val", "test"):
         assert results[f"{split}/retrieval/R@1"] > results[f"{split}/retrieval/R@1_chance"]
+        for k in (1, 5, 10):
+            value = results[f"{split}/retrieval/R@{k}"]
+            low, high = (
+                results[f"{split}/retrieval/R@{k}_ci_low"],
+                results[f"{split}/retrieval/R@{k}_ci_high"],
+            )
+            assert low <= value <= high
         for task in ("zeroshot_native", "zeroshot_short", "probe"):
             for metric in ("AUROC", "AUPRC", "BA", "F1", "F1_weighted"):
                 value = results[f"{split}/{task}/{metric}"]
