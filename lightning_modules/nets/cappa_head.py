@@ -27,6 +27,8 @@ x += SwiGLU(LN(x))``, then a final LayerNorm and a linear layer to ``vocab_size`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -110,8 +112,11 @@ class CapPaHead(nn.Module):
         full = torch.ones(length, length, dtype=torch.bool, device=device)
         return torch.tril(full) if causal else full
 
-    def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, causal: bool) -> torch.Tensor:
-        """input_ids (B, L) with ids ≤ vocab_size; image_tokens (B, N, image_dim). → (B, L, vocab)."""
+    def hidden_states(
+        self, input_ids: torch.Tensor, image_tokens: torch.Tensor, causal: bool
+    ) -> torch.Tensor:
+        """input_ids (B, L) with ids ≤ vocab_size; image_tokens (B, N, image_dim). → (B, L, width),
+        after the final LayerNorm (``to_logits`` of it gives the logits)."""
         length = input_ids.shape[1]
         if length > self.max_len:
             raise ValueError(f"Sequence length {length} exceeds max_len {self.max_len}")
@@ -120,7 +125,11 @@ class CapPaHead(nn.Module):
         mask = self.attention_mask(length, causal, device=input_ids.device)
         for block in self.blocks:
             x = block(x, image, mask)
-        return self.to_logits(self.norm(x))
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, causal: bool) -> torch.Tensor:
+        """input_ids (B, L) with ids ≤ vocab_size; image_tokens (B, N, image_dim). → (B, L, vocab)."""
+        return self.to_logits(self.hidden_states(input_ids, image_tokens, causal))
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -130,6 +139,24 @@ class CapPaHead(nn.Module):
         if not bool((flat_labels != IGNORE_INDEX).any()):
             return flat_logits.sum() * 0.0
         return F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE_INDEX)
+
+    def caption_loss(
+        self, image_tokens: torch.Tensor, targets: Mapping[str, torch.Tensor], causal: bool
+    ) -> torch.Tensor:
+        """Loss of one mode on a batch of ``cappa_targets.stack_examples`` tensors.
+
+        Causal: teacher forcing on ``input_ids`` with the causal mask. Parallel: the all-mask
+        ``parallel_input_ids`` with full attention. Both predict the same ``labels``.
+        Equal to ``loss(forward(...), labels)``, but the vocabulary projection (the largest
+        matmul) runs on the labelled positions only, not on headers and padding.
+        """
+        input_ids = targets["input_ids"] if causal else targets["parallel_input_ids"]
+        hidden = self.hidden_states(input_ids, image_tokens, causal=causal)
+        labels = targets["labels"]
+        labelled = labels != IGNORE_INDEX
+        if not bool(labelled.any()):
+            return hidden.sum() * 0.0
+        return F.cross_entropy(self.to_logits(hidden[labelled]).float(), labels[labelled])
 
     @torch.no_grad()
     def generate_greedy(
@@ -153,10 +180,11 @@ class CapPaHead(nn.Module):
         header_ids = header_ids.to(image_tokens.device)
         if not causal:
             masks = header_ids.new_full((batch, num_slots), self.mask_token_id)
-            logits = self(torch.cat([header_ids, masks], dim=1), image_tokens, causal=False)
-            return logits[:, header_ids.shape[1] :].argmax(dim=-1)
+            hidden = self.hidden_states(torch.cat([header_ids, masks], dim=1), image_tokens, causal=False)
+            return self.to_logits(hidden[:, header_ids.shape[1] :]).argmax(dim=-1)
         tokens = torch.cat([header_ids.new_full((batch, 1), start_id), header_ids], dim=1)
         for _ in range(num_slots):
-            next_token = self(tokens, image_tokens, causal=True)[:, -1].argmax(dim=-1)
+            last = self.hidden_states(tokens, image_tokens, causal=True)[:, -1]
+            next_token = self.to_logits(last).argmax(dim=-1)
             tokens = torch.cat([tokens, rearrange(next_token, "b -> b 1")], dim=1)
         return tokens[:, 1 + header_ids.shape[1] :]

@@ -6,14 +6,16 @@ sequence of fixed length ``L = header_length + num_slots``:
 ``target = headers + slots``
 
 - ``headers``: the tokens of all eight section headers (``"<Section>:"``) grouped at the start,
-  in the section order. The order is shuffled with the given ``random.Random`` in training (a
-  regulariser, COLIPRI Sec. 4.2) and canonical otherwise. The block's length does not depend on
-  the order, only on the tokenizer. Headers are never predicted (label −100): they tell the
-  decoder which order to generate the sections in.
-- ``slots``: exactly ``num_slots`` tokens: for each section in the same order, its header tokens
-  followed by its sentences' tokens (an empty section is its header only), then the end token,
-  truncated or padded with the pad id to ``num_slots``. Content, in-slot headers and the end token
-  are predicted; padding is not (label −100).
+  in the section order. The order is shuffled in training (a regulariser, COLIPRI Sec. 4.2) and
+  canonical otherwise. The block's length does not depend on the order, only on the tokenizer.
+  Headers are given to the decoder and never predicted (label −100): they tell it which order to
+  write the sections in.
+- ``slots``: exactly ``num_slots`` tokens: for each section in the same order, its sentences'
+  tokens followed by one separator token (``sep_id``, the tokenizer's SEP/EOS), so an empty
+  section is a lone separator and the eighth separator ends the report; then padding (pad id) up
+  to ``num_slots``, or truncation to it. Content and separators are predicted; padding is not
+  (label −100). Headers are not repeated in the slots: the k-th separator closes the k-th section
+  of the header block, so no header token is ever part of the loss.
 
 Grouping the headers and using a **fixed** number of slots is what stops parallel decoding from
 leaking the findings: with headers interleaved in the input, the number of mask tokens between two
@@ -58,8 +60,8 @@ class CapPaExample:
 class CapPaTargetBuilder:
     """Tokenises structured reports into fixed-length CapPa inputs/targets (any HF tokenizer).
 
-    ``end_id`` defaults to the tokenizer's SEP/EOS token (``None`` when it has neither: no end
-    token); ``start_id`` to the pad id (else the end id, else 0).
+    ``sep_id`` (the section separator, which also ends the report) defaults to the tokenizer's
+    SEP token, else its EOS token; ``start_id`` to the pad id (else ``sep_id``).
     """
 
     def __init__(
@@ -68,7 +70,7 @@ class CapPaTargetBuilder:
         num_slots: int,
         section_names: Sequence[str] = SECTION_NAMES,
         start_id: int | None = None,
-        end_id: int | None = None,
+        sep_id: int | None = None,
     ) -> None:
         if num_slots < 1:
             raise ValueError(f"num_slots must be positive, got {num_slots}")
@@ -78,12 +80,14 @@ class CapPaTargetBuilder:
         self.vocab_size = len(tokenizer)
         self.mask_token_id = self.vocab_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        if end_id is None:
-            end_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-        self.end_id = end_id
+        if sep_id is None:
+            sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        if sep_id is None:
+            raise ValueError("The tokenizer has neither a SEP nor an EOS token: pass sep_id explicitly")
+        self.sep_id = int(sep_id)
         if start_id is None:
-            start_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (end_id or 0)
-        self.start_id = start_id
+            start_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.sep_id
+        self.start_id = int(start_id)
         self._header_tokens = dict(
             zip(self.section_names, self._tokenize([f"{name}:" for name in self.section_names]), strict=True)
         )
@@ -111,19 +115,23 @@ class CapPaTargetBuilder:
         if unknown:
             raise ValueError(f"Unknown sections {sorted(unknown)}; valid: {', '.join(self.section_names)}")
         contents = self._tokenize([" ".join(sections.get(name, ())) for name in order])
-        tokens: list[int] = []
-        for name, content in zip(order, contents, strict=True):
-            tokens += self._header_tokens[name] + content
-        if self.end_id is not None:
-            tokens.append(self.end_id)
+        tokens = [token for content in contents for token in [*content, self.sep_id]]
         tokens = tokens[: self.num_slots]
         real = len(tokens)
         return tokens + [self.pad_id] * (self.num_slots - real), real
 
     def __call__(
-        self, sections: Mapping[str, Sequence[str]], rng: random.Random | None = None
+        self,
+        sections: Mapping[str, Sequence[str]],
+        rng: random.Random | None = None,
+        order: Sequence[str] | None = None,
     ) -> CapPaExample:
-        order = self.section_order(rng)
+        """Tensors of one report, sections in ``order`` if given, else ``section_order(rng)``."""
+        if order is None:
+            order = self.section_order(rng)
+        elif sorted(order) != sorted(self.section_names):
+            raise ValueError(f"order must be a permutation of {self.section_names}, got {tuple(order)}")
+        order = tuple(order)
         headers = self.header_block(order)
         slots, real = self.slot_tokens(sections, order)
         target = torch.tensor(headers + slots, dtype=torch.long)
@@ -145,13 +153,34 @@ class CapPaTargetBuilder:
             section_order=order,
         )
 
-    def decode(self, slot_ids: Sequence[int] | torch.Tensor) -> str:
-        """Generated slot tokens → text, up to the first end token (special tokens dropped)."""
-        ids = [int(i) for i in slot_ids]
-        if self.end_id is not None and self.end_id in ids:
-            ids = ids[: ids.index(self.end_id)]
-        ids = [i for i in ids if i != self.mask_token_id]
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def slot_ids(self, example_labels: torch.Tensor) -> list[int]:
+        """The predicted part of a ``labels`` row (content and separators, no padding)."""
+        slots = example_labels[self.header_length :]
+        return [int(i) for i in slots[slots != IGNORE_INDEX]]
+
+    def decode_sections(
+        self, slot_ids: Sequence[int] | torch.Tensor, order: Sequence[str] | None = None
+    ) -> dict[str, str]:
+        """Slot tokens (generated or reference) → ``{section: text}`` in ``order`` (canonical if
+        ``None``): the k-th separator closes the k-th section; sections after the last separator
+        (a truncated or unfinished report) get whatever tokens are left, or nothing."""
+        order = tuple(order) if order is not None else self.section_names
+        ids = [int(i) for i in slot_ids if int(i) != self.mask_token_id]
+        parts: list[list[int]] = [[]]
+        for token in ids:
+            if token == self.sep_id:
+                if len(parts) == len(order):
+                    break
+                parts.append([])
+            else:
+                parts[-1].append(token)
+        parts += [[] for _ in range(len(order) - len(parts))]
+        texts = [self.tokenizer.decode(p, skip_special_tokens=True).strip() for p in parts]
+        return dict(zip(order, texts, strict=True))
+
+    def decode(self, slot_ids: Sequence[int] | torch.Tensor, order: Sequence[str] | None = None) -> str:
+        """Slot tokens → one line per section, ``"<Section>: <text>"``, in ``order``."""
+        return "\n".join(f"{name}: {text}" for name, text in self.decode_sections(slot_ids, order).items())
 
 
 def stack_examples(examples: Sequence[CapPaExample]) -> dict[str, torch.Tensor | list[tuple[str, ...]]]:

@@ -95,3 +95,39 @@ def test_overfits_one_target_in_both_modes(single_thread):
             image, headers[0], num_slots=slots.shape[1], causal=causal, start_id=0
         )
         torch.testing.assert_close(generated, slots)
+
+
+def test_caption_loss_is_the_hand_computed_cross_entropy_of_the_chosen_mode():
+    """Toy vocabulary of 6: the loss of each mode is -mean log softmax(logits)[label] over the
+    labelled positions of that mode's input, computed here by hand from the full logits."""
+    torch.manual_seed(0)
+    head = _head(vocab_size=6, max_len=8).eval()
+    mask = head.mask_token_id
+    image = torch.randn(2, 3, 16)
+    targets = {
+        "input_ids": torch.tensor([[0, 4, 2, 3, 1, 5], [0, 2, 4, 1, 1, 0]]),
+        "parallel_input_ids": torch.tensor([[4, 2, mask, mask, mask, mask], [2, 4, mask, mask, mask, mask]]),
+        "labels": torch.tensor(
+            [[IGNORE_INDEX, IGNORE_INDEX, 3, 1, 5, 1], [IGNORE_INDEX, IGNORE_INDEX, 1, 1, 0, -100]]
+        ),
+    }
+    for causal in (True, False):
+        ids = targets["input_ids"] if causal else targets["parallel_input_ids"]
+        with torch.no_grad():
+            logits = head(ids, image, causal=causal)
+        terms = []
+        for b in range(2):
+            for j in range(6):
+                label = int(targets["labels"][b, j])
+                if label == IGNORE_INDEX:
+                    continue
+                row = [math.exp(float(v)) for v in logits[b, j]]
+                terms.append(-math.log(row[label] / sum(row)))
+        expected = sum(terms) / len(terms)
+        assert len(terms) == 7
+        assert head.caption_loss(image, targets, causal=causal).item() == pytest.approx(expected, rel=1e-5)
+    # The two modes read different inputs, so their losses differ.
+    assert head.caption_loss(image, targets, causal=True) != head.caption_loss(image, targets, causal=False)
+    nothing = dict(targets, labels=torch.full_like(targets["labels"], IGNORE_INDEX))
+    zero = head.train().caption_loss(image, nothing, causal=False)
+    assert zero.item() == 0.0 and zero.requires_grad

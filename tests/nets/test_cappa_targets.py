@@ -42,19 +42,31 @@ def test_length_does_not_depend_on_findings(builder):
 
 
 def test_headers_and_padding_excluded_from_loss(builder, tokenizer):
-    example = builder(assign_sections(FINDINGS))
+    sections = assign_sections(FINDINGS)
+    example = builder(sections)
     labels = example.labels
     assert (labels[: builder.header_length] == IGNORE_INDEX).all()
     content = labels[builder.header_length :]
     real = content[content != IGNORE_INDEX]
-    # Content ends with the end token and is followed by padding only.
-    assert real[-1].item() == tokenizer.sep_token_id
-    assert (content[len(real) :] == IGNORE_INDEX).all()
     assert (content[: len(real)] != IGNORE_INDEX).all()
-    text = tokenizer.decode(real[:-1])
-    assert text.startswith("image quality :")
-    assert "right pleural effusion is present" in text
-    assert builder.decode(example.labels[builder.header_length :].clamp(min=0)) == text
+    assert (content[len(real) :] == IGNORE_INDEX).all()  # padding after the report
+    # What is predicted: each section's sentences, then one separator; no header token at all.
+    expected = []
+    for name in SECTION_NAMES:
+        expected += tokenizer(" ".join(sections[name]), add_special_tokens=False)["input_ids"]
+        expected.append(tokenizer.sep_token_id)
+    assert real.tolist() == expected
+    assert (real == tokenizer.sep_token_id).sum().item() == len(SECTION_NAMES)
+    header_tokens = set(example.header_ids.tolist()) - set(expected)
+    assert header_tokens and not header_tokens & set(real.tolist())
+    # The predicted tokens decode back to the structured report.
+    decoded = builder.decode_sections(builder.slot_ids(labels))
+    assert decoded["Pleura"] == "right pleural effusion is present."
+    assert decoded["Image Quality"] == ""
+    assert (
+        builder.decode(builder.slot_ids(labels)).splitlines()[2]
+        == "Pleura: right pleural effusion is present."
+    )
 
 
 def test_causal_input_is_target_shifted_right(builder):
@@ -96,6 +108,26 @@ def test_truncation_to_num_slots(tokenizer):
     example = small(assign_sections(FINDINGS * 3))
     assert example.labels.shape == (small.length,)
     assert (example.labels[small.header_length :] != IGNORE_INDEX).all()
+    decoded = small.decode_sections(small.slot_ids(example.labels))
+    assert decoded["Image Quality"] == "" and decoded["Lungs and Airways"].startswith("trachea")
+    assert decoded["Upper Abdomen"] == ""  # cut off
+
+
+def test_explicit_order_and_decoding_in_that_order(builder):
+    sections = assign_sections(FINDINGS)
+    order = tuple(reversed(SECTION_NAMES))
+    example = builder(sections, order=order)
+    assert example.section_order == order
+    torch.testing.assert_close(example.header_ids, torch.tensor(builder.header_block(order)))
+    decoded = builder.decode_sections(builder.slot_ids(example.labels), order)
+    assert tuple(decoded) == order
+    canonical = builder.decode_sections(builder.slot_ids(builder(sections).labels))
+    assert decoded == canonical  # same content whatever the order
+    with pytest.raises(ValueError, match="permutation"):
+        builder(sections, order=SECTION_NAMES[:-1])
+    # Generated ids may hold mask tokens and run past the eighth separator: both are dropped.
+    ids = [*builder.slot_ids(example.labels), builder.mask_token_id, 1000, builder.sep_id, 2000]
+    assert builder.decode_sections(ids, order) == decoded
 
 
 def test_unknown_section_and_stacking(builder):
