@@ -14,10 +14,12 @@ from transformers import PreTrainedTokenizerBase
 from datamodules.cache import CacheEntry, CacheIndex, cache_path
 from datamodules.collate import PairedCollator
 from datamodules.dataset import PairedVolumeDataset
+from datamodules.image_dataset import ImageOnlyVolumeDataset, collate_image_only
 from datamodules.labels import CT_RATE_LABELS
+from datamodules.mixing import DataSource, KindCollator, MixedDataset, data_sources, project_entries
 from datamodules.preprocess import build_cache
-from datamodules.samplers import EvalSampler, TrainSampler
-from datamodules.sources.ct_rate import resolve_root, scan_ct_rate
+from datamodules.samplers import EvalSampler, MixedBatchSampler, TrainSampler
+from datamodules.sources.registry import PAIRED
 from datamodules.splits import assign_splits
 from datamodules.text import ReportTransform, load_shortened_findings
 from datamodules.transforms import AUGMENTATION_LEVELS
@@ -27,35 +29,60 @@ log = logging.getLogger(__name__)
 SHORTENED_FINDINGS_FILE = "shortened_findings.json"
 
 
+def source_cache_root(data: DictConfig, source: DataSource) -> Path:
+    return cache_path(Path(data.cache_dir), source.name, float(data.spacing), data.interpolation)
+
+
 def resolve_cache_root(data: DictConfig) -> Path:
-    return cache_path(Path(data.cache_dir), data.source, float(data.spacing), data.interpolation)
+    """The cache of the primary source (the only one for the ``data.source`` shorthand)."""
+    return source_cache_root(data, data_sources(data)[0])
 
 
 def check_data(data: DictConfig) -> None:
-    """Fail fast (before any model work) on a wrong data root when the cache still has to be
+    """Fail fast (before any model work) on a wrong data root when a cache still has to be
     built. Cheap and side-effect free, so every rank may call it; the build itself happens once,
     in ``prepare_data``."""
-    if not (resolve_cache_root(data) / "index.json").exists():
-        resolve_root(Path(data.root))
+    for source in data_sources(data):
+        if not (source_cache_root(data, source) / "index.json").exists():
+            source.spec.resolve_root(Path(source.root))
 
 
-def ensure_cache(data: DictConfig, progress: bool = True) -> CacheIndex:
-    """Build the preprocessed cache for ``data`` unless a complete one exists; return its index."""
-    cache_root = resolve_cache_root(data)
+def ensure_source_cache(data: DictConfig, source: DataSource, progress: bool = True) -> CacheIndex:
+    """The cache of one source: reused when its index exists and every entry's volume file is
+    complete; otherwise (re)built, which reuses the complete volumes of an earlier run."""
+    cache_root = source_cache_root(data, source)
     if (cache_root / "index.json").exists():
-        return CacheIndex.load(cache_root)
-    scan = scan_ct_rate(Path(data.root), CT_RATE_LABELS)
-    log.info("Preprocessing %d volumes into %s", len(scan.records), cache_root)
+        index = CacheIndex.load(cache_root)
+        missing = index.missing_entries()
+        if not missing:
+            return index
+        log.warning(
+            "%s: %d of %d cached volumes are missing or incomplete (e.g. %s); resuming the build",
+            cache_root,
+            len(missing),
+            len(index.entries),
+            missing[0].file,
+        )
+    label_names = list(source.spec.label_names)
+    scan = source.spec.scan(Path(source.root), label_names)
+    log.info("Preprocessing %d %s volumes into %s", len(scan.records), source.name, cache_root)
     return build_cache(
         scan.records,
         cache_root,
         spacing=float(data.spacing),
         interpolation=data.interpolation,
-        label_names=CT_RATE_LABELS,
+        label_names=label_names,
         workers=int(data.preprocess_workers),
         progress=progress,
         rejected=scan.rejected,
     )
+
+
+def ensure_cache(data: DictConfig, progress: bool = True) -> CacheIndex:
+    """Build the cache of every configured source unless complete; return the primary's index."""
+    sources = data_sources(data)
+    indexes = [ensure_source_cache(data, source, progress) for source in sources]
+    return indexes[0]
 
 
 class CTDataModule(L.LightningDataModule):
@@ -86,6 +113,10 @@ class CTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        sources = data_sources(self.data)
+        if len(sources) > 1 or sources[0].kind != PAIRED:
+            self._setup_mixed(sources)
+            return
         index = CacheIndex.load(resolve_cache_root(self.data))
         self.label_names = list(index.label_names)
         self.splits = assign_splits(index.entries, int(self.data.val_patients), seed=0)
@@ -103,6 +134,73 @@ class CTDataModule(L.LightningDataModule):
             if len(dataset) == 0:
                 raise ValueError(f"The '{name}' split is empty; check data.root and data.val_patients")
 
+    # ---------------------------------------------------------------- several sources (mixing.py)
+    mixed_train: MixedDataset | None = None
+    mixed_sampling: tuple[list[int], list[str], list[float]] | None = None
+
+    def _source_report_transform(self, root: str) -> ReportTransform:
+        """The configured text transform with the shortened-findings sidecar of one source's root."""
+        text = self.data.text
+        sidecar = Path(root) / SHORTENED_FINDINGS_FILE
+        shortened = load_shortened_findings(sidecar) if sidecar.exists() else {}
+        return ReportTransform(text.section, text.sentence_shuffle, text.shorten_p, shortened)
+
+    def _source_dataset(
+        self, source: DataSource, entries: list[CacheEntry], train: bool, seed: int = 0
+    ) -> PairedVolumeDataset | ImageOnlyVolumeDataset:
+        crop = int(self.data.crop_size)
+        augmentation = AUGMENTATION_LEVELS[self.data.augmentation.level] if train else None
+        if source.kind == PAIRED:
+            transform = self._source_report_transform(source.root)
+            return PairedVolumeDataset(entries, crop, transform, train, augmentation, seed)
+        return ImageOnlyVolumeDataset(entries, crop, train, augmentation, seed)
+
+    def _setup_mixed(self, sources: list[DataSource]) -> None:
+        """Several sources (or one image-only source): the primary (first) gives the label space
+        and the val/test splits; every source adds its training volumes to the weighted mix."""
+        primary = sources[0]
+        indexes = {s.name: CacheIndex.load(source_cache_root(self.data, s)) for s in sources}
+        self.label_names = list(indexes[primary.name].label_names)
+        entries = {
+            s.name: project_entries(
+                indexes[s.name].entries, s.name, indexes[s.name].label_names, primary.name, self.label_names
+            )
+            for s in sources
+        }
+        self.splits = assign_splits(entries[primary.name], int(self.data.val_patients), seed=0)
+        parts, sizes, kinds, weights = [], [], [], []
+        for j, source in enumerate(sources):
+            train = (
+                self.splits["train"] if j == 0 else [e for e in entries[source.name] if e.split == "train"]
+            )
+            if not train:
+                raise ValueError(f"Source {source.name!r} (root {source.root}) has no training volumes")
+            parts.append(self._source_dataset(source, train, True, seed=self.seed + 7919 * j))
+            sizes.append(len(train))
+            kinds.append(source.kind)
+            weights.append(source.weight)
+        self.mixed_train = MixedDataset(parts)
+        self.mixed_sampling = (sizes, kinds, weights)
+        self.datasets = {
+            "train": parts[0],
+            "val": self._source_dataset(primary, self.splits["val"], False),
+            "test": self._source_dataset(primary, self.splits["test"], False),
+        }
+        log.info(
+            "Mixed training: %s",
+            ", ".join(
+                f"{s.name} ({s.kind}, weight {s.weight:g}): {n}" for s, n in zip(sources, sizes, strict=True)
+            ),
+        )
+        for name in ("train", "val") if primary.kind != PAIRED else ("train", "val", "test"):
+            if len(self.datasets[name]) == 0:
+                raise ValueError(
+                    f"The '{name}' split of {primary.name} is empty; check its root and data.val_patients"
+                )
+
+    def _collate_for(self, dataset: object):
+        return collate_image_only if isinstance(dataset, ImageOnlyVolumeDataset) else self.collate
+
     def _loader(self, dataset: PairedVolumeDataset, sampler: Sampler) -> DataLoader:
         workers = int(self.data.num_workers)
         return DataLoader(
@@ -110,7 +208,7 @@ class CTDataModule(L.LightningDataModule):
             batch_size=int(self.data.batch_size),
             sampler=sampler,
             num_workers=workers,
-            collate_fn=self.collate,
+            collate_fn=self._collate_for(dataset),
             pin_memory=torch.cuda.is_available(),
             # Workers start once (a worker start costs seconds); the sampler carries the epoch.
             persistent_workers=workers > 0,
@@ -124,6 +222,22 @@ class CTDataModule(L.LightningDataModule):
         return self.trainer.global_step if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
+        if self.mixed_train is not None and self.mixed_sampling is not None:
+            sizes, kinds, weights = self.mixed_sampling
+            batch_sampler = MixedBatchSampler(
+                sizes, kinds, weights, int(self.data.batch_size), self.seed, self._global_step
+            )
+            workers = int(self.data.num_workers)
+            return DataLoader(
+                self.mixed_train,
+                batch_sampler=batch_sampler,
+                num_workers=workers,
+                collate_fn=KindCollator({PAIRED: self.collate, "image_only": collate_image_only}),
+                pin_memory=torch.cuda.is_available(),
+                persistent_workers=workers > 0,
+                prefetch_factor=2 if workers > 0 else None,
+                generator=torch.Generator().manual_seed(self.seed),
+            )
         dataset = self.datasets["train"]
         sampler = TrainSampler(len(dataset), int(self.data.batch_size), self.seed, self._global_step)
         return self._loader(dataset, sampler)

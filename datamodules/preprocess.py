@@ -129,6 +129,12 @@ def load_hu(record: Record) -> tuple[np.ndarray, np.ndarray]:
     if not (np.isfinite(affine).all() and (zooms > 0).all()):
         raise BadVolumeError(f"degenerate header affine:\n{affine}")
     if trust_header:
+        # nibabel silently reads a zero pixdim as 1 mm: check what the header really stores.
+        pixdim = _stored_pixdim(path, image)
+        if not (np.isfinite(pixdim).all() and (pixdim > 0).all()):
+            raise BadVolumeError(
+                f"zero, negative or non-finite spacing in the header pixdim {tuple(pixdim.tolist())}"
+            )
         spacing = zooms
     else:
         spacing = np.asarray(record.spacing, dtype=np.float64)
@@ -136,6 +142,19 @@ def load_hu(record: Record) -> tuple[np.ndarray, np.ndarray]:
         raise BadVolumeError(f"zero, negative or non-finite spacing {tuple(spacing.tolist())}")
     affine[:3, :3] = linear / zooms * spacing  # unit direction cosines (columns) x spacing
     return hu, affine
+
+
+def _stored_pixdim(path: Path, image: nib.spatialimages.SpatialImage) -> np.ndarray:
+    """pixdim[1:4] as written in the file (nibabel's loader replaces zeros by 1)."""
+    header_class = type(image.header)
+    if not hasattr(header_class, "from_fileobj") or "pixdim" not in image.header:
+        return np.ones(3)
+    try:
+        with nib.openers.ImageOpener(path) as f:
+            stored = header_class.from_fileobj(f, check=False)
+    except Exception:  # the header already parsed once; keep what nibabel made of it
+        return np.asarray(image.header["pixdim"][1:4], dtype=np.float64)
+    return np.asarray(stored["pixdim"][1:4], dtype=np.float64)
 
 
 def preprocess_volume_with_affine(

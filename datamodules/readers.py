@@ -88,16 +88,21 @@ def read_dicom_series(record: Record) -> tuple[np.ndarray, np.ndarray]:
         raise BadVolumeError(f"no DICOM series in the folder ({len(files)} files)")
     if len(series) > 1:
         raise BadVolumeError(f"{len(series)} DICOM series in one folder; expected one series per folder")
+    empty = sorted(p.name for p in folder.iterdir() if p.is_file() and p.stat().st_size == 0)
+    if empty:
+        raise BadVolumeError(f"zero-byte file(s) in the DICOM series: {', '.join(empty[:3])}")
     names = reader.GetGDCMSeriesFileNames(str(folder), series[0])
     for name in names:
         _check_file(Path(name))
     if len(names) < 2:
         raise BadVolumeError(f"a DICOM series of {len(names)} slice(s) is not a 3D volume")
     reader.SetFileNames(names)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as error:
         raise BadVolumeError(f"unreadable or truncated DICOM series: {error}".strip()) from error
+    _check_slice_positions(reader, len(names))
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise BadVolumeError(
             f"not a 3D scalar volume: {image.GetDimension()}D, {image.GetNumberOfComponentsPerPixel()} components"
@@ -129,6 +134,23 @@ def _check_file(path: Path) -> None:
         raise BadVolumeError(f"cannot open file: {error}") from error
     if size == 0:
         raise BadVolumeError(f"zero-byte file: {path.name}")
+
+
+def _check_slice_positions(reader, n: int) -> None:
+    """Missing slices show as a gap in Image Position (Patient) along the stack."""
+    positions = []
+    for k in range(n):
+        if not reader.HasMetaDataKey(k, "0020|0032"):
+            return
+        try:
+            positions.append([float(v) for v in reader.GetMetaData(k, "0020|0032").split("\\")])
+        except ValueError:
+            return
+    steps = np.linalg.norm(np.diff(np.asarray(positions), axis=0), axis=1)
+    if steps.size and steps.min() > 0 and steps.max() > 1.5 * np.median(steps):
+        raise BadVolumeError(
+            f"missing DICOM slices: slice gaps from {steps.min():.2f} to {steps.max():.2f} mm"
+        )
 
 
 def _check_shape(shape: tuple[int, ...]) -> None:

@@ -83,3 +83,125 @@ class EvalSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return -(-self.size // _rank_and_world()[1])
+
+
+class MixedBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches mixed from several sources with weights; each batch holds one ``kind`` only.
+
+    Step ``s`` of the stream draws its kind with probability proportional to the summed weights of
+    the sources of that kind, then the source of each of its ``batch_size * world`` samples among
+    the sources of that kind by weight, so sources appear in proportion to their weights. Within a
+    source, samples come from that source's own endless stream of seeded permutations (every volume
+    once per source epoch). Rank ``r`` takes the ``r``-th block of each global batch, as
+    :class:`TrainSampler` does. The draws are made in chunks of :attr:`CHUNK` steps, each seeded
+    from ``(seed, chunk)``, so the whole stream (and each source's position in its own stream) is a
+    function of ``(seed, global_step)``: a resumed run continues exactly where it left off.
+
+    Yields lists of ``(global_index, source_epoch)``; ``global_index`` counts through the sources
+    in order (``offsets``).
+    """
+
+    CHUNK = 512
+
+    def __init__(
+        self,
+        sizes: list[int],
+        kinds: list[str],
+        weights: list[float],
+        batch_size: int,
+        seed: int = 0,
+        global_step: Callable[[], int] = lambda: 0,
+        steps_per_epoch: int | None = None,
+    ) -> None:
+        if not (len(sizes) == len(kinds) == len(weights)) or not sizes:
+            raise ValueError("one size, kind and weight per source")
+        if any(n <= 0 for n in sizes):
+            raise ValueError(f"every mixed source needs training samples, got sizes {sizes}")
+        if any(not w > 0 for w in weights):
+            raise ValueError(f"source weights must be positive, got {weights}")
+        self.sizes = [int(n) for n in sizes]
+        self.kinds = list(kinds)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.global_step = global_step
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        self.kind_names = list(dict.fromkeys(kinds))
+        w = np.asarray(weights, dtype=np.float64)
+        self.kind_p = np.array([w[[k == name for k in kinds]].sum() for name in self.kind_names]) / w.sum()
+        self.members = [np.flatnonzero([k == name for k in kinds]) for name in self.kind_names]
+        self.member_p = [w[m] / w[m].sum() for m in self.members]
+        _, world = _rank_and_world()
+        self.global_batch = self.batch_size * world
+        self.steps_per_epoch = steps_per_epoch or max(1, sum(self.sizes) // self.global_batch)
+        self._counts: dict[int, np.ndarray] = {0: np.zeros(len(self.sizes), np.int64)}
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._permutations: dict[tuple[int, int], np.ndarray] = {}
+
+    def _draw(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """(kind per step, source per sample) of one chunk: (CHUNK,), (CHUNK, global_batch)."""
+        rng = np.random.default_rng([self.seed, 0x6D6978, chunk])
+        kinds = rng.choice(len(self.kind_names), size=self.CHUNK, p=self.kind_p)
+        sources = np.empty((self.CHUNK, self.global_batch), dtype=np.int64)
+        for k, (members, p) in enumerate(zip(self.members, self.member_p, strict=True)):
+            draws = rng.choice(members, size=(self.CHUNK, self.global_batch), p=p)
+            sources[kinds == k] = draws[kinds == k]
+        return kinds, sources
+
+    def _counts_before(self, chunk: int) -> np.ndarray:
+        """How many samples each source gave in chunks ``0 .. chunk - 1`` (memoised, iterative)."""
+        known = max((c for c in self._counts if c <= chunk), default=0)
+        counts = self._counts.get(known, np.zeros(len(self.sizes), np.int64))
+        for c in range(known, chunk):
+            counts = counts + np.bincount(self._draw(c)[1].reshape(-1), minlength=len(self.sizes))
+            self._counts[c + 1] = counts
+        return counts
+
+    def _chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kinds, sources, ordinal of each sample in its source's own stream) of one chunk."""
+        if chunk not in self._rows:
+            before = self._counts_before(chunk)
+            kinds, sources = self._draw(chunk)
+            flat = sources.reshape(-1)
+            ordinals = np.empty_like(flat)
+            for j in range(len(self.sizes)):
+                where = np.flatnonzero(flat == j)
+                ordinals[where] = before[j] + np.arange(where.size)
+            self._counts[chunk + 1] = before + np.bincount(flat, minlength=len(self.sizes))
+            if len(self._rows) >= 2:
+                self._rows.pop(min(self._rows))
+            self._rows[chunk] = (kinds, sources, ordinals.reshape(sources.shape))
+        return self._rows[chunk]
+
+    def _local(self, source: int, ordinal: int) -> tuple[int, int]:
+        epoch, position = divmod(int(ordinal), self.sizes[source])
+        key = (source, epoch)
+        if key not in self._permutations:
+            for old in [k for k in self._permutations if k[0] == source and k[1] < epoch - 1]:
+                del self._permutations[old]
+            rng = np.random.default_rng([self.seed, 0x737263, source, epoch])
+            self._permutations[key] = rng.permutation(self.sizes[source])
+        return int(self._permutations[key][position]), epoch
+
+    def global_batch_at(self, step: int) -> list[tuple[int, int]]:
+        """All ``batch_size * world`` samples of stream step ``step`` (before rank sharding)."""
+        chunk, row = divmod(int(step), self.CHUNK)
+        _, sources, ordinals = self._chunk(chunk)
+        out = []
+        for source, ordinal in zip(sources[row].tolist(), ordinals[row].tolist(), strict=True):
+            local, epoch = self._local(source, ordinal)
+            out.append((int(self.offsets[source]) + local, epoch))
+        return out
+
+    def kind_at(self, step: int) -> str:
+        chunk, row = divmod(int(step), self.CHUNK)
+        return self.kind_names[int(self._chunk(chunk)[0][row])]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rank, _ = _rank_and_world()
+        start = self.global_step()
+        for step in range(start, start + self.steps_per_epoch):
+            batch = self.global_batch_at(step)
+            yield batch[rank * self.batch_size : (rank + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch

@@ -20,7 +20,16 @@ def assign_splits(
 ) -> dict[str, list[HasPatientSplit]]:
     """Return ``{"train", "val", "test"}`` lists. ``test`` is the official test split;
     ``val`` holds every volume of ``val_patients`` patients drawn (seeded) from official train,
-    so no patient is ever on both sides."""
+    so no patient is ever on both sides. A dataset with an official validation split (entries
+    with split ``"val"``, e.g. Merlin, RAD-ChestCT) keeps it, and ``val_patients`` is not used."""
+    if any(e.split == "val" for e in entries):
+        official: dict[str, list[HasPatientSplit]] = {"train": [], "val": [], "test": []}
+        for entry in entries:
+            if entry.split not in official:
+                raise ValueError(f"Unknown official split '{entry.split}' for patient {entry.patient_id}")
+            official[entry.split].append(entry)
+        log.info("Splits (official train/val/test): %s", {k: len(v) for k, v in official.items()})
+        return official
     train_patients = sorted({e.patient_id for e in entries if e.split == "train"})
     if val_patients >= len(train_patients):
         raise ValueError(

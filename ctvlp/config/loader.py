@@ -137,6 +137,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as error:
         raise ConfigError(f"Invalid configuration: {error}") from error
     missing = sorted(OmegaConf.missing_keys(typed))
+    if typed.data.sources:  # a source list replaces the data.source / data.root shorthand
+        missing = [k for k in missing if k != "data.root"]
+        for item in typed.data.sources:
+            if item.name not in CHOICES["data.source"]:
+                hint = difflib.get_close_matches(str(item.name), CHOICES["data.source"], n=1)
+                suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+                raise ConfigError(
+                    f"Invalid source '{item.name}' in data.sources.{suggestion} "
+                    f"Allowed: {', '.join(CHOICES['data.source'])}"
+                )
     if missing:
         hints = {
             "data.root": " (the CT-RATE 'dataset/' folder, e.g. data.root=/data/CT-RATE/dataset;"

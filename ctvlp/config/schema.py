@@ -33,9 +33,22 @@ class AugmentationConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One dataset of a multi-source mix (see datamodules/mixing.py)."""
+
+    name: str = MISSING  # ct_rate | merlin | rad_chestct | image_only
+    root: str = MISSING
+    # Share of training samples, relative to the other sources' weights.
+    weight: float = 1.0
+
+
+@dataclass
 class DataConfig:
     source: str = "ct_rate"
     root: str = MISSING
+    # Several sources mixed with weights, the primary first (its label space and its val/test
+    # splits are the common ones). Empty: the single source data.source at data.root.
+    sources: list[SourceConfig] = field(default_factory=list)
     cache_dir: str = "cache"
     spacing: float = 2.0
     # paper: antialiasing + B-spline; colipri_inference: linear, no antialiasing.
@@ -154,7 +167,7 @@ class EvaluationConfig:
 # Keys whose value must come from a fixed set; checked with the schema.
 CHOICES: dict[str, tuple[str, ...]] = {
     "module": tuple(MODULES),
-    "data.source": ("ct_rate",),
+    "data.source": ("ct_rate", "merlin", "rad_chestct", "image_only"),
     "data.interpolation": ("paper", "colipri_inference"),
     "data.text.section": ("findings", "impressions", "both"),
     "data.augmentation.level": ("none", "low", "high"),

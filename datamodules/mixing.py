@@ -1,0 +1,93 @@
+"""Several sources in one DataModule: which sources a config names, their label spaces mapped onto
+the primary's, one dataset over all of them, and a collator that keeps batches of one kind.
+
+``data.sources`` lists ``{name, root, weight}``; empty means the shorthand ``data.source`` /
+``data.root`` (one source, weight 1). The **first** source is the primary: its label names are the
+common label space of every batch (other sources' labels are mapped onto it through
+``datamodules.labels``; labels without a mapping are NaN = unknown) and its validation / test
+splits are the ones evaluated. The other sources add their official ``train`` split to training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+from torch.utils.data import Dataset
+
+from datamodules.cache import CacheEntry
+from datamodules.labels import label_projection, project_labels
+from datamodules.sources.registry import SourceSpec, get_source
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One configured source."""
+
+    name: str
+    root: str
+    weight: float
+    spec: SourceSpec
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+
+def data_sources(data: DictConfig) -> list[DataSource]:
+    """The configured sources, primary first (``data.sources``, or the ``data.source`` shorthand)."""
+    listed = list(data.get("sources") or [])
+    if not listed:
+        return [DataSource(str(data.source), str(data.root), 1.0, get_source(str(data.source)))]
+    sources = []
+    for item in listed:
+        weight = float(item.get("weight", 1.0))
+        if not weight > 0:
+            raise ValueError(f"data.sources: weight of {item.name!r} must be positive, not {weight}")
+        sources.append(DataSource(str(item.name), str(item.root), weight, get_source(str(item.name))))
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"data.sources names a source twice: {names}")
+    return sources
+
+
+def project_entries(
+    entries: list[CacheEntry], source: str, source_labels: list[str], target: str, target_labels: list[str]
+) -> list[CacheEntry]:
+    """Entries with their labels moved into the target label space (NaN where no mapping exists)."""
+    if source == target and source_labels == target_labels:
+        return entries
+    projection = label_projection(source, source_labels, target, target_labels)
+    return [replace(e, labels=project_labels(e.labels, projection)) for e in entries]
+
+
+class MixedDataset(Dataset):
+    """The concatenation of one dataset per source, indexed ``(global_index, source_epoch)``."""
+
+    def __init__(self, parts: list[Dataset]) -> None:
+        self.parts = parts
+        self.offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[part][(int(index - self.offsets[part]), epoch)]
+
+
+class KindCollator:
+    """Collates a batch of one ``kind`` with that kind's collator (batches never mix kinds)."""
+
+    def __init__(self, collators: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]]) -> None:
+        self.collators = collators
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        kinds = {s["kind"] for s in samples}
+        if len(kinds) != 1:
+            raise ValueError(f"a batch mixes sample kinds {sorted(kinds)}; the sampler must not do that")
+        return self.collators[kinds.pop()](samples)
