@@ -32,5 +32,8 @@ def test_colipri_inference_matches_the_colipri_processor(merlin_root: Path, spac
         transform = instantiate(config.image_transform)
         theirs = transform(tio.ScalarImage(record.image_path)).data[0].numpy()
         assert theirs.shape == ours.shape
-        # Ours is stored as int16 HU: rounding costs at most 0.5 HU = 5e-4 after the rescale.
-        assert np.abs(theirs - ours).max() <= 6e-4, np.abs(theirs - ours).max()
+        # Both end in whole HU (ours: int16 cache, rounded; torchio keeps the int16 input dtype
+        # through the resampling): at most 1 HU = 1e-3 apart.
+        difference = np.abs(theirs - ours)
+        assert difference.max() <= 1.01e-3, difference.max()
+        assert difference.mean() < 5e-4
