@@ -14,7 +14,7 @@ PHANTOM_DIR ?= data/phantom_ct_rate
 PHANTOM_N ?= 300
 DEMO_EXPERIMENT ?= colipri_c
 
-.PHONY: demo test test-all exp sweep bench-train tb lint format clean distclean venv
+.PHONY: demo test test-all exp sweep bench-train bench-data tb lint format clean distclean venv
 
 venv: $(STAMP)
 
@@ -45,6 +45,11 @@ sweep: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BIN)/python -m ctvlp.bench.train
+
+# Data loading: the cache (mmap crop + augmentation) against on-the-fly torchio preprocessing of
+# 512x512x300 NIfTI phantoms, in the same run (ARGS="--volumes 5" etc., see --help).
+bench-data: $(STAMP)
+	$(BIN)/python -m ctvlp.bench.data $(ARGS)
 
 tb: $(STAMP)
 	$(BIN)/tensorboard --logdir runs --bind_all

@@ -31,8 +31,8 @@ def centre_crop_start(shape: tuple[int, ...], size: int) -> tuple[int, ...]:
 
 def hu_to_input(volume_hu: np.ndarray) -> torch.Tensor:
     """int16 HU -> float32 model input HU/1000 clipped to [-1, 1], with a channel axis."""
-    tensor = torch.from_numpy(np.ascontiguousarray(volume_hu, dtype=np.float32)) / HU_SCALE
-    return tensor.clamp_(-1.0, 1.0).unsqueeze(0)
+    tensor = torch.from_numpy(np.array(volume_hu, dtype=np.float32, order="C"))  # a fresh copy
+    return tensor.mul_(1.0 / HU_SCALE).clamp_(-1.0, 1.0).unsqueeze(0)
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,11 @@ class IntensityAugmentation:
         if self.shift > 0 and rng.random() < self.p:
             image = image + float(rng.uniform(-self.shift, self.shift))
         if self.noise_std > 0 and rng.random() < self.p:
-            noise = rng.standard_normal(image.shape, dtype=np.float32)
-            image = image + self.noise_std * torch.from_numpy(noise)
+            # torch draws the noise (2-3x faster than numpy for a 160^3 crop), seeded from rng so
+            # the sample stays a pure function of (seed, epoch, index).
+            generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+            noise = torch.randn(image.shape, generator=generator, dtype=image.dtype)
+            image = image + noise.mul_(self.noise_std)
         return image.clamp_(-1.0, 1.0)
 
 
