@@ -4,6 +4,7 @@ by the real phantom writers and preprocessed through the real CLI."""
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ from datamodules.phantom.rad_chestct_writer import write_phantom_rad_chestct
 SPACING = 6.0
 MERLIN_N = 10
 RAD_N = 5
-RAD_SCALE = 0.25
-IMAGE_ONLY_PATIENTS = 3
+RAD_SCALE = 0.2
+IMAGE_ONLY_PATIENTS = 2
 CT_RATE_N = 16
 
 
@@ -101,12 +102,18 @@ def _data_config(cache_dir: Path, **overrides: object):
     return OmegaConf.merge(OmegaConf.structured(DataConfig), base, overrides)
 
 
+@functools.cache
+def _tokenizer():
+    from lightning_modules.nets.text_encoder import load_tokenizer
+
+    return load_tokenizer("minilm")
+
+
 def _datamodule(cache_dir: Path, **overrides: object):
     """A set-up CTDataModule over the given data config (MiniLM tokenizer, max length 64)."""
     from datamodules.datamodule import CTDataModule
-    from lightning_modules.nets.text_encoder import load_tokenizer
 
-    module = CTDataModule(_data_config(cache_dir, **overrides), load_tokenizer("minilm"), 64, seed=0)
+    module = CTDataModule(_data_config(cache_dir, **overrides), _tokenizer(), 64, seed=0)
     module.prepare_data()
     module.setup("fit")
     return module

@@ -16,7 +16,7 @@ from datamodules.sources.merlin import scan_merlin
 colipri_checkpoint = pytest.importorskip("colipri.checkpoint")
 
 
-@pytest.mark.parametrize("spacing", [2.0, 5.0])
+@pytest.mark.parametrize("spacing", [5.0, pytest.param(2.0, marks=pytest.mark.slow)])
 def test_colipri_inference_matches_the_colipri_processor(merlin_root: Path, spacing: float) -> None:
     from hydra.utils import instantiate
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from datamodules.cache import cache_path
 from datamodules.phantom.geometry import Grid
@@ -58,6 +59,7 @@ def test_end_to_end_datamodule(image_only_root: Path, sources_cache_dir: Path, m
     assert len(next(iter(dm.loader("val")))["image_id"]) >= 1
 
 
+@pytest.mark.slow
 def test_bad_series_are_quarantined(image_only_root: Path, tmp_path: Path, run_preprocess) -> None:
     root = tmp_path / "nlst"
     shutil.copytree(image_only_root, root)

@@ -157,6 +157,7 @@ BAD = {
 }
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_quarantined(rad_root: Path, tmp_path: Path, run_preprocess) -> None:
     root = tmp_path / "rad"
     shutil.copytree(rad_root, root)
