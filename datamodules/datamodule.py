@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -18,15 +19,20 @@ from datamodules.image_dataset import ImageOnlyVolumeDataset, collate_image_only
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.mixing import DataSource, KindCollator, MixedDataset, data_sources, project_entries
 from datamodules.preprocess import build_cache
+from datamodules.report_sections import load_structured_sections
 from datamodules.samplers import EvalSampler, MixedBatchSampler, TrainSampler
 from datamodules.sources.registry import PAIRED
 from datamodules.splits import assign_splits
 from datamodules.text import ReportTransform, load_shortened_findings
 from datamodules.transforms import AUGMENTATION_LEVELS
 
+if TYPE_CHECKING:
+    from lightning_modules.nets.cappa_targets import CapPaTargetBuilder
+
 log = logging.getLogger(__name__)
 
 SHORTENED_FINDINGS_FILE = "shortened_findings.json"
+STRUCTURED_FINDINGS_FILE = "structured_findings.json"
 
 
 def source_cache_root(data: DictConfig, source: DataSource) -> Path:
@@ -86,12 +92,22 @@ def ensure_cache(data: DictConfig, progress: bool = True) -> CacheIndex:
 
 
 class CTDataModule(L.LightningDataModule):
-    """Serves paired CT volume + report batches (see DESIGN.md for the batch dict)."""
+    """Serves paired CT volume + report batches (see DESIGN.md for the batch dict).
 
-    def __init__(self, data: DictConfig, tokenizer: PreTrainedTokenizerBase, max_length: int, seed: int = 0):
+    ``cappa_targets`` (report generation active) adds the tokenised CapPa targets, ``cappa``.
+    """
+
+    def __init__(
+        self,
+        data: DictConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        seed: int = 0,
+        cappa_targets: CapPaTargetBuilder | None = None,
+    ):
         super().__init__()
         self.data = data
-        self.collate = PairedCollator(tokenizer, max_length)
+        self.collate = PairedCollator(tokenizer, max_length, cappa_targets)
         self.seed = seed
         self.splits: dict[str, list[CacheEntry]] = {}
         self.label_names: list[str] = list(CT_RATE_LABELS)
@@ -110,6 +126,14 @@ class CTDataModule(L.LightningDataModule):
             )
         return ReportTransform(text.section, text.sentence_shuffle, text.shorten_p, shortened)
 
+    def _structured_sections(self) -> dict[str, dict[str, list[str]]]:
+        """The structured-Findings sidecar if there is one; else every report uses the keyword rules."""
+        configured = self.data.text.get("structured_findings_json")
+        sidecar = Path(configured or Path(self.data.root) / STRUCTURED_FINDINGS_FILE)
+        if configured and not sidecar.exists():
+            raise FileNotFoundError(f"data.text.structured_findings_json={configured} does not exist")
+        return load_structured_sections(sidecar) if sidecar.exists() else {}
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
@@ -121,14 +145,15 @@ class CTDataModule(L.LightningDataModule):
         self.label_names = list(index.label_names)
         self.splits = assign_splits(index.entries, int(self.data.val_patients), seed=0)
         transform = self._report_transform()
+        structured = self._structured_sections()
         augmentation = AUGMENTATION_LEVELS[self.data.augmentation.level]
         crop = int(self.data.crop_size)
         self.datasets = {
             "train": PairedVolumeDataset(
-                self.splits["train"], crop, transform, True, augmentation, self.seed
+                self.splits["train"], crop, transform, True, augmentation, self.seed, structured
             ),
-            "val": PairedVolumeDataset(self.splits["val"], crop, transform, False),
-            "test": PairedVolumeDataset(self.splits["test"], crop, transform, False),
+            "val": PairedVolumeDataset(self.splits["val"], crop, transform, False, structured=structured),
+            "test": PairedVolumeDataset(self.splits["test"], crop, transform, False, structured=structured),
         }
         for name, dataset in self.datasets.items():
             if len(dataset) == 0:
