@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,8 +36,13 @@ SHORTENED_FINDINGS_FILE = "shortened_findings.json"
 STRUCTURED_FINDINGS_FILE = "structured_findings.json"
 
 
+def source_spacing(data: DictConfig, source: DataSource) -> float:
+    """The cache spacing of one source: its own ``spacing`` if set, else ``data.spacing``."""
+    return float(source.spacing) if source.spacing is not None else float(data.spacing)
+
+
 def source_cache_root(data: DictConfig, source: DataSource) -> Path:
-    return cache_path(Path(data.cache_dir), source.name, float(data.spacing), data.interpolation)
+    return cache_path(Path(data.cache_dir), source.name, source_spacing(data, source), data.interpolation)
 
 
 def resolve_cache_root(data: DictConfig) -> Path:
@@ -75,7 +81,7 @@ def ensure_source_cache(data: DictConfig, source: DataSource, progress: bool = T
     return build_cache(
         scan.records,
         cache_root,
-        spacing=float(data.spacing),
+        spacing=source_spacing(data, source),
         interpolation=data.interpolation,
         label_names=label_names,
         workers=int(data.preprocess_workers),
@@ -162,6 +168,9 @@ class CTDataModule(L.LightningDataModule):
     # ---------------------------------------------------------------- several sources (mixing.py)
     mixed_train: MixedDataset | None = None
     mixed_sampling: tuple[list[int], list[str], list[float]] | None = None
+    # Which batch kind each training step of a mix must draw (``None``: any, by weight); set by
+    # the objective, e.g. ContrastiveModule's objective schedule (vision-language steps: "paired").
+    kind_plan: Callable[[int], str | None] | None = None
 
     def _source_report_transform(self, root: str) -> ReportTransform:
         """The configured text transform with the shortened-findings sidecar of one source's root."""
@@ -250,7 +259,13 @@ class CTDataModule(L.LightningDataModule):
         if self.mixed_train is not None and self.mixed_sampling is not None:
             sizes, kinds, weights = self.mixed_sampling
             batch_sampler = MixedBatchSampler(
-                sizes, kinds, weights, int(self.data.batch_size), self.seed, self._global_step
+                sizes,
+                kinds,
+                weights,
+                int(self.data.batch_size),
+                self.seed,
+                self._global_step,
+                kind_plan=self.kind_plan,
             )
             workers = int(self.data.num_workers)
             return DataLoader(

@@ -31,6 +31,8 @@ class DataSource:
     root: str
     weight: float
     spec: SourceSpec
+    # The source's cache spacing in mm; None: data.spacing.
+    spacing: float | None = None
 
     @property
     def kind(self) -> str:
@@ -47,7 +49,16 @@ def data_sources(data: DictConfig) -> list[DataSource]:
         weight = float(item.get("weight", 1.0))
         if not weight > 0:
             raise ValueError(f"data.sources: weight of {item.name!r} must be positive, not {weight}")
-        sources.append(DataSource(str(item.name), str(item.root), weight, get_source(str(item.name))))
+        spacing = item.get("spacing")
+        sources.append(
+            DataSource(
+                str(item.name),
+                str(item.root),
+                weight,
+                get_source(str(item.name)),
+                float(spacing) if spacing is not None else None,
+            )
+        )
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ValueError(f"data.sources names a source twice: {names}")

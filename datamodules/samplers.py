@@ -97,6 +97,10 @@ class MixedBatchSampler(Sampler[list[tuple[int, int]]]):
     from ``(seed, chunk)``, so the whole stream (and each source's position in its own stream) is a
     function of ``(seed, global_step)``: a resumed run continues exactly where it left off.
 
+    ``kind_plan(step)`` (optional, a pure function of the step) fixes the kind of a step instead of
+    the weighted draw where it returns a kind name (``None``: the draw). An objective schedule uses
+    it to keep image-only batches away from vision-language steps.
+
     Yields lists of ``(global_index, source_epoch)``; ``global_index`` counts through the sources
     in order (``offsets``).
     """
@@ -112,6 +116,7 @@ class MixedBatchSampler(Sampler[list[tuple[int, int]]]):
         seed: int = 0,
         global_step: Callable[[], int] = lambda: 0,
         steps_per_epoch: int | None = None,
+        kind_plan: Callable[[int], str | None] | None = None,
     ) -> None:
         if not (len(sizes) == len(kinds) == len(weights)) or not sizes:
             raise ValueError("one size, kind and weight per source")
@@ -126,6 +131,7 @@ class MixedBatchSampler(Sampler[list[tuple[int, int]]]):
         self.global_step = global_step
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.kind_names = list(dict.fromkeys(kinds))
+        self.kind_plan = kind_plan
         w = np.asarray(weights, dtype=np.float64)
         self.kind_p = np.array([w[[k == name for k in kinds]].sum() for name in self.kind_names]) / w.sum()
         self.members = [np.flatnonzero([k == name for k in kinds]) for name in self.kind_names]
@@ -141,6 +147,16 @@ class MixedBatchSampler(Sampler[list[tuple[int, int]]]):
         """(kind per step, source per sample) of one chunk: (CHUNK,), (CHUNK, global_batch)."""
         rng = np.random.default_rng([self.seed, 0x6D6978, chunk])
         kinds = rng.choice(len(self.kind_names), size=self.CHUNK, p=self.kind_p)
+        if self.kind_plan is not None:
+            for row in range(self.CHUNK):
+                planned = self.kind_plan(chunk * self.CHUNK + row)
+                if planned is not None:
+                    if planned not in self.kind_names:
+                        raise ValueError(
+                            f"step {chunk * self.CHUNK + row} needs a {planned!r} batch, but the mix has "
+                            f"only {', '.join(self.kind_names)} sources"
+                        )
+                    kinds[row] = self.kind_names.index(planned)
         sources = np.empty((self.CHUNK, self.global_batch), dtype=np.int64)
         for k, (members, p) in enumerate(zip(self.members, self.member_p, strict=True)):
             draws = rng.choice(members, size=(self.CHUNK, self.global_batch), p=p)
