@@ -1,0 +1,66 @@
+"""MAEModule: vision-only masked-autoencoder pretraining of the image encoder (COLIPRI's dense baseline).
+
+The Primus encoder sees only the visible patches of each volume; the MAE decoder reconstructs the
+masked ones (``objectives.mae``: ratio, mask style, decoder depth/width, ``norm_pix``; parts in
+``lightning_modules/nets/mae_head.py``). Every training batch is used, whatever its kind: image-only
+volumes (NLST-style sources in ``data.sources``) and the volumes of paired sources, their reports
+unused. ``objectives.mae.enabled``, ``weight`` and the scheduling keys only matter beside CLIP.
+
+Validation and test log the masked-patch loss with fixed masks and the mean-predictor reference
+(``<split>/mae/loss``, ``<split>/mae/loss_mean_predictor``; the first picks the best checkpoint).
+The projector and pooler of the image encoder are built (checkpoints keep the encoder layout of
+the other objectives) but frozen: MAE never reaches them. There are no text embeddings, so no
+periodic retrieval / zero-shot evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from lightning_modules import mae_objective
+from lightning_modules.base import ObjectiveModule, image_encoder_from_config
+
+
+class MAEModule(ObjectiveModule):
+    best_metric = "val/mae/loss"
+    best_mode = "min"
+    periodic_evaluation = False
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        cfg = self.cfg
+        self.image_encoder = image_encoder_from_config(cfg)
+        self.image_encoder.projector.requires_grad_(False)
+        self.image_encoder.pooler.requires_grad_(False)
+        self.mae_head = mae_objective.build_head(cfg, self.image_encoder)
+
+    @classmethod
+    def rrg_active(cls, cfg: DictConfig) -> bool:
+        return False
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images).pooled
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        images = batch["image"]
+        loss = self.mae_head(self.image_encoder.backbone, images).loss
+        self.guard_loss(loss)
+        batch_size = images.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log("train/loss_mae", loss, batch_size=batch_size)
+        self.log("train/image_only_batch", float(batch["kind"][0] == "image_only"), batch_size=batch_size)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        mae_objective.log_evaluation(
+            self, "val", self.mae_head, self.image_encoder, batch["image"], batch_idx
+        )
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        mae_objective.log_evaluation(
+            self, "test", self.mae_head, self.image_encoder, batch["image"], batch_idx
+        )
