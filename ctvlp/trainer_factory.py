@@ -11,13 +11,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from callbacks.evaluation import evaluation_callback_from_config
+from callbacks.report_samples import ReportSamplesCallback
 from callbacks.rng_state import RngStateCallback
 from callbacks.volume_preview import VolumePreviewCallback
 from ctvlp.run_dir import RunDir
+from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)
-
-BEST_METRIC = "val/retrieval/R@5"
 
 
 def uses_gpu(trainer_cfg: DictConfig) -> bool:
@@ -35,6 +35,7 @@ def effective_precision(trainer_cfg: DictConfig) -> str:
 
 def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
     t = cfg.trainer
+    module_cls = module_class(cfg.module)
     logger = TensorBoardLogger(
         save_dir=str(run.path), name="tensorboard", version="", default_hp_metric=False
     )
@@ -47,14 +48,17 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
     best = ModelCheckpoint(
         dirpath=run.checkpoints,
         filename="best-step{step}",
-        monitor=BEST_METRIC,
-        mode="max",
+        monitor=module_cls.best_metric,
+        mode=module_cls.best_mode,
         save_top_k=1,
         auto_insert_metric_name=False,
     )
     callbacks = [last, best, RngStateCallback(), VolumePreviewCallback(int(cfg.evaluation.preview_volumes))]
     if int(cfg.evaluation.every_n_steps) > 0:
         callbacks.append(evaluation_callback_from_config(cfg))
+    if module_cls.rrg_active(cfg):
+        rrg = cfg.objectives.rrg
+        callbacks.append(ReportSamplesCallback(int(rrg.log_reports), float(rrg.parallel_prob)))
     return L.Trainer(
         default_root_dir=str(run.path),
         max_steps=int(t.max_steps),

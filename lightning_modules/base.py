@@ -10,13 +10,42 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.datamodule import CTDataModule
-
-from lightning_modules.nonfinite_guard import NonFiniteGuard
+from lightning_modules.nets.image_encoder import ImageEncoder, build_image_encoder
+from lightning_modules.nets.primus_encoder import set_activation_checkpointing
 from lightning_modules.nets.text_encoder import load_tokenizer
+from lightning_modules.nonfinite_guard import NonFiniteGuard
 from lightning_modules.optim import build_optimizer_and_scheduler
+from lightning_modules.rrg import target_builder
+
+
+def image_encoder_from_config(cfg: DictConfig) -> ImageEncoder:
+    """The ``model.image`` encoder (Primus + projector + pooler) for ``data.crop_size`` inputs."""
+    image = cfg.model.image
+    encoder = build_image_encoder(
+        size=image.size,
+        input_size=int(cfg.data.crop_size),
+        patch_size=int(image.patch_size),
+        proj_dim=int(cfg.model.proj_dim),
+        pool_heads=int(cfg.model.pool_heads),
+        pooler=image.pooler,
+        drop_path=float(image.drop_path),
+        layer_scale_init=image.layer_scale_init,
+        scale_attn_inner=bool(image.scale_attn_inner),
+        use_abs_pos_embed=bool(image.use_abs_pos_embed),
+        num_register_tokens=int(image.num_register_tokens),
+    )
+    if image.activation_checkpointing:
+        set_activation_checkpointing(encoder.backbone, True)
+    if image.compile:
+        encoder.backbone.compile()
+    return encoder
 
 
 class ObjectiveModule(L.LightningModule):
+    # The validation metric that picks the "best" checkpoint, and whether higher is better.
+    best_metric: str = "val/retrieval/R@5"
+    best_mode: str = "max"
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
         # The whole resolved experiment config: stored in checkpoints and logged as hparams.
@@ -29,7 +58,19 @@ class ObjectiveModule(L.LightningModule):
         """The DataModule this objective trains on. It must also offer ``loader(split)`` for
         the final evaluation. Default: paired volumes + reports tokenised for the text model."""
         tokenizer = load_tokenizer(cfg.model.text.name_or_path)
-        return CTDataModule(cfg.data, tokenizer, int(cfg.model.text.max_length), seed=int(cfg.seed))
+        cappa_targets = target_builder(cfg, tokenizer) if cls.rrg_active(cfg) else None
+        return CTDataModule(
+            cfg.data,
+            tokenizer,
+            int(cfg.model.text.max_length),
+            seed=int(cfg.seed),
+            cappa_targets=cappa_targets,
+        )
+
+    @classmethod
+    def rrg_active(cls, cfg: DictConfig) -> bool:
+        """Whether this objective trains report generation (batches then carry ``cappa``)."""
+        return bool(OmegaConf.select(cfg, "objectives.rrg.enabled", default=False))
 
     def guard_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Call on the total training loss; a NaN/Inf on any rank skips the step on all ranks."""

@@ -1,5 +1,8 @@
 """ContrastiveModule: the COLIPRI CLIP recipe (image encoder + text encoder + CLIP loss).
 
+With ``objectives.rrg.enabled`` (COLIPRI-CR) a CapPa decoder reads the image tokens before
+pooling and the loss is ``L_CLIP + objectives.rrg.weight * L_RRG`` (``lightning_modules/rrg.py``).
+
 Thin by design: the parts live in ``lightning_modules/nets``; this file composes them,
 logs, and evaluates retrieval on the embeddings of a whole split.
 """
@@ -11,10 +14,10 @@ from typing import Any
 import torch
 
 from evaluation.retrieval import recall_at_k
-from lightning_modules.base import ObjectiveModule
+from lightning_modules import rrg
+from lightning_modules.base import ObjectiveModule, image_encoder_from_config
 from lightning_modules.nets.clip_loss import ClipLoss
-from lightning_modules.nets.image_encoder import build_image_encoder
-from lightning_modules.nets.primus_encoder import set_activation_checkpointing
+from lightning_modules.nets.image_encoder import ImageOutput
 from lightning_modules.nets.text_encoder import TextEncoder
 
 
@@ -22,24 +25,7 @@ class ContrastiveModule(ObjectiveModule):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         cfg = self.cfg
-        image = cfg.model.image
-        self.image_encoder = build_image_encoder(
-            size=image.size,
-            input_size=int(cfg.data.crop_size),
-            patch_size=int(image.patch_size),
-            proj_dim=int(cfg.model.proj_dim),
-            pool_heads=int(cfg.model.pool_heads),
-            pooler=image.pooler,
-            drop_path=float(image.drop_path),
-            layer_scale_init=image.layer_scale_init,
-            scale_attn_inner=bool(image.scale_attn_inner),
-            use_abs_pos_embed=bool(image.use_abs_pos_embed),
-            num_register_tokens=int(image.num_register_tokens),
-        )
-        if image.activation_checkpointing:
-            set_activation_checkpointing(self.image_encoder.backbone, True)
-        if image.compile:
-            self.image_encoder.backbone.compile()
+        self.image_encoder = image_encoder_from_config(cfg)
         self.text_encoder = TextEncoder(
             cfg.model.text.name_or_path,
             proj_dim=int(cfg.model.proj_dim),
@@ -50,6 +36,13 @@ class ContrastiveModule(ObjectiveModule):
             kind=cfg.loss.kind,
             init_temperature=float(cfg.loss.init_temperature),
             learn_temperature=bool(cfg.loss.learn_temperature),
+        )
+        # COLIPRI-CR: the CapPa decoder on the projected image tokens (before pooling).
+        self.rrg_targets = rrg.target_builder(cfg) if self.rrg_active(cfg) else None
+        self.rrg_head = (
+            rrg.build_head(cfg, self.rrg_targets, int(cfg.model.proj_dim))
+            if self.rrg_targets is not None
+            else None
         )
         self._eval_embeddings: dict[str, list[torch.Tensor]] = {"image": [], "text": [], "index": []}
 
@@ -62,24 +55,40 @@ class ContrastiveModule(ObjectiveModule):
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        image_emb = self.encode_image(batch["image"])
+        image = self.image_encoder(batch["image"])
         text_emb = self.encode_text(batch["input_ids"], batch["attention_mask"])
-        loss = self.clip_loss(image_emb, text_emb)
-        self.guard_loss(loss)
+        loss_clip = self.clip_loss(image.pooled, text_emb)
         batch_size = batch["image"].shape[0]
+        loss = loss_clip
+        if self.rrg_head is not None:
+            rrg_cfg = self.cfg.objectives.rrg
+            causal = rrg.draw_causal(int(self.cfg.seed), self.global_step, float(rrg_cfg.parallel_prob))
+            loss_rrg = self.rrg_head.caption_loss(image.tokens, batch["cappa"], causal=causal)
+            loss = loss_clip + float(rrg_cfg.weight) * loss_rrg
+            self.log("train/loss_rrg", loss_rrg, batch_size=batch_size, sync_dist=True)
+        self.guard_loss(loss)
         # Mean over ranks: equals the single-process loss on the global batch.
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
-        self.log("train/loss_clip", loss, batch_size=batch_size)
+        self.log("train/loss_clip", loss_clip, batch_size=batch_size)
         self.log("train/temperature", self.clip_loss.temperature, batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
         return loss
 
     # --------------------------------------------------------------------------- evaluation
-    def _collect(self, batch: dict[str, Any]) -> None:
+    def _collect(self, batch: dict[str, Any]) -> ImageOutput:
         collected = self._eval_embeddings
-        collected["image"].append(self.encode_image(batch["image"]).float())
+        image = self.image_encoder(batch["image"])
+        collected["image"].append(image.pooled.float())
         collected["text"].append(self.encode_text(batch["input_ids"], batch["attention_mask"]).float())
         collected["index"].append(batch["index"])
+        return image
+
+    def _log_rrg_loss(self, prefix: str, image: ImageOutput, batch: dict[str, Any]) -> None:
+        if self.rrg_head is None:
+            return
+        parallel_prob = float(self.cfg.objectives.rrg.parallel_prob)
+        loss = rrg.expected_loss(self.rrg_head, image.tokens, batch["cappa"], parallel_prob)
+        self.log(f"{prefix}/loss_rrg", loss, batch_size=batch["image"].shape[0], sync_dist=True)
 
     def _gathered_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Image and text embeddings of the whole split, once per volume, across all ranks."""
@@ -103,13 +112,13 @@ class ContrastiveModule(ObjectiveModule):
             self.log(f"{prefix}/retrieval/{name}", value)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._collect(batch)
+        self._log_rrg_loss("val", self._collect(batch), batch)
 
     def on_validation_epoch_end(self) -> None:
         self._retrieval("val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._collect(batch)
+        self._log_rrg_loss("test", self._collect(batch), batch)
 
     def on_test_epoch_end(self) -> None:
         self._retrieval("test")

@@ -24,6 +24,9 @@ class TextDataConfig:
     # datamodules/text.py). Used only when the sidecar exists.
     shorten_p: float = 0.25
     shortened_findings_json: str | None = None
+    # The eight CapPa report sections per volume (sidecar JSON, see datamodules/report_sections.py;
+    # default <data.root>/structured_findings.json); volumes without an entry use the keyword rules.
+    structured_findings_json: str | None = None
 
 
 @dataclass
@@ -164,6 +167,38 @@ class EvaluationConfig:
     feature_cache_gb: float = 64.0
 
 
+@dataclass
+class RRGConfig:
+    """Radiology report generation, CapPa style (COLIPRI Sec. 4.2, Tab. 4; COLIPRI-CR settings)."""
+
+    # ContrastiveModule adds the CapPa head: total loss = L_CLIP + weight * L_RRG. (The "cappa"
+    # module trains captioning alone whatever this says.)
+    enabled: bool = False
+    weight: float = 0.3  # lambda_RRG; Tab. 4 sweeps {0.1, 0.3, 1}
+    # Decoder depth. COLIPRI-CR uses 6; Tab. 4 finds shorter better and 4 wins some metrics over 6
+    # (the paper's text does not pin which of 4 or 6 the final model uses).
+    depth: int = 6
+    # Width and heads are not stated in the paper; ASSUMPTION: the 768-d projection width.
+    width: int = 768
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    # Probability of a parallel (all-mask, full attention) step; else causal teacher forcing.
+    # COLIPRI-CR: 1.0 (Tab. 4: "100-0" best). Drawn per step from (seed, step).
+    parallel_prob: float = 1.0
+    # Fixed number of content slots after the header block (not stated in the paper; ASSUMPTION:
+    # 448 + ~40 header tokens fit most CT-RATE Findings and stay under the text max_length 512).
+    slots: int = 448
+    # Validation volumes whose greedy-decoded reports are logged to TensorBoard (0 = none).
+    log_reports: int = 3
+
+
+@dataclass
+class ObjectivesConfig:
+    """Extra objectives beside CLIP; one field per objective."""
+
+    rrg: RRGConfig = field(default_factory=RRGConfig)
+
+
 # Keys whose value must come from a fixed set; checked with the schema.
 CHOICES: dict[str, tuple[str, ...]] = {
     "module": tuple(MODULES),
@@ -194,3 +229,4 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
