@@ -11,10 +11,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from callbacks.evaluation import evaluation_callback_from_config
+from callbacks.mae_reconstruction import MAEReconstructionCallback
 from callbacks.report_samples import ReportSamplesCallback
 from callbacks.rng_state import RngStateCallback
 from callbacks.volume_preview import VolumePreviewCallback
 from ctvlp.run_dir import RunDir
+from lightning_modules.objective_schedule import ObjectiveSchedule
 from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,15 @@ def effective_precision(trainer_cfg: DictConfig) -> str:
         log.warning("No GPU in use: trainer.precision=%s replaced by 32-true", precision)
         return "32-true"
     return precision
+
+
+def effective_strategy(cfg: DictConfig) -> str:
+    """``trainer.strategy``, with DDP's unused-parameter search when the objective schedule leaves
+    some parameters without gradient on some steps (MAE steps skip the text side)."""
+    strategy = str(cfg.trainer.strategy)
+    if strategy == "ddp" and ObjectiveSchedule.from_config(cfg).skips_parameters():
+        return "ddp_find_unused_parameters_true"
+    return strategy
 
 
 def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
@@ -59,13 +70,15 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
     if module_cls.rrg_active(cfg):
         rrg = cfg.objectives.rrg
         callbacks.append(ReportSamplesCallback(int(rrg.log_reports), float(rrg.parallel_prob)))
+    # Input / masked input / reconstruction slices of modules with an MAE head (a no-op otherwise).
+    callbacks.append(MAEReconstructionCallback(int(cfg.objectives.mae.log_volumes)))
     return L.Trainer(
         default_root_dir=str(run.path),
         max_steps=int(t.max_steps),
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=int(t.num_nodes),
-        strategy=t.strategy,
+        strategy=effective_strategy(cfg),
         precision=effective_precision(t),
         gradient_clip_val=t.gradient_clip_val,
         val_check_interval=int(t.val_check_interval),

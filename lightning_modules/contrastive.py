@@ -3,6 +3,12 @@
 With ``objectives.rrg.enabled`` (COLIPRI-CR) a CapPa decoder reads the image tokens before
 pooling and the loss is ``L_CLIP + objectives.rrg.weight * L_RRG`` (``lightning_modules/rrg.py``).
 
+With ``objectives.mae.enabled`` (COLIPRI-CM, with RRG COLIPRI-CRM) an MAE head reads the Primus
+tokens of the visible patches (``lightning_modules/mae_objective.py``). Which objectives train on
+a step, which batch kind the step draws and the LR factor come from one place,
+``lightning_modules/objective_schedule.py``; the module asks it once per step and logs the answer
+(``train/objective/*``) beside every loss (``train/loss_clip``, ``train/loss_rrg``, ``train/loss_mae``).
+
 Thin by design: the parts live in ``lightning_modules/nets``; this file composes them,
 logs, and evaluates retrieval on the embeddings of a whole split.
 """
@@ -11,14 +17,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 import torch
+from omegaconf import DictConfig
 
+from datamodules.mixing import data_sources
+from datamodules.sources.registry import IMAGE_ONLY
 from evaluation.retrieval import recall_at_k
-from lightning_modules import rrg
+from lightning_modules import mae_objective, rrg
 from lightning_modules.base import ObjectiveModule, image_encoder_from_config
 from lightning_modules.nets.clip_loss import ClipLoss
 from lightning_modules.nets.image_encoder import ImageOutput
 from lightning_modules.nets.text_encoder import TextEncoder
+from lightning_modules.objective_schedule import ObjectiveSchedule, with_objective_lr
+from lightning_modules.window_means import WindowMeans
 
 
 class ContrastiveModule(ObjectiveModule):
@@ -44,7 +56,39 @@ class ContrastiveModule(ObjectiveModule):
             if self.rrg_targets is not None
             else None
         )
+        # >>> MAE objective and schedule (issue #6): COLIPRI-CM/CRM.
+        self.objective_schedule = ObjectiveSchedule.from_config(cfg)
+        self.mae_head = (
+            mae_objective.build_head(cfg, self.image_encoder) if mae_objective.mae_enabled(cfg) else None
+        )
+        self.loss_weights = {
+            "clip": 1.0,
+            "rrg": float(cfg.objectives.rrg.weight),
+            "mae": float(cfg.objectives.mae.weight) if self.mae_head is not None else 0.0,
+        }
+        self._window_means = WindowMeans()
+        # <<< MAE objective and schedule
         self._eval_embeddings: dict[str, list[torch.Tensor]] = {"image": [], "text": [], "index": []}
+
+    # >>> MAE objective and schedule (issue #6)
+    @classmethod
+    def build_datamodule(cls, cfg: DictConfig) -> L.LightningDataModule:
+        """The base DataModule, drawing each step's batch kind from the objective schedule."""
+        schedule = ObjectiveSchedule.from_config(cfg)
+        image_only = [s.name for s in data_sources(cfg.data) if s.kind == IMAGE_ONLY]
+        if image_only and not schedule.mae_enabled:
+            raise ValueError(
+                f"data.sources has image-only sources ({', '.join(image_only)}), which only the MAE "
+                "objective trains on: set objectives.mae.enabled=true or remove them"
+            )
+        datamodule = super().build_datamodule(cfg)
+        datamodule.kind_plan = schedule.batch_kind
+        return datamodule
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return with_objective_lr(super().configure_optimizers(), self.objective_schedule)
+
+    # <<< MAE objective and schedule
 
     # ----------------------------------------------------------------------------- encoding
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -54,22 +98,43 @@ class ContrastiveModule(ObjectiveModule):
         return self.text_encoder(input_ids, attention_mask).pooled
 
     # ----------------------------------------------------------------------------- training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    # >>> MAE objective and schedule (issue #6): the CLIP (+ RRG) part of the former training_step,
+    # run only on vision-language steps.
+    def _vision_language_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = self.image_encoder(batch["image"])
         text_emb = self.encode_text(batch["input_ids"], batch["attention_mask"])
-        loss_clip = self.clip_loss(image.pooled, text_emb)
-        batch_size = batch["image"].shape[0]
-        loss = loss_clip
+        losses = {"clip": self.clip_loss(image.pooled, text_emb)}
         if self.rrg_head is not None:
             rrg_cfg = self.cfg.objectives.rrg
             causal = rrg.draw_causal(int(self.cfg.seed), self.global_step, float(rrg_cfg.parallel_prob))
-            loss_rrg = self.rrg_head.caption_loss(image.tokens, batch["cappa"], causal=causal)
-            loss = loss_clip + float(rrg_cfg.weight) * loss_rrg
-            self.log("train/loss_rrg", loss_rrg, batch_size=batch_size, sync_dist=True)
+            losses["rrg"] = self.rrg_head.caption_loss(image.tokens, batch["cappa"], causal=causal)
+        return losses
+
+    # <<< MAE objective and schedule
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # >>> MAE objective and schedule (issue #6): the schedule picks the objectives of this step.
+        kind = batch["kind"][0]
+        active = self.objective_schedule.active(self.global_step, kind)
+        losses = self._vision_language_losses(batch) if active.vision_language else {}
+        if active.mae:
+            losses["mae"] = self.mae_head(self.image_encoder.backbone, batch["image"]).loss
+        loss = sum(self.loss_weights[name] * value for name, value in losses.items())
+        # <<< MAE objective and schedule
+        batch_size = batch["image"].shape[0]
         self.guard_loss(loss)
         # Mean over ranks: equals the single-process loss on the global batch.
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
-        self.log("train/loss_clip", loss_clip, batch_size=batch_size)
+        # >>> MAE objective and schedule (issue #6): objectives alternate between steps, so each
+        # scalar is logged as its mean over the logging window (lightning_modules/window_means.py).
+        scalars = {f"train/loss_{name}": float(value.detach()) for name, value in losses.items()}
+        scalars["train/objective/vision_language"] = float(active.vision_language)
+        scalars["train/objective/mae"] = float(active.mae)
+        scalars["train/image_only_batch"] = float(kind == IMAGE_ONLY)
+        every = int(self.trainer.log_every_n_steps)
+        for name, value in self._window_means.update(self.global_step, every, scalars).items():
+            self.log(name, value, batch_size=batch_size, sync_dist=name.startswith("train/loss_"))
+        # <<< MAE objective and schedule
         self.log("train/temperature", self.clip_loss.temperature, batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
         return loss
@@ -111,14 +176,24 @@ class ContrastiveModule(ObjectiveModule):
         for name, value in metrics.items():
             self.log(f"{prefix}/retrieval/{name}", value)
 
+    # >>> MAE objective and schedule (issue #6)
+    def _log_mae_loss(self, prefix: str, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.mae_head is not None:
+            mae_objective.log_evaluation(
+                self, prefix, self.mae_head, self.image_encoder, batch["image"], batch_idx
+            )
+
+    # <<< MAE objective and schedule
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._log_rrg_loss("val", self._collect(batch), batch)
+        self._log_mae_loss("val", batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._retrieval("val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._log_rrg_loss("test", self._collect(batch), batch)
+        self._log_mae_loss("test", batch, batch_idx)
 
     def on_test_epoch_end(self) -> None:
         self._retrieval("test")

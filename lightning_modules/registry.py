@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the config schema imports MODULES; keep that import light
 MODULES: dict[str, str] = {
     "contrastive": "lightning_modules.contrastive:ContrastiveModule",
     "cappa": "lightning_modules.cappa:CapPaModule",
+    "mae": "lightning_modules.mae:MAEModule",
 }
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: one small phantom CT-RATE and its 6 mm cache per test session."""
+"""Shared fixtures: one small phantom CT-RATE and its 6 mm cache per test session, and a small
+phantom image-only collection for the experiments that mix one in (cached on first use)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import pytest  # noqa: E402
 
 from datamodules.cache import cache_path  # noqa: E402
 from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate  # noqa: E402
+from datamodules.phantom.image_only_writer import write_phantom_image_only  # noqa: E402
 from datamodules.preprocess import build_cache  # noqa: E402
 from datamodules.sources.ct_rate import scan_ct_rate  # noqa: E402
 
 PHANTOM_SCANS = 120
+PHANTOM_IMAGE_ONLY_PATIENTS = 6
 DEMO_SPACING = 6.0
 TRAINED_RUN_OVERRIDES = ["trainer.max_steps=150", "trainer.val_check_interval=50"]
 
@@ -46,9 +49,22 @@ def phantom_cache_dir(phantom_root: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
-def phantom_overrides(phantom_root: Path, phantom_cache_dir: Path) -> list[str]:
-    """Overrides that point the cpu_demo profile at the session phantom."""
-    return [f"data.root={phantom_root}", f"data.cache_dir={phantom_cache_dir}", "data.val_patients=20"]
+def phantom_image_only_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An NLST-style phantom (about 9 acquisitions); `ctvlp fit` caches it when an experiment uses it."""
+    root = tmp_path_factory.mktemp("phantom_image_only") / "nlst"
+    write_phantom_image_only(root, PHANTOM_IMAGE_ONLY_PATIENTS, seed=0, n_dicom=1, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_overrides(phantom_root: Path, phantom_cache_dir: Path, phantom_image_only_root: Path) -> list[str]:
+    """Overrides that point the cpu_demo profile at the session phantoms."""
+    return [
+        f"data.root={phantom_root}",
+        f"data.cache_dir={phantom_cache_dir}",
+        "data.val_patients=20",
+        f"data.image_only_root={phantom_image_only_root}",
+    ]
 
 
 @pytest.fixture(scope="session")

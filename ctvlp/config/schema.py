@@ -43,6 +43,9 @@ class SourceConfig:
     root: str = MISSING
     # Share of training samples, relative to the other sources' weights.
     weight: float = 1.0
+    # Cache spacing of this source (mm); None: data.spacing. A finer spacing than data.spacing
+    # gives sub-crops of data.crop_size voxels at a higher resolution (COLIPRI's 1 mm MAE data).
+    spacing: float | None = None
 
 
 @dataclass
@@ -63,6 +66,11 @@ class DataConfig:
     # Patients moved from the official train split to our internal validation split.
     val_patients: int = 1000
     preprocess_workers: int = 8
+    # The image-only (NLST-style) collection and its cache spacing (None: data.spacing), for the
+    # experiments that mix it in: their data.sources entry reads ${data.image_only_root} and
+    # ${data.image_only_spacing}, so a profile or the command line can move it.
+    image_only_root: str = "data/nlst"
+    image_only_spacing: float | None = None
     text: TextDataConfig = field(default_factory=TextDataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
@@ -193,10 +201,44 @@ class RRGConfig:
 
 
 @dataclass
+class MAEConfig:
+    """Masked autoencoding of the image encoder (COLIPRI Sec. 4.3, Tab. 5; COLIPRI-CM settings).
+
+    module mae trains it alone; ContrastiveModule adds it beside CLIP (and RRG) when enabled,
+    scheduled by lightning_modules/objective_schedule.py.
+    """
+
+    # ContrastiveModule: total loss on an MAE step = weight * L_MAE (+ the vision-language losses
+    # when not alternating).
+    enabled: bool = False
+    weight: float = 1.0  # lambda_MAE; Tab. 5 sweeps {0.1, 0.5, 1, 2}
+    ratio: float = 0.75  # Tab. 5: {0.6, 0.75, 0.9}
+    style: str = "random"  # random | block | inverse_block (Tab. 5)
+    decoder_depth: int = 6  # Tab. 5: {2, 4, 6, 8}
+    # Width and heads are not stated in the paper; ASSUMPTION: He et al.'s MAE decoder (512, 16).
+    decoder_width: int = 512
+    decoder_heads: int = 16
+    decoder_mlp_ratio: float = 4.0
+    # Per-patch standardised targets (He et al.); not stated in the paper: ASSUMPTION off.
+    norm_pix: bool = False
+    # MAE is on from step round(start_fraction * trainer.max_steps) to the end: 0.75 = included
+    # for the last 25 % (Tab. 5 sweeps the last {25, 50, 75, 100} %).
+    start_fraction: float = 0.75
+    # Alternate MAE and vision-language batches step by step once MAE is on (else both losses on
+    # every paired batch).
+    alternate: bool = True
+    # Learning-rate multiplier from the switch on (the paper halves the LR when MAE is added).
+    lr_factor_on_switch: float = 0.5
+    # Validation volumes shown as input / masked input / reconstruction slices per validation.
+    log_volumes: int = 2
+
+
+@dataclass
 class ObjectivesConfig:
     """Extra objectives beside CLIP; one field per objective."""
 
     rrg: RRGConfig = field(default_factory=RRGConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
 
 
 # Keys whose value must come from a fixed set; checked with the schema.
@@ -209,6 +251,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.image.arch": ("primus",),
     "model.image.size": ("tiny", "S", "B", "M", "L"),
     "model.image.pooler": ("attention", "multi_query", "mean", "max"),
+    "objectives.mae.style": ("random", "block", "inverse_block"),
     "loss.kind": ("softmax", "sigmoid"),
     "optim.name": ("adamw",),
     "optim.schedule": ("poly", "cosine", "linear", "constant"),

@@ -1,0 +1,166 @@
+"""End to end: MAE beside CLIP (+ RRG) through `ctvlp fit`, and MAE alone, on the phantoms.
+
+- A four-step COLIPRI-CM run (default suite): the schedule switches MAE on at its step, the LR
+  halves there, an image-only batch trains MAE only, vision-language steps never see one.
+- A short COLIPRI-CRM run (slow): all three losses logged, MAE only in the last 25 % of steps,
+  validation retrieval and zero-shot in results.json (`ctvlp eval` into the run directory), MAE
+  reconstructions in TensorBoard.
+- A short MAE-only run (slow): the masked-patch loss falls clearly below the mean predictor's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ctvlp.cli import main
+from lightning_modules.optim import WarmupDecay
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny tensors on 2 shared cores: one thread is several times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _fit(experiment: str, runs_dir: Path, overrides: list[str]) -> Path:
+    arguments = ["fit", experiment, "--profile", "cpu_demo", f"runs_dir={runs_dir}", *overrides]
+    assert main(arguments) == 0
+    (run,) = sorted((runs_dir / experiment).glob("version_*"))
+    return run
+
+
+def _lr(run: Path) -> float:
+    """The configured (cpu_demo) peak learning rate of a run."""
+    return float(OmegaConf.load(run / "config.yaml").optim.lr)
+
+
+def _scalars(run: Path) -> tuple[EventAccumulator, dict[str, dict[int, float]]]:
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    return events, scalars
+
+
+def test_schedule_in_a_four_step_colipri_cm_run(
+    phantom_overrides: list[str],
+    phantom_root: Path,
+    phantom_image_only_root: Path,
+    tmp_path: Path,
+    one_thread,
+) -> None:
+    # MAE from step 2 (of 0..3): steps 2 (MAE) and 3 (vision-language) alternate. The image-only
+    # source weighs 100x, so the MAE step's batch is image-only.
+    sources = (
+        f"data.sources=[{{name: ct_rate, root: {phantom_root}, weight: 1}},"
+        f" {{name: image_only, root: {phantom_image_only_root}, spacing: 3.0, weight: 100}}]"
+    )
+    run = _fit(
+        "colipri_cm",
+        tmp_path,
+        [
+            *phantom_overrides,
+            sources,
+            "trainer.max_steps=4",
+            "optim.warmup_steps=1",
+            "objectives.mae.start_fraction=0.5",
+            "trainer.log_every_n_steps=1",
+            "evaluation.every_n_steps=0",
+            "evaluation.final_splits=[]",
+        ],
+    )
+    _, scalars = _scalars(run)
+    assert scalars["train/objective/mae"] == {0: 0.0, 1: 0.0, 2: 1.0, 3: 0.0}
+    assert scalars["train/objective/vision_language"] == {0: 1.0, 1: 1.0, 2: 0.0, 3: 1.0}
+    assert scalars["train/image_only_batch"] == {0: 0.0, 1: 0.0, 2: 1.0, 3: 0.0}
+    # Lightning re-writes a step's last logged value on later steps that do not log it again (here
+    # the MAE loss at step 3), so the losses show from the first step that computes them on.
+    assert min(scalars["train/loss_mae"]) == 2
+    assert scalars["train/loss_mae"][2] != scalars["train/loss"][1]
+    assert scalars["train/loss"][2] == pytest.approx(scalars["train/loss_mae"][2])  # MAE only (weight 1)
+    assert scalars["train/loss"][3] == pytest.approx(scalars["train/loss_clip"][3])  # CLIP only
+    base = WarmupDecay(warmup_steps=1, total_steps=4, schedule="poly")
+    for step, lr in scalars["train/lr"].items():
+        assert lr == pytest.approx(_lr(run) * base(step) * (0.5 if step >= 2 else 1.0)), step
+
+
+@pytest.fixture(scope="module")
+def crm_run(phantom_overrides: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 cpu_demo steps of COLIPRI-CRM (MAE from step 90), then `ctvlp eval` of retrieval and
+    zero-shot on the validation split into the run directory."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = _fit(
+            "colipri_crm",
+            tmp_path_factory.mktemp("runs"),
+            [
+                *phantom_overrides,
+                "trainer.max_steps=120",
+                "trainer.val_check_interval=60",
+                "evaluation.every_n_steps=60",
+            ],
+        )
+        checkpoint = run / "checkpoints" / "last.ckpt"
+        arguments = ["eval", "--ckpt", str(checkpoint), "--tasks", "retrieval,zeroshot", "--splits", "val"]
+        assert main([*arguments, "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+@pytest.mark.slow
+def test_colipri_crm_logs_three_losses_with_mae_in_the_last_quarter(crm_run: Path) -> None:
+    events, scalars = _scalars(crm_run)
+    start = 90  # round(0.75 * 120)
+    for name in ("train/loss_clip", "train/loss_rrg", "train/loss_mae"):
+        assert name in scalars, sorted(scalars)
+    assert min(scalars["train/loss_mae"]) >= start
+    assert max(scalars["train/loss_clip"]) > start  # vision-language steps go on, alternating
+    for step, fraction in scalars["train/objective/mae"].items():
+        # Logged windows of 10 steps: none before the switch, every other step after it.
+        assert fraction == (0.0 if step < start else 0.5), (step, fraction)
+    warmup = int(OmegaConf.load(crm_run / "config.yaml").optim.warmup_steps)
+    base = WarmupDecay(warmup_steps=warmup, total_steps=120, schedule="poly")
+    for step, lr in scalars["train/lr"].items():
+        assert lr == pytest.approx(_lr(crm_run) * base(step) * (0.5 if step >= start else 1.0)), step
+    assert {"val/mae/loss", "val/mae/loss_mean_predictor", "val/loss_rrg"} <= set(scalars)
+    views = {tag.rsplit("/", 1)[-1] for tag in events.Tags()["images"] if tag.startswith("mae/")}
+    assert views == {"axial", "coronal", "sagittal"}
+
+
+@pytest.mark.slow
+def test_colipri_crm_results_have_validation_retrieval_and_zero_shot(crm_run: Path) -> None:
+    results = json.loads((crm_run / "results.json").read_text())
+    for key in (
+        "val/retrieval/R@5",
+        "val/retrieval/R@5_chance",
+        "val/zeroshot_native/AUROC",
+        "val/zeroshot_short/AUROC",
+        "val/mae/loss",
+        "val/mae/loss_mean_predictor",
+    ):
+        assert key in results, sorted(results)
+
+
+@pytest.mark.slow
+def test_mae_alone_beats_the_mean_predictor(phantom_overrides: list[str], tmp_path: Path, one_thread) -> None:
+    """The cpu_demo MAE run as it is (300 steps, about a minute with one thread)."""
+    run = _fit("mae", tmp_path, [*phantom_overrides, "evaluation.final_splits=[val]"])
+    results = json.loads((run / "results.json").read_text())
+    loss, reference = results["val/mae/loss"], results["val/mae/loss_mean_predictor"]
+    print(f"MAE val loss {loss:.4f} vs mean predictor {reference:.4f}")
+    assert loss < 0.75 * reference, results
+    _, scalars = _scalars(run)
+    # Validations at steps 99, 199, 299 (step 0 holds the final metrics of the HParams tab).
+    curve = [v for step, v in sorted(scalars["val/mae/loss"].items()) if 0 < step < 300]
+    assert len(curve) == 3 and curve[-1] < 0.9 * curve[0], curve
