@@ -7,6 +7,9 @@ Layout of one cache (one source at one spacing and interpolation)::
         quarantine.csv    id, path, reason of every record that is not in the index
         build.json        the build parameters, written first (guards resuming with other parameters)
         volumes/<id>.npy  int16 HU in [-1000, 1000], RAS+, shape (X, Y, Z), C order, uncompressed
+        masks/<id>.npy    only for records with organ masks: uint8 on the same grid, bit i set where
+                          organ ``datamodules.totalseg.ORGANS[i]`` is (nearest-neighbour resampled);
+                          the entry's ``masks`` lists the organs it has
 
 The model input is ``HU / 1000`` in [-1, 1]; the dataset does that division, the cache stores HU.
 """
@@ -27,6 +30,8 @@ INDEX_NAME = "index.json"
 QUARANTINE_NAME = "quarantine.csv"
 BUILD_NAME = "build.json"
 VOLUMES_DIR = "volumes"
+MASKS_DIR = "masks"
+MASK_DTYPE = np.dtype("u1")
 AIR_HU = -1000
 DTYPE = np.dtype("<i2")
 INTERPOLATIONS = ("paper", "colipri_inference")
@@ -52,8 +57,13 @@ def volume_relpath(volume_id: str) -> str:
     return f"{VOLUMES_DIR}/{volume_id}.npy"
 
 
-def npy_shape(path: Path) -> tuple[int, ...] | None:
-    """Shape of a complete int16 C-order ``.npy`` file (header parses, size matches), else ``None``."""
+def mask_relpath(volume_id: str) -> str:
+    return f"{MASKS_DIR}/{volume_id}.npy"
+
+
+def npy_shape(path: Path, expected: np.dtype = DTYPE) -> tuple[int, ...] | None:
+    """Shape of a complete C-order ``.npy`` file of dtype ``expected`` (default int16; header parses,
+    size matches), else ``None``."""
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -67,9 +77,9 @@ def npy_shape(path: Path) -> tuple[int, ...] | None:
         size = os.path.getsize(path)
     except (OSError, ValueError):
         return None
-    if fortran or np.dtype(dtype) != DTYPE:
+    if fortran or np.dtype(dtype) != np.dtype(expected):
         return None
-    if size != data_offset + math.prod(shape) * DTYPE.itemsize:
+    if size != data_offset + math.prod(shape) * np.dtype(expected).itemsize:
         return None
     return tuple(int(s) for s in shape)
 
@@ -95,13 +105,18 @@ class CacheEntry:
     shape: tuple[int, int, int]
     labels: list[float] = field(default_factory=list)
     sections: dict[str, str] = field(default_factory=dict)
+    masks: list[str] = field(default_factory=list)  # organs in masks/<id>.npy (empty: no mask file)
+
+    @property
+    def mask_file(self) -> Path:
+        return self.file.parent.parent / mask_relpath(self.id)
 
     def to_json(self, root: Path) -> dict[str, Any]:
         try:
             file = self.file.relative_to(root).as_posix()
         except ValueError:
             file = str(self.file)
-        return {
+        data = {
             "id": self.id,
             "patient_id": self.patient_id,
             "split": self.split,
@@ -111,6 +126,9 @@ class CacheEntry:
             "labels": [None if math.isnan(v) else float(v) for v in self.labels],
             "sections": dict(self.sections),
         }
+        if self.masks:
+            data["masks"] = list(self.masks)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any], root: Path) -> CacheEntry:
@@ -124,6 +142,7 @@ class CacheEntry:
             shape=(x, y, z),
             labels=[math.nan if v is None else float(v) for v in data["labels"]],
             sections={str(k): str(v) for k, v in data.get("sections", {}).items()},
+            masks=[str(m) for m in data.get("masks", [])],
         )
 
 
@@ -188,8 +207,14 @@ class CacheIndex:
     def missing_entries(self, check_sizes: bool = True) -> list[CacheEntry]:
         """Entries whose volume file is absent (or, with ``check_sizes``, truncated / wrong shape)."""
         if not check_sizes:
-            return [e for e in self.entries if not e.file.is_file()]
-        return [e for e in self.entries if npy_shape(e.file) != e.shape]
+            return [
+                e for e in self.entries if not e.file.is_file() or (e.masks and not e.mask_file.is_file())
+            ]
+        return [
+            e
+            for e in self.entries
+            if npy_shape(e.file) != e.shape or (e.masks and npy_shape(e.mask_file, MASK_DTYPE) != e.shape)
+        ]
 
     def is_complete(self, check_sizes: bool = True) -> bool:
         """Every entry's volume file is present (and, with ``check_sizes``, whole)."""
@@ -209,8 +234,22 @@ def read_crop(entry: CacheEntry, start: tuple[int, int, int], size: tuple[int, i
     """
     if len(start) != 3 or len(size) != 3 or any(int(s) <= 0 for s in size):
         raise ValueError(f"read_crop wants 3 start indices and 3 positive sizes, got {start}, {size}")
-    volume = np.load(entry.file, mmap_mode="r")
-    out = np.full(tuple(int(s) for s in size), AIR_HU, dtype=volume.dtype)
+    return _padded_crop(np.load(entry.file, mmap_mode="r"), start, size, AIR_HU)
+
+
+def read_mask_crop(entry: CacheEntry, start: tuple[int, int, int], size: tuple[int, int, int]) -> np.ndarray:
+    """Like :func:`read_crop` for the entry's organ bit-field mask (uint8; 0 outside the volume)."""
+    if not entry.masks:
+        raise ValueError(f"Cache entry {entry.id} has no organ masks")
+    return _padded_crop(np.load(entry.mask_file, mmap_mode="r"), start, size, 0)
+
+
+def _padded_crop(
+    volume: np.ndarray, start: tuple[int, int, int], size: tuple[int, int, int], fill: int
+) -> np.ndarray:
+    if len(start) != 3 or len(size) != 3 or any(int(s) <= 0 for s in size):
+        raise ValueError(f"read_crop wants 3 start indices and 3 positive sizes, got {start}, {size}")
+    out = np.full(tuple(int(s) for s in size), fill, dtype=volume.dtype)
     src, dst = [], []
     for begin, length, extent in zip(start, size, volume.shape, strict=True):
         lo, hi = max(int(begin), 0), min(int(begin) + int(length), extent)

@@ -40,6 +40,7 @@ from datamodules.cache import (
 )
 from datamodules.errors import BadVolumeError
 from datamodules.labels import CT_RATE_LABELS
+from datamodules.mask_preprocess import cached_mask_organs, masks_complete, write_masks
 from datamodules.readers import read_other_format
 from datamodules.records import Record
 
@@ -244,7 +245,9 @@ def build_cache(
             continue
         unique.append(record)
         shape = npy_shape(cache_root / volume_relpath(record.id))
-        if shape is not None and len(shape) == 3:
+        # Organ masks (datamodules/mask_preprocess.py): a volume whose mask file is missing is redone
+        # (its cached volume is reused), so a cache built before masks existed gains them.
+        if shape is not None and len(shape) == 3 and masks_complete(record, cache_root, shape):
             shapes[record.id] = (shape[0], shape[1], shape[2])
         else:
             todo.append(record)
@@ -272,6 +275,7 @@ def build_cache(
             shape=shapes[r.id],
             labels=r.label_vector(list(label_names)),
             sections=dict(r.sections),
+            masks=cached_mask_organs(r, cache_root, shapes[r.id]),
         )
         for r in unique
         if r.id in shapes
@@ -360,6 +364,12 @@ def _convert_one(
     record: Record, cache_root: Path, spacing: float, interpolation: str
 ) -> tuple[tuple[int, int, int] | None, str]:
     """Runs in a worker: returns (shape, "") or (None, reason). Errors writing the cache do raise."""
+    # ---- organ masks: only they are missing when the volume is already cached
+    cached = npy_shape(cache_root / volume_relpath(record.id))
+    if cached is not None and len(cached) == 3:
+        write_masks(record, cache_root, spacing, cached)
+        return (cached[0], cached[1], cached[2]), ""
+    # ----
     try:
         volume = preprocess_volume(record, spacing, interpolation)
     except BadVolumeError as error:
@@ -372,6 +382,8 @@ def _convert_one(
         return None, f"unexpected error: {type(error).__name__}: {error}"
     _save_npy_atomic(volume, cache_root / volume_relpath(record.id))
     x, y, z = volume.shape
+    if record.masks:  # nearest-neighbour organ masks beside the volume
+        write_masks(record, cache_root, spacing, (x, y, z))
     return (x, y, z), ""
 
 

@@ -7,6 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+@dataclass(frozen=True)
+class MaskSource:
+    """One organ mask as stored on disk: the union of ``label_ids`` in the label-map NIfTI ``path``,
+    which lies on the same voxel grid (shape and header) as the record's image."""
+
+    path: Path
+    label_ids: tuple[int, ...]
+
+
 @dataclass
 class Record:
     """One volume as a source reads it from a dataset's own files.
@@ -16,6 +25,7 @@ class Record:
     ``spacing`` is (x, y, z) in mm as the dataset's metadata states it; ``None`` means the
     image header is trusted. Voxels become HU as ``raw * hu_slope + hu_intercept``.
     ``labels`` maps label name -> 1.0 / 0.0, with ``math.nan`` for unknown.
+    ``masks`` maps organ name (``datamodules.totalseg.ORGANS``) -> where its mask is stored.
     """
 
     id: str
@@ -28,6 +38,7 @@ class Record:
     sections: dict[str, str] = field(default_factory=dict)
     labels: dict[str, float] = field(default_factory=dict)
     source: str = "ct_rate"
+    masks: dict[str, MaskSource] = field(default_factory=dict)
 
     def label_vector(self, names: list[str]) -> list[float]:
         return [float(self.labels.get(name, math.nan)) for name in names]

@@ -8,6 +8,8 @@ Layout under ``out/`` (the role of CT-RATE's ``dataset/`` folder)::
     multi_abnormality_labels/{train,valid}_predicted_labels.csv
     metadata/{train,validation}_metadata.csv
     no_chest_train.txt, no_chest_valid.txt      (head CTs a reader must drop)
+    ts_seg/ts_total/{train,valid}_fixed/...     TotalSegmentator-style label maps, one per volume
+    ts_seg/ts_body/{train,valid}_fixed/...      (same relative path and voxel grid as the volume)
     shortened_findings.json                      ({VolumeName: {"positive": [...], "negative": [...]}})
     phantom_manifest.json                        (written last: marks a complete phantom)
 
@@ -32,6 +34,11 @@ Geometry and intensity conventions (what a correct reader must do)
   in-plane matrix (``Rows``/``Columns``); which one is the smaller varies. Keep the smallest.
 * Volumes listed in ``no_chest_*.txt`` are head CTs (all labels 0) and must be excluded.
 * Splits are by patient; ~15 % of patients have two scans (``a``, ``b``).
+* Organ masks come as CT-RATE ships its TotalSegmentator outputs (``datamodules/totalseg.py``):
+  ``ts_seg/ts_total/`` holds one uint8 label map per volume with TotalSegmentator v2 ids (lung lobes
+  10-14, heart 51, aorta 52, vertebrae 27-43 by 26 mm level), ``ts_seg/ts_body/`` the body outline
+  (1 = body_trunc; TotalSegmentator's ``body`` task, which CT-RATE itself does not ship). Each map
+  is stored exactly like its volume: same array orientation (RAS or LPS) and the same lying header.
 * Metadata columns are strings where CT-RATE's are: ``PatientAge`` is DICOM-style (``"057Y"``),
   ``ImagePositionPatient`` etc. are list strings. Don't derive geometry from them.
 
@@ -69,6 +76,16 @@ from datamodules.phantom.scene import (
     sample_head_case,
 )
 from datamodules.sources.ct_rate import SPLIT_LAYOUTS
+from datamodules.totalseg import (
+    AORTA,
+    BODY_TRUNC,
+    HEART,
+    LUNG_LOBES,
+    TS_BODY,
+    TS_SEG_DIR,
+    TS_TOTAL,
+    VERTEBRAE,
+)
 
 MANIFEST = "phantom_manifest.json"
 
@@ -139,6 +156,7 @@ _OWNED = [
     "no_chest_train.txt",
     "no_chest_valid.txt",
     "shortened_findings.json",
+    TS_SEG_DIR,
     MANIFEST,
 ]
 _SCANNERS = [
@@ -178,6 +196,8 @@ class VolumeJob:
     slope: float
     intercept: float
     noise_seed: tuple[int, ...]
+    # TotalSegmentator task folder -> where this volume's label map goes (ts_seg/<task>/<same path>).
+    seg_paths: tuple[tuple[str, Path], ...] = ()
 
 
 @dataclass
@@ -210,23 +230,68 @@ def header_affine(grid: Grid, lps: bool) -> np.ndarray:
     return aff
 
 
-def write_volume(job: VolumeJob) -> None:
-    """Render and write one volume with the CT-RATE quirks (raw int16, wrong zooms, LPS/RAS)."""
-    hu = render(job.case, job.grid, np.random.default_rng(list(job.noise_seed))).hu
-    raw = np.rint((hu - np.float32(job.intercept)) / np.float32(job.slope))
-    raw = np.clip(raw, -32768, 32767).astype(np.int16)
-    if job.lps:
-        raw = raw[::-1, ::-1, :]
-    aff = header_affine(job.grid, job.lps)
-    img = nib.Nifti1Image(np.ascontiguousarray(raw), aff)
+def totalseg_label_maps(masks: dict[str, np.ndarray], grid: Grid) -> dict[str, np.ndarray]:
+    """The phantom's organ masks as TotalSegmentator label maps (uint8, canonical RAS order).
+
+    ``ts_total``: lung lobes (left lung split at its mid height, right lung in thirds), then heart,
+    aorta and vertebrae (26 mm levels from T1 at the top of the field of view down to L5) painted
+    over them in that order. ``ts_body``: the body outline as body_trunc.
+    """
+    x, _, z = grid.axes()
+    total = np.zeros(grid.shape, dtype=np.uint8)
+    lungs = masks.get("lungs")
+    if lungs is not None and lungs.any():
+        for left, lobes in (
+            (True, ("lung_lower_lobe_left", "lung_upper_lobe_left")),
+            (False, ("lung_lower_lobe_right", "lung_middle_lobe_right", "lung_upper_lobe_right")),
+        ):
+            side = lungs & ((x < 0) if left else (x >= 0))[:, None, None]
+            slices = np.flatnonzero(side.any(axis=(0, 1)))
+            if slices.size == 0:
+                continue
+            z_lo, z_hi = float(z[slices[0]]), float(z[slices[-1]])
+            level = np.floor((z - z_lo) / max(z_hi - z_lo, 1e-3) * len(lobes)).clip(0, len(lobes) - 1)
+            ids = np.array([LUNG_LOBES[name] for name in lobes], dtype=np.uint8)[level.astype(int)]
+            total = np.where(side, ids[None, None, :], total)
+    if "heart" in masks:
+        total[masks["heart"]] = HEART
+    if "aorta" in masks:
+        total[masks["aorta"]] = AORTA
+    if "spine" in masks:
+        top = VERTEBRAE["vertebrae_T1"]
+        index = np.floor((float(z[-1]) - z) / 26.0).astype(int)
+        ids = np.maximum(top - index, VERTEBRAE["vertebrae_L5"]).astype(np.uint8)
+        total = np.where(masks["spine"], ids[None, None, :], total)
+    body = np.zeros(grid.shape, dtype=np.uint8)
+    if "body" in masks:
+        body[masks["body"]] = BODY_TRUNC
+    return {TS_TOTAL: total, TS_BODY: body}
+
+
+def _save_nifti(array: np.ndarray, path: Path, aff: np.ndarray) -> None:
+    img = nib.Nifti1Image(np.ascontiguousarray(array), aff)
     img.header.set_slope_inter(None, None)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
-    job.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = job.path.with_name(job.path.name.replace(".nii.gz", ".tmp.nii.gz"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
     nib.save(img, tmp)
-    os.replace(tmp, job.path)
+    os.replace(tmp, path)
+
+
+def write_volume(job: VolumeJob) -> None:
+    """Render and write one volume with the CT-RATE quirks (raw int16, wrong zooms, LPS/RAS), and
+    its TotalSegmentator-style label maps stored the same way."""
+    rendered = render(job.case, job.grid, np.random.default_rng(list(job.noise_seed)))
+    raw = np.rint((rendered.hu - np.float32(job.intercept)) / np.float32(job.slope))
+    raw = np.clip(raw, -32768, 32767).astype(np.int16)
+    aff = header_affine(job.grid, job.lps)
+    label_maps = totalseg_label_maps(rendered.masks, job.grid) if job.seg_paths else {}
+    for task, path in job.seg_paths:
+        label_map = label_maps[task]
+        _save_nifti(label_map[::-1, ::-1, :] if job.lps else label_map, path, aff)
+    _save_nifti(raw[::-1, ::-1, :] if job.lps else raw, job.path, aff)
 
 
 def _read_manifest(out: Path) -> dict | None:
@@ -370,7 +435,8 @@ def _plan(out: Path, n: int, seed: int) -> list[_Scan]:
                 for r, grid in enumerate(grids, start=1):
                     vrng = _rng(seed, _S_RECON, idx, r)
                     name = f"{split}_{pid}_{letter}_{r}.nii.gz"
-                    path = out / f"{split}_fixed" / f"{split}_{pid}" / f"{split}_{pid}_{letter}" / name
+                    relative = Path(f"{split}_fixed") / f"{split}_{pid}" / f"{split}_{pid}_{letter}" / name
+                    path = out / relative
                     job = VolumeJob(
                         path=path,
                         case=case,
@@ -379,6 +445,9 @@ def _plan(out: Path, n: int, seed: int) -> list[_Scan]:
                         intercept=float(vrng.choice([-1024.0, -1000.0, 0.0], p=[0.5, 0.25, 0.25])),
                         slope=float(vrng.choice([1.0, 0.5, 2.0], p=[0.8, 0.1, 0.1])),
                         noise_seed=(seed, _S_NOISE, idx, r),
+                        seg_paths=tuple(
+                            (task, out / TS_SEG_DIR / task / relative) for task in (TS_TOTAL, TS_BODY)
+                        ),
                     )
                     scan.volumes.append((name, job, _metadata(name, scan, job, _rng(seed, _S_META, idx, r))))
                 scans.append(scan)

@@ -1,7 +1,8 @@
 """CT-RATE on disk -> plain records.
 
 Reads the Hugging Face ``ibrahimhamamci/CT-RATE`` layout (volumes, report / label / metadata CSVs,
-optional head-CT lists). Spacing and HU rescale come from the metadata CSV, never from the NIfTI
+optional head-CT lists, optional TotalSegmentator organ masks under ``ts_seg/``, see
+``datamodules/totalseg.py``). Spacing and HU rescale come from the metadata CSV, never from the NIfTI
 header. Problems with single volumes or rows are returned as ``rejected`` (for quarantine.csv);
 only a wrong layout or a missing label column raises.
 """
@@ -21,6 +22,7 @@ import pandas as pd
 from datamodules.errors import DataRootError, MissingLabelColumnError
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.records import Record
+from datamodules.totalseg import ct_rate_masks
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,8 @@ def _scan_split(
             candidates.append((record, metadata[vid]))
 
     records, dropped = _one_reconstruction_per_acquisition(candidates)
+    for record in records:  # TotalSegmentator organ masks under ts_seg/, where present
+        record.masks = ct_rate_masks(root, record.image_path)
     log.info(
         "CT-RATE %s: %d volume files, %d head CTs excluded (%s), %d extra reconstructions dropped, "
         "%d rejected, %d records",

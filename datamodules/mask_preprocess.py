@@ -1,0 +1,120 @@
+"""Organ masks into the cache: a record's label maps -> one uint8 bit-field volume on the grid of
+its cached image (``masks/<id>.npy``, bit i = ``datamodules.totalseg.ORGANS[i]``).
+
+The geometry follows the image exactly (``datamodules.preprocess.load_hu``): the label map's header
+direction cosines and origin, the record's spacing (a dataset's metadata, never the header zooms),
+RAS+ orientation, then resampling to the cache spacing, here with nearest neighbour. A mask that
+cannot be read, or that does not land on the image's cached grid, is skipped with a warning: the
+volume stays usable for classification, it only gets no segmentation task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torchio as tio
+
+from datamodules.cache import MASK_DTYPE, mask_relpath, npy_shape
+from datamodules.records import Record
+from datamodules.totalseg import ORGANS
+
+log = logging.getLogger(__name__)
+
+
+class BadMaskError(ValueError):
+    """A record's organ mask cannot be converted; the message says why."""
+
+
+def organ_bits(record: Record) -> tuple[np.ndarray, np.ndarray]:
+    """The record's organs as one uint8 bit field in its stored voxel order, and the affine to use
+    (header directions and origin, record spacing)."""
+    bits: np.ndarray | None = None
+    affine: np.ndarray | None = None
+    loaded: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+    for organ, source in record.masks.items():
+        if organ not in ORGANS:
+            raise BadMaskError(f"unknown organ {organ!r}; known: {', '.join(ORGANS)}")
+        path = Path(source.path)
+        if path not in loaded:
+            try:
+                image = nib.load(path)
+                data = np.asarray(
+                    image.dataobj.get_unscaled() if hasattr(image.dataobj, "get_unscaled") else image.dataobj
+                )
+            except Exception as error:
+                raise BadMaskError(f"unreadable label map {path}: {type(error).__name__}: {error}") from error
+            if data.ndim == 4 and data.shape[3] == 1:
+                data = data[..., 0]
+            if data.ndim != 3:
+                raise BadMaskError(f"label map {path} is not 3D: shape {data.shape}")
+            loaded[path] = (np.rint(data).astype(np.int32), np.asarray(image.affine, dtype=np.float64))
+        labels, map_affine = loaded[path]
+        if bits is None:
+            bits = np.zeros(labels.shape, dtype=MASK_DTYPE)
+            affine = map_affine
+        elif labels.shape != bits.shape:
+            raise BadMaskError(f"label maps of {record.id} disagree in shape: {labels.shape} vs {bits.shape}")
+        bits |= np.isin(labels, source.label_ids).astype(MASK_DTYPE) << ORGANS.index(organ)
+    if bits is None or affine is None:
+        raise BadMaskError("record has no masks")
+    linear = affine[:3, :3]
+    zooms = np.linalg.norm(linear, axis=0)
+    if not (np.isfinite(affine).all() and (zooms > 0).all()):
+        raise BadMaskError(f"degenerate label-map affine:\n{affine}")
+    spacing = zooms if record.spacing is None else np.asarray(record.spacing, dtype=np.float64)
+    affine = affine.copy()
+    affine[:3, :3] = linear / zooms * spacing
+    return bits, affine
+
+
+def resample_masks(record: Record, spacing: float) -> np.ndarray:
+    """The record's organ bit field, RAS+, nearest-neighbour resampled to ``spacing`` mm."""
+    bits, affine = organ_bits(record)
+    label_map = tio.LabelMap(tensor=torch.from_numpy(bits.astype(np.int16))[None], affine=affine)
+    steps = tio.Compose(
+        [tio.ToOrientation("RAS", copy=False), tio.Resample(float(spacing), copy=False)], copy=False
+    )
+    out = steps(label_map)
+    return np.ascontiguousarray(out.data[0].numpy().astype(MASK_DTYPE))
+
+
+def masks_complete(record: Record, cache_root: Path, shape: tuple[int, ...]) -> bool:
+    """Whether the cache already holds this record's mask file (or the record has none)."""
+    return not record.masks or npy_shape(Path(cache_root) / mask_relpath(record.id), MASK_DTYPE) == tuple(
+        shape
+    )
+
+
+def cached_mask_organs(record: Record, cache_root: Path, shape: tuple[int, ...]) -> list[str]:
+    """The organs to list in the record's cache entry: its masks if their file is complete."""
+    if not record.masks or not masks_complete(record, cache_root, shape):
+        return []
+    return [organ for organ in ORGANS if organ in record.masks]
+
+
+def write_masks(record: Record, cache_root: Path, spacing: float, shape: tuple[int, ...]) -> bool:
+    """Convert and atomically write ``masks/<id>.npy``; ``False`` (with a warning) when the masks are
+    unusable or do not match the cached image grid ``shape``."""
+    try:
+        bits = resample_masks(record, spacing)
+        if bits.shape != tuple(shape):
+            raise BadMaskError(f"mask grid {bits.shape} differs from the image grid {tuple(shape)}")
+    except BadMaskError as error:
+        log.warning("no organ masks for %s: %s", record.id, error)
+        return False
+    target = Path(cache_root) / mask_relpath(record.id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, bits)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return True
