@@ -1,0 +1,390 @@
+"""The Uniferum DataModule: cached volumes (+ organ masks) -> task samples (train) and per-volume
+evaluation batches over every task (val / test).
+
+Training batch (one task per sample, ``datamodules/uniferum_tasks.py``)::
+
+    image (B, 1, X, Y, Z) in [-1, 1]   image_id   index   source   kind = "task"
+    task_index (B,)   task_text   input_ids / attention_mask (B, L): the task text, no special tokens
+    target (B,) 1 / 0 (NaN for segmentation samples)   is_seg (B,) bool
+    seg_target (B, N, u^3): the patchified coarse mask (zeros for classification samples)
+
+Evaluation batch (one volume per sample, every task)::
+
+    image   image_id   index   source
+    labels (B, T) targets of the classification tasks (NaN: unknown, or a segmentation task)
+    seg_targets (B, S, N, u^3) and seg_available (B, S) for the S segmentation tasks
+    task_input_ids / task_attention_mask (T, L), task_names, task_kinds, task_held_out: the tasks
+
+Sources: ``data.sources`` (``{name, root}`` each; the ``weight`` is not used: the per-task balanced
+draw sets the mix), or the ``data.source`` / ``data.root`` shorthand. Training on CT-RATE +
+RAD-ChestCT + Merlin is that one list. Each source is preprocessed once into its own cache at
+``data.spacing`` and split by patient on its own (its official validation split when it has one);
+every source's val / test volumes are evaluated, each task on the volumes that know its label.
+The uniferum crop boxes are computed once per cache (``datamodules/uniferum_geometry.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Sampler
+from transformers import PreTrainedTokenizerBase
+
+from datamodules.cache import CacheEntry, CacheIndex, cache_path
+from datamodules.preprocess import build_cache
+from datamodules.samplers import EvalSampler, TrainSampler
+from datamodules.splits import assign_splits
+from datamodules.uniferum_geometry import CropBox, UniferumGeometry, UniferumView, ensure_boxes, organ_mask
+from datamodules.uniferum_tasks import (
+    CLASSIFICATION_KINDS,
+    SEGMENTATION,
+    EpochSamples,
+    Task,
+    TaskSampler,
+    build_tasks,
+    task_label,
+)
+from lightning_modules.nets.seg_targets import seg_target
+
+log = logging.getLogger(__name__)
+
+
+def geometry_from_config(uniferum: DictConfig) -> UniferumGeometry:
+    return UniferumGeometry(
+        input_shape=tuple(int(s) for s in uniferum.input_shape),  # type: ignore[arg-type]
+        field_mm=tuple(float(s) for s in uniferum.field_mm),  # type: ignore[arg-type]
+        train_field_mm=tuple(float(s) for s in uniferum.train_field_mm),  # type: ignore[arg-type]
+        lung_margin_mm=float(uniferum.lung_margin_mm),
+    )
+
+
+def configured_sources(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(source name, data root) of every source the experiment trains on."""
+    listed = list(cfg.data.get("sources") or [])
+    if not listed:
+        return [(str(cfg.data.source), str(cfg.data.root))]
+    return [(str(s.name), str(s.root)) for s in listed]
+
+
+def source_cache_root(cfg: DictConfig, source: str) -> Path:
+    return cache_path(Path(cfg.data.cache_dir), source, float(cfg.data.spacing), str(cfg.data.interpolation))
+
+
+def ensure_source_cache(cfg: DictConfig, source: str, root: str, progress: bool = True) -> CacheIndex:
+    """The cache of one source, built (or completed with organ masks) when needed."""
+    from datamodules.sources.registry import get_source
+
+    cache_root = source_cache_root(cfg, source)
+    index = CacheIndex.load(cache_root) if (cache_root / "index.json").exists() else None
+    if index is not None and any(e.masks for e in index.entries):
+        return index
+    spec = get_source(source)
+    scan = spec.scan(Path(root), list(spec.label_names))
+    if index is not None and not any(r.masks for r in scan.records):
+        return index  # the source has no organ masks: nothing to add
+    log.info("Preprocessing %s (%d volumes%s) into %s", source, len(scan.records),
+             ", adding organ masks" if index is not None else "", cache_root)  # fmt: skip
+    return build_cache(
+        scan.records,
+        cache_root,
+        spacing=float(cfg.data.spacing),
+        interpolation=str(cfg.data.interpolation),
+        label_names=list(spec.label_names),
+        workers=int(cfg.data.preprocess_workers),
+        progress=progress,
+        rejected=scan.rejected,
+    )
+
+
+# ----------------------------------------------------------------------------------------- datasets
+class _VolumeSource:
+    """What both datasets share: entries, their crop boxes, the view and the target geometry."""
+
+    def __init__(
+        self,
+        entries: list[CacheEntry],
+        boxes: dict[str, CropBox],
+        view: UniferumView,
+        tasks: list[Task],
+        downsample: int,
+        u: int,
+    ) -> None:
+        self.entries = entries
+        self.boxes = boxes
+        self.view = view
+        self.tasks = tasks
+        self.downsample = downsample
+        self.u = u
+        grid = [s // downsample for s in view.geometry.input_shape]
+        self.n_tokens = int(np.prod(grid))
+
+    def empty_target(self) -> torch.Tensor:
+        return torch.zeros(self.n_tokens, self.u**3)
+
+    def target(self, bits: torch.Tensor | None, organ: str) -> torch.Tensor:
+        if bits is None:
+            return self.empty_target()
+        return seg_target(organ_mask(bits, organ), self.downsample, self.u)
+
+
+class TaskTrainDataset(Dataset):
+    """One (volume, task, target) per item; item ``(i, epoch)`` is the i-th sample of that epoch's
+    balanced draw, and its augmentation is a pure function of ``(seed, epoch, i)``."""
+
+    def __init__(
+        self, volumes: _VolumeSource, sampler: TaskSampler, seed: int = 0, augment: bool = True
+    ) -> None:
+        self.volumes = volumes
+        self.sampler = sampler
+        self.seed = seed
+        self.augment = augment
+        self._drawn: dict[int, EpochSamples] = {}
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def epoch_samples(self, epoch: int) -> EpochSamples:
+        if epoch not in self._drawn:
+            self._drawn = {epoch: self.sampler.draw(epoch)}  # keep one epoch: workers move forward
+        return self._drawn[epoch]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        samples = self.epoch_samples(epoch)
+        v, t = int(samples.volume[index]), int(samples.task[index])
+        entry, task = self.volumes.entries[v], self.volumes.tasks[t]
+        is_seg = task.kind == SEGMENTATION
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
+        view = self.volumes.view(entry, self.volumes.boxes[entry.id], rng, with_masks=is_seg)
+        return {
+            "image": view.image,
+            "image_id": entry.id,
+            "index": index,
+            "source": entry.source,
+            "kind": "task",
+            "task_index": t,
+            "task_text": task.text,
+            "target": float(samples.target[index]),
+            "is_seg": is_seg,
+            "seg_target": self.volumes.target(view.bits, task.organ)
+            if is_seg
+            else self.volumes.empty_target(),
+        }
+
+
+class TaskEvalDataset(Dataset):
+    """One volume per item with its targets for every task (centre field, no augmentation)."""
+
+    def __init__(self, volumes: _VolumeSource) -> None:
+        self.volumes = volumes
+        self.seg_tasks = [t for t in volumes.tasks if t.kind == SEGMENTATION]
+
+    def __len__(self) -> int:
+        return len(self.volumes.entries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.volumes.entries[index]
+        view = self.volumes.view(entry, self.volumes.boxes[entry.id], None, with_masks=bool(entry.masks))
+        labels = [
+            task_label(entry.labels, entry.source, t) if t.kind in CLASSIFICATION_KINDS else math.nan
+            for t in self.volumes.tasks
+        ]
+        available = [t.organ in entry.masks for t in self.seg_tasks]
+        targets = [
+            self.volumes.target(view.bits, t.organ) if ok else self.volumes.empty_target()
+            for t, ok in zip(self.seg_tasks, available, strict=True)
+        ]
+        return {
+            "image": view.image,
+            "image_id": entry.id,
+            "index": index,
+            "source": entry.source,
+            "kind": "volume",
+            "labels": torch.tensor(labels, dtype=torch.float32),
+            "seg_targets": torch.stack(targets) if targets else torch.zeros(0, self.volumes.n_tokens, 0),
+            "seg_available": torch.tensor(available, dtype=torch.bool),
+        }
+
+
+# ----------------------------------------------------------------------------------------- collation
+def _stack(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], bool):
+            batch[key] = torch.tensor(values, dtype=torch.bool)
+        elif isinstance(values[0], int):
+            batch[key] = torch.tensor(values, dtype=torch.long)
+        elif isinstance(values[0], float):
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+        else:
+            batch[key] = values
+    return batch
+
+
+def tokenize_tasks(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
+) -> dict[str, torch.Tensor]:
+    """Task texts as the fusion reads them: word pieces only (its own [CLS]/[SEP] are learned)."""
+    tokens = tokenizer(
+        texts,
+        padding="longest",
+        truncation=True,
+        max_length=max_length,
+        add_special_tokens=False,
+        return_tensors="pt",
+    )
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+class TaskCollator:
+    """Training batches: stack, and tokenise each sample's task text."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = _stack(samples)
+        batch.update(tokenize_tasks(self.tokenizer, batch["task_text"], self.max_length))
+        return batch
+
+
+class EvalCollator:
+    """Evaluation batches: stack, and attach the tokenised texts of every task."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, tasks: list[Task]) -> None:
+        self.tokenizer = tokenizer  # the evaluation callback and `ctvlp eval` read it
+        self.max_length = max_length
+        self.tasks = tasks
+        tokens = tokenize_tasks(tokenizer, [t.text for t in tasks], max_length)
+        self.task_input_ids, self.task_attention_mask = tokens["input_ids"], tokens["attention_mask"]
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = _stack(samples)
+        batch["task_input_ids"] = self.task_input_ids
+        batch["task_attention_mask"] = self.task_attention_mask
+        batch["task_names"] = [t.name for t in self.tasks]
+        batch["task_kinds"] = [t.kind for t in self.tasks]
+        batch["task_held_out"] = [t.held_out for t in self.tasks]
+        return batch
+
+
+# --------------------------------------------------------------------------------------- DataModule
+class UniferumDataModule(L.LightningDataModule):
+    def __init__(
+        self, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, downsample: int, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.data = cfg.data
+        self.uniferum = cfg.uniferum
+        self.tokenizer = tokenizer
+        self.max_length = int(cfg.model.text.max_length)
+        self.downsample = int(downsample)
+        self.u = int(cfg.uniferum.u)
+        self.seed = seed
+        self.geometry = geometry_from_config(cfg.uniferum)
+        self.collate = TaskCollator(tokenizer, self.max_length)
+        self.splits: dict[str, list[CacheEntry]] = {}
+        self.tasks: list[Task] = []
+        self.datasets: dict[str, Dataset] = {}
+
+    def prepare_data(self) -> None:
+        for source, root in configured_sources(self.cfg):
+            index = ensure_source_cache(self.cfg, source, root)
+            ensure_boxes(index, self.geometry.lung_margin_mm)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        boxes: dict[str, CropBox] = {}
+        label_names: dict[str, list[str]] = {}
+        self.splits = {"train": [], "val": [], "test": []}
+        for source, _ in configured_sources(self.cfg):
+            index = CacheIndex.load(source_cache_root(self.cfg, source))
+            boxes.update(ensure_boxes(index, self.geometry.lung_margin_mm))
+            label_names[source] = list(index.label_names)
+            for split, part in assign_splits(index.entries, int(self.data.val_patients), seed=0).items():
+                self.splits[split] += part
+        organs = [str(o) for o in self.uniferum.seg_organs]
+        self.tasks = build_tasks(
+            label_names, list(self.uniferum.held_out_labels), organs, dict(self.uniferum.task_texts)
+        )
+        view = UniferumView(self.geometry, float(self.data.spacing))
+
+        def volumes(split: str) -> _VolumeSource:
+            return _VolumeSource(self.splits[split], boxes, view, self.tasks, self.downsample, self.u)
+
+        train = volumes("train")
+        seg_organs = set(organs) if float(self.uniferum.seg_fraction) > 0 else set()
+        sampler = TaskSampler(
+            self.tasks,
+            [(e.source, e.labels, [o for o in e.masks if o in seg_organs]) for e in train.entries],
+            seg_fraction=float(self.uniferum.seg_fraction),
+            seed=self.seed,
+        )
+        log.info(
+            "Uniferum tasks: %d classification, %d segmentation; %d training samples per epoch (%d seg)",
+            sum(t.kind in CLASSIFICATION_KINDS for t in self.tasks),
+            sum(t.kind == SEGMENTATION for t in self.tasks),
+            len(sampler),
+            sampler.n_segmentation,
+        )
+        self.datasets = {
+            "train": TaskTrainDataset(train, sampler, self.seed, bool(self.uniferum.augment)),
+            "val": TaskEvalDataset(volumes("val")),
+            "test": TaskEvalDataset(volumes("test")),
+        }
+        self.eval_collate = EvalCollator(self.tokenizer, self.max_length, self.tasks)
+        for name, dataset in self.datasets.items():
+            if len(dataset) == 0:
+                raise ValueError(
+                    f"The uniferum '{name}' split is empty; check data.root, data.val_patients and the labels"
+                )
+
+    @property
+    def label_names(self) -> list[str]:
+        return [t.name for t in self.tasks if t.kind in CLASSIFICATION_KINDS]
+
+    def _loader(self, dataset: Dataset, sampler: Sampler, collate: Any) -> DataLoader:
+        workers = int(self.data.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=int(self.data.batch_size),
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            prefetch_factor=2 if workers > 0 else None,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _global_step(self) -> int:
+        return self.trainer.global_step if self.trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        sampler = TrainSampler(len(dataset), int(self.data.batch_size), self.seed, self._global_step)
+        return self._loader(dataset, sampler, self.collate)
+
+    def loader(self, split: str) -> DataLoader:
+        """Every volume of ``val`` or ``test`` once, with targets for every task."""
+        dataset = self.datasets[split]
+        return self._loader(dataset, EvalSampler(len(dataset)), self.eval_collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")

@@ -1,0 +1,238 @@
+"""The Uniferum preprocessing profile: body-centred, lung-limited crops resized to the model input.
+
+Uniferum (Sec. 3.5 and its public configs) prepares every CT as follows:
+
+1. HU clipped to +-1000, 1 mm isotropic (here: the ordinary cache at ``data.spacing``, RAS+, with the
+   organ masks beside it; see ``datamodules/preprocess.py``).
+2. **Body centre**: the largest connected component of the soft-tissue window (HU > -150) gives
+   the centre in x-y. We take the body mask when the cache has one, else that component.
+3. **z limited to the lungs**: slices more than 5 mm above / below the lungs (TotalSegmentator lung
+   lobes) are discarded; the crop is centred on the lungs in z. Without a lung mask the body
+   centroid is used and no slice is discarded.
+4. Crop or pad (with air) to 416 x 336 x 256 mm (x, y, z) for training; random rotation +-15 deg
+   and zoom +-10 % (each p 0.5); then the centre 384 x 320 x 256 mm is resized to the model input
+   **256 x 160 x 128** voxels (1.5 x 2 x 2 mm). Evaluation takes the same centre region without
+   augmentation. Gaussian noise (sigma 0.01) and an intensity offset (+-0.01) on the paper's [0, 1]
+   scale, each p 0.5, follow.
+
+Steps 2-3 depend only on the cached volume and masks, so they run once per cache and are stored
+as ``uniferum_boxes.json`` in the cache folder (:func:`ensure_boxes`). Step 4 is one
+``grid_sample`` per sample from a mmap crop read (:class:`UniferumView`), so rotation, zoom, centre
+crop and resizing cost one interpolation together.
+
+Intensities follow this repository's convention (HU / 1000 in [-1, 1], DESIGN.md), an affine map of
+the paper's ``HU / 2000 + 0.5``; the noise and offset are scaled to match (x2). Axes are the cache's
+(x, y, z) = (R, A, S), so the model input is (B, 1, X, Y, Z).
+
+The ``cpu_demo`` profile shrinks this to ``uniferum.input_shape = [64, 64, 32]`` at 6 mm (the same
+fields of view: 6 x 5 x 8 mm voxels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from datamodules.cache import (
+    CacheEntry,
+    CacheIndex,
+    read_crop,
+    read_mask_crop,
+    read_volume,
+    write_json_atomic,
+)
+from datamodules.totalseg import ORGANS
+
+log = logging.getLogger(__name__)
+
+BOXES_NAME = "uniferum_boxes.json"
+BOXES_VERSION = 1
+SOFT_TISSUE_MIN_HU = -150.0
+HU_SCALE = 1000.0
+
+
+@dataclass(frozen=True)
+class UniferumGeometry:
+    """Sizes of the Uniferum preparation (defaults: the paper's)."""
+
+    input_shape: tuple[int, int, int] = (256, 160, 128)  # model input voxels (x, y, z)
+    field_mm: tuple[float, float, float] = (384.0, 320.0, 256.0)  # what the model sees
+    train_field_mm: tuple[float, float, float] = (416.0, 336.0, 256.0)  # read for augmentation
+    lung_margin_mm: float = 5.0
+    rotation_deg: float = 15.0
+    zoom: float = 0.1
+    noise_std: float = 0.02  # paper: 0.01 on its [0, 1] scale
+    intensity_offset: float = 0.02  # paper: 0.01 on its [0, 1] scale
+    p: float = 0.5
+
+    @property
+    def voxel_mm(self) -> tuple[float, float, float]:
+        return tuple(f / n for f, n in zip(self.field_mm, self.input_shape, strict=True))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Per volume, in cache voxel coordinates: the crop centre and the z slices kept (lo, hi], or
+    ``None`` to keep all."""
+
+    centre: tuple[float, float, float]
+    z_keep: tuple[int, int] | None
+
+
+# ------------------------------------------------------------------------------------- crop boxes
+def body_mask_from_hu(volume_hu: np.ndarray) -> np.ndarray:
+    """Largest connected component of the soft-tissue window (HU > -150): the body."""
+    labels, count = ndimage.label(volume_hu > SOFT_TISSUE_MIN_HU)
+    if count == 0:
+        return np.zeros(volume_hu.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def compute_box(entry: CacheEntry, spacing: float, lung_margin_mm: float = 5.0) -> CropBox:
+    """Body centre in x-y, lung-limited z range (see the module docstring)."""
+    bits = np.load(entry.mask_file) if entry.masks else None
+    body = None
+    if bits is not None and "body" in entry.masks:
+        body = ((bits >> ORGANS.index("body")) & 1).astype(bool)
+    if body is None or not body.any():
+        body = body_mask_from_hu(read_volume(entry))
+    if body.any():
+        centre = [float(c.mean()) for c in np.nonzero(body)]
+    else:
+        centre = [(s - 1) / 2.0 for s in entry.shape]
+    z_keep = None
+    if bits is not None and "lungs" in entry.masks:
+        lung_slices = np.flatnonzero(((bits >> ORGANS.index("lungs")) & 1).any(axis=(0, 1)))
+        if lung_slices.size:
+            margin = int(round(lung_margin_mm / spacing))
+            lo, hi = int(lung_slices[0]) - margin, int(lung_slices[-1]) + margin
+            z_keep = (lo, hi)
+            centre[2] = (lo + hi) / 2.0
+    return CropBox(centre=(centre[0], centre[1], centre[2]), z_keep=z_keep)
+
+
+def _boxes_key(index: CacheIndex, lung_margin_mm: float) -> str:
+    ids = "\n".join(f"{e.id}:{','.join(e.masks)}:{e.shape}" for e in index.entries)
+    return hashlib.sha256(f"{BOXES_VERSION}|{lung_margin_mm}|{ids}".encode()).hexdigest()[:16]
+
+
+def ensure_boxes(index: CacheIndex, lung_margin_mm: float = 5.0) -> dict[str, CropBox]:
+    """The crop box of every entry, computed once and kept in ``<cache>/uniferum_boxes.json``."""
+    path = index.root / BOXES_NAME
+    key = _boxes_key(index, lung_margin_mm)
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("key") == key:
+            return {
+                i: CropBox(tuple(b["centre"]), tuple(b["z_keep"]) if b["z_keep"] else None)  # type: ignore[arg-type]
+                for i, b in data["boxes"].items()
+            }
+    log.info("Computing Uniferum crop boxes for %d volumes in %s", len(index.entries), index.root)
+    boxes = {e.id: compute_box(e, index.spacing, lung_margin_mm) for e in index.entries}
+    write_json_atomic(path, {"key": key, "boxes": {i: asdict(b) for i, b in boxes.items()}})
+    return boxes
+
+
+# ------------------------------------------------------------------------------------- one sample
+def rotation_matrix(angles_rad: Sequence[float]) -> np.ndarray:
+    """Rotation about x, then y, then z (radians)."""
+    ax, ay, az = angles_rad
+    cx, sx, cy, sy, cz, sz = (
+        math.cos(ax),
+        math.sin(ax),
+        math.cos(ay),
+        math.sin(ay),
+        math.cos(az),
+        math.sin(az),
+    )
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+@dataclass
+class View:
+    """One prepared sample: the image (1, X, Y, Z) in [-1, 1] and, when asked, the organ bit field
+    (X, Y, Z) uint8 on the same grid (0 outside the kept region)."""
+
+    image: torch.Tensor
+    bits: torch.Tensor | None
+
+
+class UniferumView:
+    """Reads one volume's crop and resamples it to the model input (module docstring, step 4)."""
+
+    def __init__(self, geometry: UniferumGeometry, spacing: float) -> None:
+        self.geometry = geometry
+        self.spacing = float(spacing)
+
+    def _read_size(self, field_mm: Sequence[float]) -> tuple[int, int, int]:
+        return tuple(int(math.ceil(f / self.spacing)) for f in field_mm)  # type: ignore[return-value]
+
+    def __call__(
+        self,
+        entry: CacheEntry,
+        box: CropBox,
+        rng: np.random.Generator | None = None,
+        with_masks: bool = False,
+    ) -> View:
+        g = self.geometry
+        augment = rng is not None
+        size = self._read_size(g.train_field_mm if augment else g.field_mm)
+        start = tuple(int(round(c - (n - 1) / 2.0)) for c, n in zip(box.centre, size, strict=True))
+        # +1: air becomes 0, so grid_sample's zero padding pads with air.
+        image = torch.from_numpy(read_crop(entry, start, size).astype(np.float32)) / HU_SCALE
+        image = image.clamp_(-1.0, 1.0).add_(1.0)
+        bits = None
+        if with_masks and entry.masks:
+            bits = torch.from_numpy(read_mask_crop(entry, start, size).astype(np.float32))
+        if box.z_keep is not None:  # slices beyond the lungs +- margin are discarded (air)
+            lo, hi = box.z_keep[0] - start[2], box.z_keep[1] - start[2]
+            for volume in (image, bits):
+                if volume is not None:
+                    volume[:, :, : max(lo, 0)] = 0.0
+                    volume[:, :, max(hi + 1, 0) :] = 0.0
+        rotation, zoom = np.eye(3), 1.0
+        if augment:
+            if rng.random() < g.p:
+                rotation = rotation_matrix(np.deg2rad(rng.uniform(-g.rotation_deg, g.rotation_deg, 3)))
+            if rng.random() < g.p:
+                zoom = float(rng.uniform(1.0 - g.zoom, 1.0 + g.zoom))
+        read_mm = np.array(size, dtype=np.float64) * self.spacing
+        # Output normalised coords -> mm (the centre field) -> rotate / zoom -> input normalised coords.
+        theta = np.diag(2.0 / read_mm) @ rotation @ np.diag(np.array(g.field_mm) / 2.0 / zoom)
+        flip = np.eye(3)[::-1]  # grid_sample's grid is (W, H, D) = (z, y, x) ordered
+        theta_t = torch.zeros(1, 3, 4)
+        theta_t[0, :, :3] = torch.from_numpy(flip @ theta @ flip)
+        out_size = (1, 1, *g.input_shape)
+        grid = F.affine_grid(theta_t, list(out_size), align_corners=False)
+        sampled = F.grid_sample(image[None, None], grid, mode="bilinear", align_corners=False)[0]
+        image = sampled.sub_(1.0)
+        mask = None
+        if bits is not None:
+            mask = F.grid_sample(bits[None, None], grid, mode="nearest", align_corners=False)[0, 0]
+            mask = mask.round_().to(torch.uint8)
+        if augment:
+            if rng.random() < g.p:
+                noise = rng.standard_normal(image.shape, dtype=np.float32)
+                image = image + g.noise_std * torch.from_numpy(noise)
+            if rng.random() < g.p:
+                image = image + float(rng.uniform(-g.intensity_offset, g.intensity_offset))
+        return View(image=image.clamp_(-1.0, 1.0), bits=mask)
+
+
+def organ_mask(bits: torch.Tensor, organ: str) -> torch.Tensor:
+    """One organ (float 0/1) out of a bit field."""
+    return ((bits.long() >> ORGANS.index(organ)) & 1).float()
