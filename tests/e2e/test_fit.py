@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ctvlp.cli import main
@@ -67,7 +68,8 @@ def test_tensorboard_has_scalars_hparams_and_previews(trained_run: Path) -> None
         assert tag in scalars, sorted(scalars)
     assert len(events.Scalars("train/loss")) >= 10
     lrs = [e.value for e in events.Scalars("train/lr")]
-    assert max(lrs) == pytest.approx(1e-3, rel=0.05)  # warm-up reaches the configured lr
+    configured_lr = OmegaConf.load(trained_run / "config.yaml").optim.lr
+    assert max(lrs) == pytest.approx(configured_lr, rel=0.05)  # warm-up reaches the configured lr
     images = events.Tags()["images"]
     assert {"axial", "coronal", "sagittal"} <= {tag.rsplit("/", 1)[-1] for tag in images}, images
     assert (trained_run / "tensorboard" / "hparams.yaml").exists()
