@@ -65,7 +65,7 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
         auto_insert_metric_name=False,
     )
     callbacks = [last, best, RngStateCallback(), VolumePreviewCallback(int(cfg.evaluation.preview_volumes))]
-    if int(cfg.evaluation.every_n_steps) > 0:
+    if int(cfg.evaluation.every_n_steps) > 0 and module_cls.periodic_evaluation:
         callbacks.append(evaluation_callback_from_config(cfg))
     if module_cls.rrg_active(cfg):
         rrg = cfg.objectives.rrg

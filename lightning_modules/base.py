@@ -45,6 +45,12 @@ class ObjectiveModule(L.LightningModule):
     # The validation metric that picks the "best" checkpoint, and whether higher is better.
     best_metric: str = "val/retrieval/R@5"
     best_mode: str = "max"
+    # Whether evaluation.every_n_steps > 0 adds the retrieval / zero-shot EvaluationCallback
+    # (it needs a CLIP-style encode_image / encode_text).
+    periodic_evaluation: bool = True
+    # Whether the final evaluation of `ctvlp fit` uses the best_metric checkpoint (model selection on
+    # validation) instead of the final weights.
+    evaluate_best: bool = False
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()

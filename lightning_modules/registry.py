@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # the config schema imports MODULES; keep that import light
 
 MODULES: dict[str, str] = {
     "contrastive": "lightning_modules.contrastive:ContrastiveModule",
+    "seg_conditioned": "lightning_modules.seg_conditioned:SegConditionedModule",
     "cappa": "lightning_modules.cappa:CapPaModule",
     "mae": "lightning_modules.mae:MAEModule",
 }

@@ -221,6 +221,14 @@ def _parse_tasks(spec: str) -> list[str]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.ckpt:  # task-conditioned checkpoints (Uniferum) have their own evaluation
+        from ctvlp.commands.eval_tasks import is_task_checkpoint, run_task_eval
+
+        ckpt = resolve_checkpoint(Path(args.ckpt))
+        if is_task_checkpoint(ckpt):
+            return run_task_eval(args, ckpt, parse_splits(args.splits), _overrides(args))
+    elif args.task_text:
+        raise ConfigError("--task-text needs --ckpt of a seg_conditioned (Uniferum) run")
     out, results = evaluate_run(args)
     print(f"\nResults ({out / 'results.json'}):\n")
     print(results_table(results))
@@ -257,5 +265,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    parser.add_argument(
+        "--task-text",
+        action="append",
+        default=None,
+        metavar="LABEL=TEXT",
+        help="seg_conditioned (Uniferum) checkpoints: evaluate LABEL with this task text (repeatable); "
+        "held-out labels report as <split>/heldout.<label>/auroc",
+    )
     parser.add_argument("overrides", nargs="*", help="dot-list overrides, e.g. evaluation.probe_steps=2000")
     parser.set_defaults(handler=run_eval)

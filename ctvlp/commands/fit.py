@@ -35,6 +35,14 @@ def flatten_config(cfg: DictConfig) -> dict[str, object]:
     return flat
 
 
+def best_checkpoint(trainer: L.Trainer, metric: str) -> str | None:
+    """The best checkpoint by ``metric`` of this run, or ``None`` when none was written."""
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "monitor", None) == metric and getattr(callback, "best_model_path", ""):
+            return str(callback.best_model_path)
+    return None
+
+
 @dataclass
 class FitResult:
     run: RunDir
@@ -62,12 +70,15 @@ def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
 
     results: dict[str, float] = {}
     final_splits = [] if cfg.trainer.fast_dev_run else cfg.evaluation.final_splits
+    # Objectives that select their model on validation (evaluate_best) are evaluated with the
+    # best checkpoint's weights; the others with the final weights.
+    weights = best_checkpoint(trainer, module_cls.best_metric) if module_cls.evaluate_best else None
     for split in final_splits:
         loader = datamodule.loader(split)
         if split == "test":
-            trainer.test(module, dataloaders=loader, verbose=False)
+            trainer.test(module, dataloaders=loader, verbose=False, ckpt_path=weights)
         else:
-            trainer.validate(module, dataloaders=loader, verbose=False)
+            trainer.validate(module, dataloaders=loader, verbose=False, ckpt_path=weights)
         results.update(collect_results(trainer.callback_metrics))
     if trainer.is_global_zero and results:
         # The HParams tab pairs every run's config with its final metrics (sweeps compare here).

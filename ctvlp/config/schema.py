@@ -241,8 +241,51 @@ class ObjectivesConfig:
     mae: MAEConfig = field(default_factory=MAEConfig)
 
 
+@dataclass
+class UniferumConfig:
+    """Segmentation-conditioned classification (Uniferum; module: seg_conditioned). RECIPES.md."""
+
+    # Vision encoder: efficientnet_b0 (MONAI 3D EfficientNet-B0, tokens at 1/32) or primus
+    # (model.image.size, tokens at 1/primus_patch; the COLIPRI encoder).
+    vision: str = "efficientnet_b0"
+    primus_patch: int = 32
+    # A local 2D EfficientNet-B0 state dict (MONAI / efficientnet_pytorch keys) inflated along depth;
+    # copy (paper) repeats kernels, mean divides them by the depth (I3D). None: random init.
+    vision_weights_2d: str | None = None
+    inflate_mode: str = "copy"
+    # Fusion: the first N layers of model.text.name_or_path.
+    fusion_layers: int = 4
+    # Learning rates (null: optim.lr, as the paper, which trains everything at one lr): of the
+    # fusion's pretrained text-model layers and embeddings, and of every other part (vision encoder,
+    # visual projection, [CLS]/[SEP], heads; trained from scratch unless inflated / reused).
+    lr_text_layers: float | None = None
+    lr_other: float | None = None
+    # Segmentation head: u^3 logits per visual token; target = mask max-pooled by d/u.
+    u: int = 4
+    seg_weight: float = 10.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    # Extra segmentation samples, as a fraction of the balanced classification samples (0 = none).
+    seg_fraction: float = 0.1
+    seg_organs: list[str] = field(default_factory=lambda: ["body", "lungs", "heart", "aorta", "spine"])
+    # Labels (as a source names them, or task names) never trained on, evaluated as unseen tasks.
+    held_out_labels: list[str] = field(default_factory=list)
+    # label -> task text, replacing the table text of datamodules/uniferum_tasks.py (or giving a
+    # label outside the tables a task); `ctvlp eval --task-text LABEL=TEXT` sets it.
+    task_texts: dict[str, str] = field(default_factory=dict)
+    # Geometry (datamodules/uniferum_geometry.py): model input voxels (x, y, z), the centre field
+    # it covers (mm), the field read for training augmentation, the margin around the lungs in z.
+    input_shape: list[int] = field(default_factory=lambda: [256, 160, 128])
+    field_mm: list[float] = field(default_factory=lambda: [384.0, 320.0, 256.0])
+    train_field_mm: list[float] = field(default_factory=lambda: [416.0, 336.0, 256.0])
+    lung_margin_mm: float = 5.0
+    augment: bool = True
+
+
 # Keys whose value must come from a fixed set; checked with the schema.
 CHOICES: dict[str, tuple[str, ...]] = {
+    "uniferum.vision": ("efficientnet_b0", "primus"),
+    "uniferum.inflate_mode": ("copy", "mean"),
     "module": tuple(MODULES),
     "data.source": ("ct_rate", "merlin", "rad_chestct", "image_only"),
     "data.interpolation": ("paper", "colipri_inference"),
@@ -273,3 +316,4 @@ class ExperimentConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    uniferum: UniferumConfig = field(default_factory=UniferumConfig)

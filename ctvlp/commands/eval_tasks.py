@@ -1,0 +1,120 @@
+"""``ctvlp eval`` for task-conditioned checkpoints (module ``seg_conditioned``, Uniferum).
+
+Scores every val / test volume on every task of the run's config: diagnosis (and prognosis) AUROC /
+AUPRC per task and their means, organ Dice, and the held-out tasks (``uniferum.held_out_labels``,
+never trained on). ``--task-text "LABEL=TEXT"`` (repeatable) evaluates a label with a new task text:
+zero-shot on an unseen task when the label was held out in training (or has no task in the tables).
+Results are merged into ``results.json`` / ``results.md`` of the run (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ctvlp.config.loader import ConfigError, validate
+from ctvlp.results import collect_results, results_table, write_results
+from lightning_modules.registry import module_class
+
+log = logging.getLogger(__name__)
+
+MODULE = "seg_conditioned"
+
+
+def checkpoint_config(path: Path) -> tuple[dict, dict]:
+    """(saved config, raw checkpoint) of a ctvlp checkpoint file."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoint.get("hyper_parameters", {}).get("config")
+    if saved is None:
+        raise ConfigError(f"{path} holds no 'config' hyper-parameter: not a ctvlp checkpoint")
+    return saved, checkpoint
+
+
+def is_task_checkpoint(path: Path) -> bool:
+    saved, _ = checkpoint_config(path)
+    return saved.get("module") == MODULE
+
+
+def parse_task_texts(items: list[str] | None) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    for item in items or []:
+        label, sep, text = item.partition("=")
+        if not sep or not label.strip() or not text.strip():
+            raise ConfigError(f"--task-text {item!r} must look like LABEL=TEXT")
+        texts[label.strip()] = text.strip()
+    return texts
+
+
+def task_eval_config(saved: dict, overrides: list[str], texts: dict[str, str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override '{item}' must look like key=value")
+    cfg = OmegaConf.merge(OmegaConf.create(saved), OmegaConf.from_dotlist(list(overrides)))
+    if texts:
+        cfg.uniferum.task_texts = {**OmegaConf.to_container(cfg.uniferum.task_texts), **texts}
+    return validate(cfg)
+
+
+def evaluate_task_checkpoint(
+    ckpt: Path,
+    splits: list[str],
+    overrides: list[str],
+    texts: dict[str, str],
+    out: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> tuple[Path, dict[str, float]]:
+    saved, checkpoint = checkpoint_config(ckpt)
+    cfg = task_eval_config(saved, overrides, texts)
+    module_cls = module_class(cfg.module)
+    module = module_cls(OmegaConf.to_container(cfg, resolve=True))
+    module.load_state_dict(checkpoint["state_dict"])
+    datamodule = module_cls.build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    accelerator = "gpu" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+    )
+    results: dict[str, float] = {}
+    for split in splits:
+        loader = datamodule.loader(split)
+        if split == "test":
+            trainer.test(module, dataloaders=loader, verbose=False)
+        else:
+            trainer.validate(module, dataloaders=loader, verbose=False)
+        results.update(collect_results(trainer.callback_metrics))
+    run = out or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+    run.mkdir(parents=True, exist_ok=True)
+    write_results(run / "results.json", results)
+    merged = json.loads((run / "results.json").read_text())
+    (run / "results.md").write_text(results_table(merged) + "\n")
+    if texts:
+        (run / "task_texts.json").write_text(json.dumps(texts, indent=1) + "\n")
+    return run, results
+
+
+def run_task_eval(args: argparse.Namespace, ckpt: Path, splits: list[str], overrides: list[str]) -> int:
+    out, results = evaluate_task_checkpoint(
+        ckpt,
+        splits,
+        overrides,
+        parse_task_texts(args.task_text),
+        Path(args.out) if args.out else None,
+        args.device,
+        not args.no_progress,
+    )
+    print(f"\nResults ({out / 'results.json'}):\n")
+    print(results_table(results))
+    return 0

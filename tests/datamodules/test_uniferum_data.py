@@ -1,0 +1,87 @@
+"""The Uniferum crop geometry and the Uniferum DataModule's batches, on the session phantom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ctvlp.config.loader import load_experiment
+from datamodules.cache import CacheIndex, cache_path
+from datamodules.totalseg import ORGANS
+from datamodules.uniferum_geometry import UniferumGeometry, UniferumView, ensure_boxes, organ_mask
+
+SPACING = 6.0
+
+
+@pytest.fixture(scope="module")
+def index(phantom_cache_dir: Path) -> CacheIndex:
+    return CacheIndex.load(cache_path(phantom_cache_dir, "ct_rate", SPACING, "paper"))
+
+
+def test_crop_boxes_centre_the_body_and_limit_z_to_the_lungs(index: CacheIndex) -> None:
+    boxes = ensure_boxes(index, lung_margin_mm=5.0)
+    assert set(boxes) == {e.id for e in index.entries}
+    for entry in index.entries[:8]:
+        box = boxes[entry.id]
+        bits = np.load(entry.mask_file)
+        lungs = np.flatnonzero(((bits >> ORGANS.index("lungs")) & 1).any(axis=(0, 1)))
+        assert box.z_keep == (lungs[0] - 1, lungs[-1] + 1)  # 5 mm at 6 mm spacing: one slice
+        body = np.nonzero((bits >> ORGANS.index("body")) & 1)
+        assert box.centre[0] == pytest.approx(body[0].mean()) and box.centre[1] == pytest.approx(
+            body[1].mean()
+        )
+    again = ensure_boxes(index, lung_margin_mm=5.0)  # read back from uniferum_boxes.json
+    assert again == boxes and (index.root / "uniferum_boxes.json").is_file()
+
+
+def test_view_shapes_alignment_and_determinism(index: CacheIndex) -> None:
+    geometry = UniferumGeometry(input_shape=(64, 64, 32))
+    view = UniferumView(geometry, SPACING)
+    boxes = ensure_boxes(index)
+    entry = index.entries[0]
+    plain = view(entry, boxes[entry.id], None, with_masks=True)
+    assert (
+        plain.image.shape == (1, 64, 64, 32) and plain.bits is not None and plain.bits.shape == (64, 64, 32)
+    )
+    assert plain.image.min() >= -1 and plain.image.max() <= 1
+    lungs = organ_mask(plain.bits, "lungs").bool()
+    assert plain.image[0][lungs].mean() < -0.6
+    # the lungs fill most of their z range: the crop is lung-limited and lung-centred in z
+    z_with_lungs = lungs.any(dim=0).any(dim=0).nonzero()
+    assert z_with_lungs.min() <= 3 and z_with_lungs.max() >= 28
+    a = view(entry, boxes[entry.id], np.random.default_rng(5), with_masks=True)
+    b = view(entry, boxes[entry.id], np.random.default_rng(5), with_masks=True)
+    assert torch.equal(a.image, b.image) and torch.equal(a.bits, b.bits)
+    c = view(entry, boxes[entry.id], np.random.default_rng(6), with_masks=True)
+    assert not torch.equal(a.image, c.image)
+
+
+def test_datamodule_batches(phantom_overrides: list[str]) -> None:
+    from lightning_modules.seg_conditioned import SegConditionedModule
+
+    cfg = load_experiment("uniferum_seg", "cpu_demo", [*phantom_overrides, "data.num_workers=0"])
+    datamodule = SegConditionedModule.build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup()
+    shape = tuple(cfg.uniferum.input_shape)
+    train = datamodule.datasets["train"]
+    epoch = train.epoch_samples(0)
+    seg_index = int(np.flatnonzero(np.isnan(epoch.target))[0])
+    cls_index = int(np.flatnonzero(~np.isnan(epoch.target))[0])
+    batch = datamodule.collate([train[(seg_index, 0)], train[(cls_index, 0)]])
+    assert batch["image"].shape == (2, 1, *shape)
+    assert batch["is_seg"].tolist() == [True, False]
+    assert batch["seg_target"].shape[0] == 2 and batch["seg_target"].shape[2] == int(cfg.uniferum.u) ** 3
+    assert batch["seg_target"][0].sum() > 0 and batch["seg_target"][1].sum() == 0
+    assert batch["task_text"][0].startswith("Segment ") and batch["task_text"][1].startswith("Diagnose ")
+    assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"].shape == batch["input_ids"].shape
+    evaluation = next(iter(datamodule.loader("val")))
+    n_tasks = len(datamodule.tasks)
+    assert evaluation["labels"].shape[1] == n_tasks == evaluation["task_input_ids"].shape[0]
+    assert evaluation["seg_available"].all()
+    assert len(evaluation["task_kinds"]) == n_tasks
+    OmegaConf.to_container(cfg)  # the config stays plain (checkpointable)
