@@ -206,7 +206,8 @@ def _run_child(*argv: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "ctvlp.bench.data", "--child", *argv],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         check=False,
     )
     if out.returncode != 0:

@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         out = subprocess.run(
             [sys.executable, "-m", "ctvlp.bench.train", "--case", json.dumps(asdict(case))],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
             check=True,
         )
         results.append(Measurement(**json.loads(out.stdout.strip().splitlines()[-1])))

@@ -30,7 +30,7 @@ def _run(phantom_overrides: list[str], runs_dir: Path, *extra: str) -> Path:
         "data.num_workers=0",
         *extra,
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return runs_dir / "colipri_c" / "version_0"
 

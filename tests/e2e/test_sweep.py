@@ -7,7 +7,13 @@ from pathlib import Path
 import yaml
 
 from ctvlp.cli import main
+from ctvlp.config.loader import load_experiment
 from ctvlp.sweep.spec import expand, load_spec
+
+# Star mode runs the base once and skips the base's own value on each axis, so the lr axis lists
+# the base lr (read from the profile, not restated) beside one real change.
+BASE_LR = float(load_experiment("colipri_c", "cpu_demo").optim.lr)
+OTHER_LR = 0.003 if BASE_LR != 0.003 else 0.001
 
 
 def _write_spec(path: Path, phantom_overrides: list[str]) -> Path:
@@ -24,8 +30,7 @@ def _write_spec(path: Path, phantom_overrides: list[str]) -> Path:
             "evaluation.preview_volumes=0",
             "data.num_workers=0",
         ],
-        # 0.001 is the base value (cpu_demo): star mode runs the base once and skips it in the axis.
-        "params": {"optim.lr": [0.001, 0.003], "loss.kind": ["sigmoid"]},
+        "params": {"optim.lr": [BASE_LR, OTHER_LR], "loss.kind": ["sigmoid"]},
         "metrics": ["val/retrieval/R@1", "val/retrieval/R@5"],
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -36,8 +41,8 @@ def test_star_expansion_runs_base_once_and_one_change_per_run(
     tmp_path: Path, phantom_overrides: list[str]
 ) -> None:
     runs = expand(load_spec(str(_write_spec(tmp_path / "star.yaml", phantom_overrides))))
-    assert [r.run_id for r in runs] == ["base", "lr=0.003", "kind=sigmoid"]
-    assert runs[1].overrides == ["optim.lr=0.003"]
+    assert [r.run_id for r in runs] == ["base", f"lr={OTHER_LR}", "kind=sigmoid"]
+    assert runs[1].overrides == [f"optim.lr={OTHER_LR}"]
 
 
 def test_star_sweep_tabulates_and_skips_finished_runs(
@@ -48,7 +53,7 @@ def test_star_sweep_tabulates_and_skips_finished_runs(
     first = capsys.readouterr().out
     table = (tmp_path / "runs" / "sweeps" / "star" / "results.md").read_text().splitlines()
     assert table[0] == "| run | change | val/retrieval/R@1 | val/retrieval/R@5 |"
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["base", "lr=0.003", "kind=sigmoid"]
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["base", f"lr={OTHER_LR}", "kind=sigmoid"]
     assert "—" not in "".join(table[2:])  # every run produced its metrics
     assert first.count(": running") == 3
 
