@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from datamodules.batching import stack_samples
+
 if TYPE_CHECKING:
     from lightning_modules.nets.cappa_targets import CapPaTargetBuilder
 
@@ -31,15 +33,7 @@ class PairedCollator:
         self.cappa_targets = cappa_targets
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {}
-        for key in samples[0]:
-            values = [s[key] for s in samples]
-            if isinstance(values[0], torch.Tensor):
-                batch[key] = torch.stack(values)
-            elif isinstance(values[0], int):
-                batch[key] = torch.tensor(values, dtype=torch.long)
-            else:
-                batch[key] = values
+        batch = stack_samples(samples)
         tokens = self.tokenizer(
             batch["report"],
             padding="longest",

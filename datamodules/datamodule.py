@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
-import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from datamodules.batching import seeded_loader, stack_samples
 from datamodules.cache import CacheEntry, CacheIndex, cache_path
 from datamodules.collate import PairedCollator
 from datamodules.dataset import PairedVolumeDataset
-from datamodules.image_dataset import ImageOnlyVolumeDataset, collate_image_only
+from datamodules.image_dataset import ImageOnlyVolumeDataset
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.mixing import DataSource, KindCollator, MixedDataset, data_sources, project_entries
 from datamodules.preprocess import build_cache
@@ -122,20 +122,24 @@ class CTDataModule(L.LightningDataModule):
         # Runs on one process per node only: the cache build is not repeated by every rank.
         ensure_cache(self.data)
 
-    def _report_transform(self) -> ReportTransform:
+    def _report_transform(self, root: str, primary: bool = True) -> ReportTransform:
+        """The configured text transform with a source's shortened-findings sidecar: the file
+        ``data.text.shortened_findings_json`` names for the primary source, else the one in its root."""
         text = self.data.text
-        sidecar = text.shortened_findings_json or str(Path(self.data.root) / SHORTENED_FINDINGS_FILE)
-        shortened = load_shortened_findings(Path(sidecar)) if Path(sidecar).exists() else {}
+        configured = text.shortened_findings_json if primary else None
+        sidecar = Path(configured or Path(root) / SHORTENED_FINDINGS_FILE)
+        shortened = load_shortened_findings(sidecar) if sidecar.exists() else {}
         if text.shorten_p > 0 and not shortened:
             log.warning(
                 "data.text.shorten_p=%s but no shortened findings at %s: not applied", text.shorten_p, sidecar
             )
         return ReportTransform(text.section, text.sentence_shuffle, text.shorten_p, shortened)
 
-    def _structured_sections(self) -> dict[str, dict[str, list[str]]]:
-        """The structured-Findings sidecar if there is one; else every report uses the keyword rules."""
-        configured = self.data.text.get("structured_findings_json")
-        sidecar = Path(configured or Path(self.data.root) / STRUCTURED_FINDINGS_FILE)
+    def _structured_sections(self, root: str, primary: bool = True) -> dict[str, dict[str, list[str]]]:
+        """A source's structured-Findings sidecar (``data.text.structured_findings_json`` for the
+        primary source, else the one in its root) if there is one; else the keyword rules apply."""
+        configured = self.data.text.get("structured_findings_json") if primary else None
+        sidecar = Path(configured or Path(root) / STRUCTURED_FINDINGS_FILE)
         if configured and not sidecar.exists():
             raise FileNotFoundError(f"data.text.structured_findings_json={configured} does not exist")
         return load_structured_sections(sidecar) if sidecar.exists() else {}
@@ -150,8 +154,8 @@ class CTDataModule(L.LightningDataModule):
         index = CacheIndex.load(resolve_cache_root(self.data))
         self.label_names = list(index.label_names)
         self.splits = assign_splits(index.entries, int(self.data.val_patients), seed=0)
-        transform = self._report_transform()
-        structured = self._structured_sections()
+        transform = self._report_transform(self.data.root)
+        structured = self._structured_sections(self.data.root)
         augmentation = AUGMENTATION_LEVELS[self.data.augmentation.level]
         crop = int(self.data.crop_size)
         self.datasets = {
@@ -172,21 +176,15 @@ class CTDataModule(L.LightningDataModule):
     # the objective, e.g. ContrastiveModule's objective schedule (vision-language steps: "paired").
     kind_plan: Callable[[int], str | None] | None = None
 
-    def _source_report_transform(self, root: str) -> ReportTransform:
-        """The configured text transform with the shortened-findings sidecar of one source's root."""
-        text = self.data.text
-        sidecar = Path(root) / SHORTENED_FINDINGS_FILE
-        shortened = load_shortened_findings(sidecar) if sidecar.exists() else {}
-        return ReportTransform(text.section, text.sentence_shuffle, text.shorten_p, shortened)
-
     def _source_dataset(
-        self, source: DataSource, entries: list[CacheEntry], train: bool, seed: int = 0
+        self, source: DataSource, entries: list[CacheEntry], train: bool, primary: bool, seed: int = 0
     ) -> PairedVolumeDataset | ImageOnlyVolumeDataset:
         crop = int(self.data.crop_size)
         augmentation = AUGMENTATION_LEVELS[self.data.augmentation.level] if train else None
         if source.kind == PAIRED:
-            transform = self._source_report_transform(source.root)
-            return PairedVolumeDataset(entries, crop, transform, train, augmentation, seed)
+            transform = self._report_transform(source.root, primary)
+            structured = self._structured_sections(source.root, primary)
+            return PairedVolumeDataset(entries, crop, transform, train, augmentation, seed, structured)
         return ImageOnlyVolumeDataset(entries, crop, train, augmentation, seed)
 
     def _setup_mixed(self, sources: list[DataSource]) -> None:
@@ -209,7 +207,7 @@ class CTDataModule(L.LightningDataModule):
             )
             if not train:
                 raise ValueError(f"Source {source.name!r} (root {source.root}) has no training volumes")
-            parts.append(self._source_dataset(source, train, True, seed=self.seed + 7919 * j))
+            parts.append(self._source_dataset(source, train, True, j == 0, seed=self.seed + 7919 * j))
             sizes.append(len(train))
             kinds.append(source.kind)
             weights.append(source.weight)
@@ -217,8 +215,8 @@ class CTDataModule(L.LightningDataModule):
         self.mixed_sampling = (sizes, kinds, weights)
         self.datasets = {
             "train": parts[0],
-            "val": self._source_dataset(primary, self.splits["val"], False),
-            "test": self._source_dataset(primary, self.splits["test"], False),
+            "val": self._source_dataset(primary, self.splits["val"], False, True),
+            "test": self._source_dataset(primary, self.splits["test"], False, True),
         }
         log.info(
             "Mixed training: %s",
@@ -233,23 +231,16 @@ class CTDataModule(L.LightningDataModule):
                 )
 
     def _collate_for(self, dataset: object):
-        return collate_image_only if isinstance(dataset, ImageOnlyVolumeDataset) else self.collate
+        return stack_samples if isinstance(dataset, ImageOnlyVolumeDataset) else self.collate
 
     def _loader(self, dataset: PairedVolumeDataset, sampler: Sampler) -> DataLoader:
-        workers = int(self.data.num_workers)
-        return DataLoader(
+        return seeded_loader(
             dataset,
-            batch_size=int(self.data.batch_size),
+            self._collate_for(dataset),
+            int(self.data.num_workers),
+            self.seed,
             sampler=sampler,
-            num_workers=workers,
-            collate_fn=self._collate_for(dataset),
-            pin_memory=torch.cuda.is_available(),
-            # Workers start once (a worker start costs seconds); the sampler carries the epoch.
-            persistent_workers=workers > 0,
-            prefetch_factor=2 if workers > 0 else None,
-            # Worker seeds come from this generator, not the global torch RNG, so starting a
-            # loader (e.g. on resume) leaves the model's dropout randomness untouched.
-            generator=torch.Generator().manual_seed(self.seed),
+            batch_size=int(self.data.batch_size),
         )
 
     def _global_step(self) -> int:
@@ -267,16 +258,12 @@ class CTDataModule(L.LightningDataModule):
                 self._global_step,
                 kind_plan=self.kind_plan,
             )
-            workers = int(self.data.num_workers)
-            return DataLoader(
+            return seeded_loader(
                 self.mixed_train,
+                KindCollator({PAIRED: self.collate, "image_only": stack_samples}),
+                int(self.data.num_workers),
+                self.seed,
                 batch_sampler=batch_sampler,
-                num_workers=workers,
-                collate_fn=KindCollator({PAIRED: self.collate, "image_only": collate_image_only}),
-                pin_memory=torch.cuda.is_available(),
-                persistent_workers=workers > 0,
-                prefetch_factor=2 if workers > 0 else None,
-                generator=torch.Generator().manual_seed(self.seed),
             )
         dataset = self.datasets["train"]
         sampler = TrainSampler(len(dataset), int(self.data.batch_size), self.seed, self._global_step)

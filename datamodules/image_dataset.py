@@ -1,4 +1,5 @@
-"""The image-only dataset over cache entries (no report): crop, augment, labels where known."""
+"""Datasets over cache entries: the crop / augmentation / labels every sample shares, and the
+image-only dataset (no report)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from datamodules.cache import CacheEntry, read_crop
 from datamodules.transforms import IntensityAugmentation, centre_crop_start, hu_to_input, random_crop_start
 
 
-class ImageOnlyVolumeDataset(Dataset):
-    """Like :class:`datamodules.dataset.PairedVolumeDataset`, without text: ``kind="image_only"``.
+class CroppedVolumeDataset(Dataset):
+    """One sample per cache entry: a ``crop_size``³ crop, its labels, where it came from.
 
-    Indexed with ``(index, epoch)`` for training (random crop and augmentation, a pure function of
-    ``(seed, epoch, index)``) or a plain ``index`` for evaluation (centre crop).
+    Indexed with ``(index, epoch)`` (see ``TrainSampler``) when training: random crop and
+    augmentation are then a pure function of ``(seed, epoch, index)``, so a resumed run sees the
+    same data as an uninterrupted one. Indexed with a plain ``index`` for evaluation: centre crop,
+    no augmentation.
     """
+
+    kind = "volume"
 
     def __init__(
         self,
@@ -36,7 +41,10 @@ class ImageOnlyVolumeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+    def _crop(
+        self, key: int | tuple[int, int]
+    ) -> tuple[int, CacheEntry, torch.Tensor, np.random.Generator | None]:
+        """``(index, entry, image, rng)``; ``rng`` (training only) continues the sample's stream."""
         index, epoch = key if isinstance(key, tuple) else (key, None)
         entry = self.entries[index]
         size = (self.crop_size,) * 3
@@ -49,6 +57,9 @@ class ImageOnlyVolumeDataset(Dataset):
         image = hu_to_input(read_crop(entry, start, size))
         if rng is not None and self.augmentation is not None:
             image = self.augmentation(image, rng)
+        return index, entry, image, rng
+
+    def _sample(self, index: int, entry: CacheEntry, image: torch.Tensor) -> dict[str, Any]:
         labels = torch.tensor(entry.labels, dtype=torch.float32)
         return {
             "image": image,
@@ -57,19 +68,15 @@ class ImageOnlyVolumeDataset(Dataset):
             "labels": labels,
             "label_mask": ~torch.isnan(labels),
             "source": entry.source,
-            "kind": "image_only",
+            "kind": self.kind,
         }
 
 
-def collate_image_only(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors, ints become a long tensor, everything else stays a list."""
-    batch: dict[str, Any] = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        if isinstance(values[0], torch.Tensor):
-            batch[key] = torch.stack(values)
-        elif isinstance(values[0], int):
-            batch[key] = torch.tensor(values, dtype=torch.long)
-        else:
-            batch[key] = values
-    return batch
+class ImageOnlyVolumeDataset(CroppedVolumeDataset):
+    """Volumes without a report (``kind="image_only"``): crop, augmentation, labels where known."""
+
+    kind = "image_only"
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, entry, image, _ = self._crop(key)
+        return self._sample(index, entry, image)

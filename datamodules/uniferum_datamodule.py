@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from datamodules.batching import seeded_loader, stack_samples
 from datamodules.cache import CacheEntry, CacheIndex, cache_path
 from datamodules.preprocess import build_cache
 from datamodules.samplers import EvalSampler, TrainSampler
@@ -214,21 +215,6 @@ class TaskEvalDataset(Dataset):
 
 
 # ----------------------------------------------------------------------------------------- collation
-def _stack(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    batch: dict[str, Any] = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        if isinstance(values[0], torch.Tensor):
-            batch[key] = torch.stack(values)
-        elif isinstance(values[0], bool):
-            batch[key] = torch.tensor(values, dtype=torch.bool)
-        elif isinstance(values[0], int):
-            batch[key] = torch.tensor(values, dtype=torch.long)
-        elif isinstance(values[0], float):
-            batch[key] = torch.tensor(values, dtype=torch.float32)
-        else:
-            batch[key] = values
-    return batch
 
 
 def tokenize_tasks(
@@ -254,7 +240,7 @@ class TaskCollator:
         self.max_length = max_length
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = _stack(samples)
+        batch = stack_samples(samples)
         batch.update(tokenize_tasks(self.tokenizer, batch["task_text"], self.max_length))
         return batch
 
@@ -270,7 +256,7 @@ class EvalCollator:
         self.task_input_ids, self.task_attention_mask = tokens["input_ids"], tokens["attention_mask"]
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = _stack(samples)
+        batch = stack_samples(samples)
         batch["task_input_ids"] = self.task_input_ids
         batch["task_attention_mask"] = self.task_attention_mask
         batch["task_names"] = [t.name for t in self.tasks]
@@ -357,17 +343,13 @@ class UniferumDataModule(L.LightningDataModule):
         return [t.name for t in self.tasks if t.kind in CLASSIFICATION_KINDS]
 
     def _loader(self, dataset: Dataset, sampler: Sampler, collate: Any) -> DataLoader:
-        workers = int(self.data.num_workers)
-        return DataLoader(
+        return seeded_loader(
             dataset,
-            batch_size=int(self.data.batch_size),
+            collate,
+            int(self.data.num_workers),
+            self.seed,
             sampler=sampler,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            prefetch_factor=2 if workers > 0 else None,
-            generator=torch.Generator().manual_seed(self.seed),
+            batch_size=int(self.data.batch_size),
         )
 
     def _global_step(self) -> int:

@@ -122,7 +122,8 @@ def _loader(cache_root: str, batches: int) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from datamodules.image_dataset import ImageOnlyVolumeDataset, collate_image_only
+    from datamodules.batching import stack_samples
+    from datamodules.image_dataset import ImageOnlyVolumeDataset
     from datamodules.samplers import TrainSampler
     from datamodules.transforms import AUGMENTATION_LEVELS
 
@@ -137,9 +138,7 @@ def _loader(cache_root: str, batches: int) -> dict:
         def __getitem__(self, key: tuple[int, int]):
             return dataset[(key[0] % len(dataset), key[0])]
 
-    loader = DataLoader(
-        Wrapped(), batch_size=1, sampler=sampler, num_workers=1, collate_fn=collate_image_only
-    )
+    loader = DataLoader(Wrapped(), batch_size=1, sampler=sampler, num_workers=1, collate_fn=stack_samples)
     iterator = iter(loader)
     next(iterator)  # worker start-up is not throughput
     start = time.perf_counter()

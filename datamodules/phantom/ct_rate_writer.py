@@ -51,17 +51,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.phantom.anatomy import Habitus, sample_habitus
@@ -75,6 +71,7 @@ from datamodules.phantom.scene import (
     sample_chest_case,
     sample_head_case,
 )
+from datamodules.phantom.writing import clear_owned, run_jobs
 from datamodules.sources.ct_rate import SPLIT_LAYOUTS
 from datamodules.totalseg import (
     AORTA,
@@ -483,20 +480,6 @@ def _write_tables(out: Path, scans: list[_Scan]) -> None:
     (out / "shortened_findings.json").write_text(json.dumps(short, indent=1))
 
 
-def _run_jobs(jobs: list[VolumeJob], workers: int, progress: bool) -> None:
-    bar = tqdm(total=len(jobs), desc="phantom CT-RATE", unit="vol", disable=not progress)
-    workers = min(workers, len(jobs))
-    if workers <= 1:
-        for job in jobs:
-            write_volume(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            for _ in pool.map(write_volume, jobs, chunksize=4):
-                bar.update()
-    bar.close()
-
-
 def write_phantom_ct_rate(
     out: Path, n: int, seed: int = 0, workers: int = 2, progress: bool = True
 ) -> PhantomSummary:
@@ -511,17 +494,11 @@ def write_phantom_ct_rate(
     done = _is_complete(out, n, seed)
     if done is not None:
         return PhantomSummary(root=out, **done["summary"], seed=seed, reused=True)
-    for name in _OWNED:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    clear_owned(out, _OWNED)
 
     scans = _plan(out, n, seed)
     jobs = [job for scan in scans for _, job, _ in scan.volumes]
-    _run_jobs(jobs, workers, progress)
+    run_jobs(write_volume, jobs, workers, progress, "phantom CT-RATE", chunksize=4)
     _write_tables(out, scans)
 
     n_train = sum(len(s.volumes) for s in scans if s.split == "train")

@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from datamodules.phantom.anatomy import sample_habitus
 from datamodules.phantom.geometry import Grid
 from datamodules.phantom.merlin_writer import write_nifti_hu
 from datamodules.phantom.scene import ChestCase, field_of_view, render, sample_chest_case
+from datamodules.phantom.writing import run_jobs
 
 MANIFEST = "phantom_manifest.json"
 _S_CASE, _S_NOISE = 31, 32
@@ -187,18 +185,7 @@ def write_phantom_image_only(
                     SeriesJob(path, case, grid, dicom, patient, series_uid, (seed, _S_NOISE, p, t, r))
                 )
 
-    bar = tqdm(total=len(jobs), desc="phantom image-only", unit="series", disable=not progress)
-    if workers <= 1:
-        for job in jobs:
-            write_series(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")
-        ) as pool:
-            for _ in pool.map(write_series, jobs, chunksize=2):
-                bar.update()
-    bar.close()
+    run_jobs(write_series, jobs, workers, progress, "phantom image-only", unit="series")
     summary = {
         "n_patients": n,
         "n_acquisitions": acquisitions,

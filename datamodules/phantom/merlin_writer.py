@@ -20,21 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from datamodules.labels import MERLIN_LABELS
 from datamodules.phantom.abdomen import VISIBLE_FINDINGS, AbdomenCase, render_abdomen, sample_abdomen_case
 from datamodules.phantom.geometry import Grid
+from datamodules.phantom.writing import clear_owned, run_jobs
 from datamodules.sources import merlin as layout
 
 MANIFEST = "phantom_manifest.json"
@@ -279,13 +276,7 @@ def write_phantom_merlin(
     done = _is_complete(out, n, seed)
     if done is not None:
         return MerlinPhantomSummary(root=out, **done["summary"], seed=seed, reused=True)
-    for name in _OWNED:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    clear_owned(out, _OWNED)
 
     splits = ["train"] * n
     order = np.random.default_rng([seed, 0]).permutation(n)
@@ -327,16 +318,7 @@ def write_phantom_merlin(
         )
         short[sid] = {"positive": positive, "negative": negative}
 
-    bar = tqdm(total=n, desc="phantom Merlin", unit="vol", disable=not progress)
-    if workers <= 1:
-        for job in jobs:
-            write_volume(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=mp.get_context("spawn")) as pool:
-            for _ in pool.map(write_volume, jobs, chunksize=2):
-                bar.update()
-    bar.close()
+    run_jobs(write_volume, jobs, workers, progress, "phantom Merlin")
 
     pd.DataFrame(reports).to_excel(out / layout.REPORTS, index=False, engine="openpyxl")
     pd.DataFrame(label_rows, columns=[layout.ID_COLUMN, *MERLIN_LABELS]).to_csv(

@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from datamodules.labels import RAD_CHESTCT_ABNORMALITIES, RAD_CHESTCT_LOCATIONS
 from datamodules.phantom.anatomy import sample_habitus
 from datamodules.phantom.geometry import Grid
 from datamodules.phantom.scene import ChestCase, field_of_view, render, sample_chest_case
+from datamodules.phantom.writing import clear_owned, run_jobs
 from datamodules.sources import rad_chestct as layout
 
 MANIFEST = "phantom_manifest.json"
@@ -181,13 +178,7 @@ def write_phantom_rad_chestct(
     done = _is_complete(out, n, seed, scale)
     if done is not None:
         return RadChestPhantomSummary(root=out, **done["summary"], seed=seed, scale=scale, reused=True)
-    for name in _OWNED:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    clear_owned(out, _OWNED)
 
     n_eval = max(1, int(round(0.2 * n)))
     order = np.random.default_rng([seed, 0]).permutation(n)
@@ -216,16 +207,7 @@ def write_phantom_rad_chestct(
             values[column_index[f"{abnormality}*{location}"]] = 1
         rows[split].append([rid, *values])
 
-    bar = tqdm(total=n, desc="phantom RAD-ChestCT", unit="vol", disable=not progress)
-    if workers <= 1:
-        for job in jobs:
-            write_volume(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=mp.get_context("spawn")) as pool:
-            for _ in pool.map(write_volume, jobs, chunksize=2):
-                bar.update()
-    bar.close()
+    run_jobs(write_volume, jobs, workers, progress, "phantom RAD-ChestCT")
     for split, (table, _) in layout.TABLES.items():
         pd.DataFrame(rows[split], columns=[layout.ID_COLUMN, *LABEL_COLUMNS]).to_csv(out / table, index=False)
     summary = {

@@ -22,6 +22,7 @@ import pandas as pd
 from datamodules.errors import DataRootError, MissingLabelColumnError
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.records import Record
+from datamodules.sources.common import read_csv, rows_by_id
 from datamodules.totalseg import ct_rate_masks
 
 log = logging.getLogger(__name__)
@@ -241,12 +242,7 @@ def _find_volumes(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]
 
 
 def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(
-            path, dtype=str, keep_default_na=False, encoding="utf-8-sig", encoding_errors="replace"
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise DataRootError(f"cannot parse {path}: {error}\n{EXPECTED_LAYOUT}") from error
+    df = read_csv(path, EXPECTED_LAYOUT)
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -257,26 +253,8 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
 
 
 def _rows_by_id(df: pd.DataFrame, csv_name: str) -> tuple[dict[str, dict[str, str]], set[str]]:
-    """VolumeName -> row. Exact duplicate rows collapse to one; conflicting duplicates are returned apart."""
-    rows: dict[str, dict[str, str]] = {}
-    conflicting: set[str] = set()
-    collapsed = 0
-    for row in df.to_dict("records"):
-        vid = volume_id(row["VolumeName"])
-        if not vid:
-            continue
-        if vid in rows:
-            if rows[vid] == row:
-                collapsed += 1
-            else:
-                conflicting.add(vid)
-            continue
-        rows[vid] = row
-    for vid in conflicting:
-        del rows[vid]
-    if collapsed:
-        log.warning("%s: %d exact duplicate rows collapsed", csv_name, collapsed)
-    return rows, conflicting
+    """VolumeName (without the suffix) -> row; duplicates as :func:`rows_by_id` treats them."""
+    return rows_by_id(df, "VolumeName", csv_name, normalise=volume_id)
 
 
 def _read_no_chest(root: Path, name: str) -> set[str]:

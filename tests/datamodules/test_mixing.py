@@ -3,6 +3,7 @@ the primary's name space, resumable cache builds, and the data.sources config.""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from collections import Counter
@@ -15,7 +16,7 @@ import torch
 
 from ctvlp.config.loader import ConfigError, load_experiment
 from datamodules.cache import CacheIndex, cache_path
-from datamodules.datamodule import ensure_cache
+from datamodules.datamodule import STRUCTURED_FINDINGS_FILE, ensure_cache
 from datamodules.labels import CT_RATE_LABELS, MERLIN_TO_CT_RATE
 from datamodules.samplers import MixedBatchSampler
 
@@ -134,6 +135,31 @@ def test_multi_source_datamodule(
     resumed = next(iter(dm.train_dataloader()))
     assert resumed["image_id"] == batches[3]["image_id"]
     assert torch.equal(resumed["image"], batches[3]["image"])
+
+
+def test_every_paired_source_of_a_mix_reads_its_own_structured_sidecar(
+    sources_cache_dir: Path,
+    small_ct_rate_root: Path,
+    merlin_root: Path,
+    image_only_root: Path,
+    make_datamodule,
+) -> None:
+    plain = _mixed(sources_cache_dir, small_ct_rate_root, merlin_root, image_only_root, make_datamodule)
+    plain.setup()
+    merlin_part = plain.mixed_train.parts[1]
+    assert plain.mixed_train.parts[0][(0, 0)]["sections"]["Lungs and Airways"]  # keyword rules
+    sidecar = merlin_root / STRUCTURED_FINDINGS_FILE
+    entry = merlin_part.entries[0]
+    sidecar.write_text(json.dumps({f"{entry.id}.nii.gz": {"Tubes, Lines, and Devices": ["A port."]}}))
+    try:
+        mixed = _mixed(sources_cache_dir, small_ct_rate_root, merlin_root, image_only_root, make_datamodule)
+        mixed.setup()
+        sections = mixed.mixed_train.parts[1][(0, 0)]["sections"]
+    finally:
+        sidecar.unlink()
+    assert sections["Tubes Lines and Devices"] == ["A port."] and sections["Lungs and Airways"] == []
+    # The primary (CT-RATE, no sidecar in its root) still uses the rules.
+    assert mixed.mixed_train.parts[0][(0, 0)]["sections"]["Lungs and Airways"]
 
 
 def test_ensure_cache_checks_entries_and_rebuilds_only_the_broken_one(
