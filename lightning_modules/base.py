@@ -78,6 +78,19 @@ class ObjectiveModule(L.LightningModule):
         """Whether this objective trains report generation (batches then carry ``cappa``)."""
         return bool(OmegaConf.select(cfg, "objectives.rrg.enabled", default=False))
 
+    def gather_once_per_volume(self, collected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An evaluation split's per-volume values (each a tensor with one row per sample, one of
+        them ``index``) from all ranks, each volume once: DDP pads the evaluation shards with
+        repeats, so only the first copy of each ``index`` is kept."""
+        if self.trainer.world_size > 1:
+            collected = {key: self.all_gather(value).flatten(0, 1) for key, value in collected.items()}
+        index = collected["index"]
+        order = torch.argsort(index, stable=True)
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[order][1:] != index[order][:-1]
+        keep = order[first]
+        return {key: value[keep] for key, value in collected.items()}
+
     def guard_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Call on the total training loss; a NaN/Inf on any rank skips the step on all ranks."""
         self.nonfinite.observe(loss, lambda flag: self.trainer.strategy.reduce(flag, reduce_op="min"))

@@ -7,7 +7,7 @@ feed the CapPa decoder, which writes the structured report, parallel or causal p
 this beside ContrastiveModule. The tokenizer of ``model.text`` supplies the vocabulary; no text
 model is built.
 
-Validation and test log the RRG loss (``val/loss_rrg``, which also picks the best checkpoint).
+Validation and test log the RRG loss (``val/rrg/loss``, which also picks the best checkpoint).
 There are no text embeddings, so the periodic evaluation can only run probes.
 """
 
@@ -26,8 +26,11 @@ TEXT_TASKS = ("retrieval", "zeroshot_native", "zeroshot_short")
 
 
 class CapPaModule(ObjectiveModule):
-    best_metric = "val/loss_rrg"
+    best_metric = "val/rrg/loss"
     best_mode = "min"
+    # No text encoder, so the periodic retrieval / zero-shot evaluation does not apply;
+    # validation logs the RRG loss and generated reports instead.
+    periodic_evaluation = False
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
@@ -73,7 +76,7 @@ class CapPaModule(ObjectiveModule):
         loss = rrg.expected_loss(
             self.rrg_head, self.image_tokens(batch["image"]), batch["cappa"], parallel_prob
         )
-        self.log(f"{prefix}/loss_rrg", loss, batch_size=batch["image"].shape[0], sync_dist=True)
+        self.log(f"{prefix}/rrg/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate("val", batch)

@@ -153,21 +153,14 @@ class ContrastiveModule(ObjectiveModule):
             return
         parallel_prob = float(self.cfg.objectives.rrg.parallel_prob)
         loss = rrg.expected_loss(self.rrg_head, image.tokens, batch["cappa"], parallel_prob)
-        self.log(f"{prefix}/loss_rrg", loss, batch_size=batch["image"].shape[0], sync_dist=True)
+        self.log(f"{prefix}/rrg/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
 
     def _gathered_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Image and text embeddings of the whole split, once per volume, across all ranks."""
         collected = {key: torch.cat(values) for key, values in self._eval_embeddings.items()}
         self._eval_embeddings = {key: [] for key in collected}
-        if self.trainer.world_size > 1:
-            collected = {key: self.all_gather(value).flatten(0, 1) for key, value in collected.items()}
-        # Evaluation shards are padded with repeats under DDP: keep the first copy of each index.
-        index = collected["index"]
-        order = torch.argsort(index, stable=True)
-        first = torch.ones_like(index, dtype=torch.bool)
-        first[1:] = index[order][1:] != index[order][:-1]
-        keep = order[first]
-        return collected["image"][keep], collected["text"][keep]
+        once = self.gather_once_per_volume(collected)
+        return once["image"], once["text"]
 
     def _retrieval(self, prefix: str) -> None:
         image, text = self._gathered_embeddings()

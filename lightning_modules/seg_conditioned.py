@@ -209,14 +209,7 @@ class SegConditionedModule(ObjectiveModule):
         """The split's collected values, once per volume, across all ranks."""
         collected = {key: torch.cat(values) for key, values in self._collected.items()}
         self._collected = defaultdict(list)
-        if self.trainer.world_size > 1:
-            collected = {key: self.all_gather(value).flatten(0, 1) for key, value in collected.items()}
-        index = collected["index"]
-        order = torch.argsort(index, stable=True)
-        first = torch.ones_like(index, dtype=torch.bool)
-        first[1:] = index[order][1:] != index[order][:-1]
-        keep = order[first]
-        return {key: value[keep] for key, value in collected.items()}
+        return self.gather_once_per_volume(collected)
 
     def evaluation_metrics(self, prefix: str) -> dict[str, float]:
         """Per-task and mean metrics of everything collected since the last call."""

@@ -82,7 +82,7 @@ def test_colipri_cr_rrg_loss_falls_with_a_fixed_seed(phantom_overrides: list[str
     # Total = L_CLIP + 0.3 L_RRG, step by step.
     for t, c, r in zip(total, clip, rrg, strict=True):
         assert t == pytest.approx(c + 0.3 * r, rel=1e-4)
-    assert _values(events, "val/loss_rrg")[-1] < rrg[0] - 1.0
+    assert _values(events, "val/rrg/loss")[-1] < rrg[0] - 1.0
     assert "val/retrieval/R@5" in events.Tags()["scalars"]
     # Parallel-only training (parallel_prob 1.0): the parallel greedy report beside the reference.
     _check_report_samples(events, volumes=2, modes=("parallel",))
@@ -105,7 +105,7 @@ def test_cappa_pretraining_without_a_text_encoder(phantom_overrides: list[str], 
         torch.tensor(_values(events, "train/loss")), torch.tensor(_values(events, "train/loss_rrg"))
     )
     assert "train/loss_clip" not in events.Tags()["scalars"]
-    assert len(_values(events, "val/loss_rrg")) >= 1
+    assert len(_values(events, "val/rrg/loss")) >= 1
     # The best checkpoint follows the RRG validation loss (there is no retrieval to follow).
     assert any(p.name.startswith("best-step") for p in (run / "checkpoints").iterdir())
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -133,7 +133,7 @@ def test_colipri_crm_logs_three_losses_with_mae_in_the_last_quarter(crm_run: Pat
     base = WarmupDecay(warmup_steps=warmup, total_steps=120, schedule="poly")
     for step, lr in scalars["train/lr"].items():
         assert lr == pytest.approx(_lr(crm_run) * base(step) * (0.5 if step >= start else 1.0)), step
-    assert {"val/mae/loss", "val/mae/loss_mean_predictor", "val/loss_rrg"} <= set(scalars)
+    assert {"val/mae/loss", "val/mae/loss_mean_predictor", "val/rrg/loss"} <= set(scalars)
     views = {tag.rsplit("/", 1)[-1] for tag in events.Tags()["images"] if tag.startswith("mae/")}
     assert views == {"axial", "coronal", "sagittal"}
 
