@@ -8,6 +8,9 @@ the Trainer's logger. Other ranks skip it (the split is read by rank 0 alone, un
 Thresholded metrics need a validation split to fit thresholds on; evaluating the validation split
 itself makes them optimistic, so the callback's numbers track progress and are not the final
 protocol. Bootstrap CIs are off here to keep it cheap.
+
+:func:`evaluate_splits` is the same evaluation on any splits; ``ctvlp fit`` uses it for
+``evaluation.final_tasks`` once training ends.
 """
 
 from __future__ import annotations
@@ -44,43 +47,8 @@ class EvaluationCallback(L.Callback):
         self.settings.feature_cache_dir = None
         self._last_step = -1
 
-    def _loader(self, datamodule: Any, split: str) -> DataLoader:
-        """Every volume of ``split`` once, in order, on this rank alone (no DDP sharding)."""
-        dataset = datamodule.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=int(datamodule.data.batch_size),
-            shuffle=False,
-            num_workers=0,
-            collate_fn=datamodule.collate,
-            generator=torch.Generator(),  # the loader's seed draw must not advance the global RNG
-        )
-
-    def _train_split(self, datamodule: Any) -> TrainSplit | None:
-        if "zeroshot_native" not in self.tasks and "probe" not in self.tasks:
-            return None
-        loader = self._loader(datamodule, "train") if "probe" in self.tasks else None
-        return TrainSplit.from_entries(datamodule.splits["train"], loader)
-
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        datamodule = trainer.datamodule
-        tokenize = hf_tokenize(datamodule.collate.tokenizer, datamodule.collate.max_length)
-
-        def split(name: str) -> EvalSplit:
-            return EvalSplit(name, self._loader(datamodule, name), len(datamodule.datasets[name]))
-
-        evaluator = Evaluator(
-            pl_module,
-            tokenize,
-            datamodule.label_names,
-            self.settings,
-            device=pl_module.device,
-            autocast=trainer.precision_plugin.forward_context,
-            progress=False,
-        )
-        evaluated = split(self.split)
-        val = evaluated if self.split == "val" else split("val")
-        return evaluator.run(val, [evaluated], self._train_split(datamodule)).results
+        return evaluate_splits(trainer, pl_module, self.settings, [self.split])
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -94,6 +62,47 @@ class EvaluationCallback(L.Callback):
         with torch.no_grad():
             results = self.evaluate(trainer, pl_module)
         trainer.logger.log_metrics(results, step=step)
+
+
+def _split_loader(datamodule: Any, split: str) -> DataLoader:
+    """Every volume of ``split`` once, in order, on this rank alone (no DDP sharding)."""
+    return DataLoader(
+        datamodule.datasets[split],
+        batch_size=int(datamodule.data.batch_size),
+        shuffle=False,
+        num_workers=0,
+        collate_fn=datamodule.collate,
+        generator=torch.Generator(),  # the loader's seed draw must not advance the global RNG
+    )
+
+
+def evaluate_splits(
+    trainer: L.Trainer, pl_module: L.LightningModule, settings: EvalSettings, splits: Sequence[str]
+) -> dict[str, float]:
+    """``settings.tasks`` on the Trainer's DataModule ``splits`` with the module's current weights
+    (thresholds and probe choice from ``val``), as flat ``<split>/<task>/<metric>`` results."""
+    datamodule = trainer.datamodule
+    tokenize = hf_tokenize(datamodule.collate.tokenizer, datamodule.collate.max_length)
+
+    def split(name: str) -> EvalSplit:
+        return EvalSplit(name, _split_loader(datamodule, name), len(datamodule.datasets[name]))
+
+    evaluator = Evaluator(
+        pl_module,
+        tokenize,
+        datamodule.label_names,
+        settings,
+        device=pl_module.device,
+        autocast=trainer.precision_plugin.forward_context,
+        progress=False,
+    )
+    evaluated = [split(name) for name in splits]
+    val = next((s for s in evaluated if s.name == "val"), None) or split("val")
+    train = None
+    if "zeroshot_native" in settings.tasks or "probe" in settings.tasks:
+        loader = _split_loader(datamodule, "train") if "probe" in settings.tasks else None
+        train = TrainSplit.from_entries(datamodule.splits["train"], loader)
+    return evaluator.run(val, evaluated, train).results
 
 
 def evaluation_callback_from_config(cfg: Any) -> EvaluationCallback:

@@ -8,13 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.evaluation import evaluate_splits
 from ctvlp.config.loader import load_experiment
 from ctvlp.results import collect_results, results_table, write_results
 from ctvlp.run_dir import RunDir, new_run_dir, resolve_resume
 from ctvlp.trainer_factory import build_trainer
 from datamodules.datamodule import check_data
+from evaluation.runner import EvalSettings, parse_tasks
 from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,8 @@ def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
         else:
             trainer.validate(module, dataloaders=loader, verbose=False, ckpt_path=weights)
         results.update(collect_results(trainer.callback_metrics))
+    if final_splits and module_cls.periodic_evaluation and cfg.evaluation.final_tasks:
+        results.update(_final_tasks(cfg, trainer, module, list(final_splits)))
     if trainer.is_global_zero and results:
         # The HParams tab pairs every run's config with its final metrics (sweeps compare here).
         trainer.logger.log_hyperparams(flatten_config(cfg), metrics=results)
@@ -87,6 +92,17 @@ def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
         write_results(run.results, results)
         run.results_table.write_text(results_table(results) + "\n")
     return FitResult(run, results)
+
+
+def _final_tasks(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, splits: list[str]) -> dict:
+    """``evaluation.final_tasks`` (zero-shot by default) on the final splits, on global rank 0."""
+    if not trainer.is_global_zero:
+        return {}
+    tasks = parse_tasks(list(cfg.evaluation.final_tasks))  # validated with the config
+    module.to(trainer.strategy.root_device)  # Lightning moves the module off the GPU after fit
+    module.eval()
+    with torch.no_grad():
+        return evaluate_splits(trainer, module, EvalSettings.from_config(cfg, tasks), splits)
 
 
 def run_fit(args: argparse.Namespace) -> int:

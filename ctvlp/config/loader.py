@@ -122,6 +122,15 @@ def _check_consistency(cfg: DictConfig) -> None:
             f"optim.warmup_steps={cfg.optim.warmup_steps} must be smaller than "
             f"trainer.max_steps={cfg.trainer.max_steps}"
         )
+    from evaluation.runner import parse_tasks  # torch-heavy: only once a config is validated
+
+    for key in ("callback_tasks", "final_tasks"):
+        tasks = list(cfg.evaluation[key])
+        try:
+            if tasks or key == "callback_tasks":
+                parse_tasks(tasks)
+        except ValueError as error:
+            raise ConfigError(f"evaluation.{key}: {error}") from error
     if cfg.data.crop_size % cfg.model.image.patch_size:
         raise ConfigError(
             f"data.crop_size={cfg.data.crop_size} must be a multiple of "

@@ -152,6 +152,10 @@ class TrainerConfig:
 class EvaluationConfig:
     # Splits evaluated once training ends; results go to results.json.
     final_splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    # What `ctvlp fit` runs on final_splits beside the module's own validation metrics (retrieval
+    # for CLIP models): tasks of `ctvlp eval` (thresholds from val). Probes are left to
+    # `ctvlp eval` (they train 20 heads); objectives without a text encoder skip this.
+    final_tasks: list[str] = field(default_factory=lambda: ["zeroshot_native", "zeroshot_short"])
     recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     # Volumes shown as axial/coronal/sagittal slices in TensorBoard once per run.
     preview_volumes: int = 3

@@ -84,3 +84,5 @@ def test_cross_key_rules() -> None:
         load_experiment("colipri_c", profile="cpu_demo", overrides=["trainer.max_steps=20"])
     with pytest.raises(ConfigError, match="multiple of model.image.patch_size"):
         load_experiment("colipri_c", profile="cpu_demo", overrides=["data.crop_size=50"])
+    with pytest.raises(ConfigError, match="evaluation.final_tasks: Unknown evaluation task 'zeroshot_shrt'"):
+        load_experiment("colipri_c", profile="cpu_demo", overrides=["evaluation.final_tasks=[zeroshot_shrt]"])

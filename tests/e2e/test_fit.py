@@ -52,6 +52,10 @@ def test_run_directory_layout(trained_run: Path) -> None:
     checkpoints = {p.name for p in (trained_run / "checkpoints").iterdir()}
     assert "last.ckpt" in checkpoints
     assert any(name.startswith("best-step") for name in checkpoints), checkpoints
+    results = json.loads((trained_run / "results.json").read_text())
+    for split in ("val", "test"):  # evaluation.final_tasks: zero-shot beside retrieval
+        for task in ("retrieval/R@5", "zeroshot_native/AUROC", "zeroshot_short/AUROC"):
+            assert 0.0 <= results[f"{split}/{task}"] <= 1.0, sorted(results)
 
 
 def test_tensorboard_has_scalars_hparams_and_previews(trained_run: Path) -> None:
