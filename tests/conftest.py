@@ -57,7 +57,9 @@ def phantom_image_only_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def phantom_overrides(phantom_root: Path, phantom_cache_dir: Path, phantom_image_only_root: Path) -> list[str]:
+def phantom_overrides(
+    phantom_root: Path, phantom_cache_dir: Path, phantom_image_only_root: Path
+) -> list[str]:
     """Overrides that point the cpu_demo profile at the session phantoms."""
     return [
         f"data.root={phantom_root}",

@@ -55,7 +55,10 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 def test_sigkilled_run_resumes_bit_identically(phantom_overrides: list[str], tmp_path: Path) -> None:
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     reference = subprocess.run(
-        _fit(_overrides(phantom_overrides, reference_dir)), capture_output=True, encoding="utf-8", errors="replace"
+        _fit(_overrides(phantom_overrides, reference_dir)),
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
     )
     assert reference.returncode == 0, reference.stderr[-3000:]
 
@@ -77,7 +80,9 @@ def test_sigkilled_run_resumes_bit_identically(phantom_overrides: list[str], tmp
     killed_at = _step(last)  # never a truncated file: it loads
     assert 7 <= killed_at < MAX_STEPS
 
-    resumed = subprocess.run(_fit(overrides, "--resume", "auto"), capture_output=True, encoding="utf-8", errors="replace")
+    resumed = subprocess.run(
+        _fit(overrides, "--resume", "auto"), capture_output=True, encoding="utf-8", errors="replace"
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stderr + resumed.stdout
     assert not (killed_dir / "colipri_c" / "version_1").exists()  # the same run directory continues
