@@ -135,6 +135,12 @@ def _check_both_losses_go_down(run: Path) -> None:
 
 @pytest.mark.slow
 def test_colipri_cr_cpu_demo_both_losses_go_down(phantom_overrides: list[str], tmp_path: Path) -> None:
-    """The cpu_demo COLIPRI-CR recipe as shipped (300 steps, full phantom reports)."""
-    overrides = [*phantom_overrides, "evaluation.every_n_steps=0", "evaluation.final_splits=[val]"]
+    """The cpu_demo COLIPRI-CR recipe at 300 steps (full phantom reports)."""
+    overrides = [
+        *phantom_overrides,
+        "trainer.max_steps=300",
+        "trainer.val_check_interval=100",
+        "evaluation.every_n_steps=0",
+        "evaluation.final_splits=[val]",
+    ]
     _check_both_losses_go_down(_fit("colipri_cr", tmp_path, overrides))

@@ -154,8 +154,9 @@ def test_colipri_crm_results_have_validation_retrieval_and_zero_shot(crm_run: Pa
 
 @pytest.mark.slow
 def test_mae_alone_beats_the_mean_predictor(phantom_overrides: list[str], tmp_path: Path, one_thread) -> None:
-    """The cpu_demo MAE run as it is (300 steps, about a minute with one thread)."""
-    run = _fit("mae", tmp_path, [*phantom_overrides, "evaluation.final_splits=[val]"])
+    """The cpu_demo MAE run at 300 steps (about a minute with one thread)."""
+    steps = ["trainer.max_steps=300", "trainer.val_check_interval=100"]
+    run = _fit("mae", tmp_path, [*phantom_overrides, *steps, "evaluation.final_splits=[val]"])
     results = json.loads((run / "results.json").read_text())
     loss, reference = results["val/mae/loss"], results["val/mae/loss_mean_predictor"]
     print(f"MAE val loss {loss:.4f} vs mean predictor {reference:.4f}")
