@@ -22,7 +22,11 @@ from datamodules.sources.ct_rate import scan_ct_rate  # noqa: E402
 PHANTOM_SCANS = 120
 PHANTOM_IMAGE_ONLY_PATIENTS = 6
 DEMO_SPACING = 6.0
-TRAINED_RUN_OVERRIDES = ["trainer.max_steps=150", "trainer.val_check_interval=50"]
+TRAINED_RUN_OVERRIDES = [
+    "trainer.max_steps=150",
+    "trainer.val_check_interval=50",
+    "evaluation.every_n_steps=100",
+]
 
 
 @pytest.fixture(scope="session")

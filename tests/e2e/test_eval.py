@@ -147,9 +147,10 @@ def test_bad_input_fails_with_a_clear_message(trained_run: Path, capsys: pytest.
 
 
 def test_training_logged_the_periodic_evaluation(trained_run: Path) -> None:
-    """cpu_demo runs the EvaluationCallback every 100 steps (retrieval + short zero-shot on val)."""
+    """The trained run evaluates every 100 steps (retrieval + short zero-shot on val)."""
     events = EventAccumulator(str(trained_run / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert "val/zeroshot_short/AUROC" in scalars and "val/zeroshot_short/AUPRC" in scalars, sorted(scalars)
-    assert [e.step for e in events.Scalars("val/zeroshot_short/AUROC")] == [100]
+    # Step 0 holds the final metrics of the HParams tab (fit's evaluation.final_tasks).
+    assert [e.step for e in events.Scalars("val/zeroshot_short/AUROC") if e.step > 0] == [100]
