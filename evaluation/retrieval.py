@@ -1,4 +1,10 @@
-"""Image -> report retrieval metrics on a precomputed similarity matrix."""
+"""Image -> report retrieval metrics on a precomputed similarity matrix.
+
+Recall@K (the protocol's metric) plus the mean rank of the true report (``MnR``, 1-based, lower is
+better). Recall at a small K over a few dozen volumes is noisy; the mean rank uses every query's
+whole ranking, so it separates a model that learned something from chance with far fewer volumes
+(under a random ranking it has mean (N+1)/2 and standard deviation ~N / sqrt(12 N)).
+"""
 
 from __future__ import annotations
 
@@ -37,3 +43,16 @@ def recall_at_k(similarity: torch.Tensor, ks: list[int]) -> dict[str, float]:
         metrics[f"R@{k}"] = recalls[f"R@{k}"]
         metrics[f"R@{k}_chance"] = min(k, n) / n
     return metrics
+
+
+def mean_rank(similarity: torch.Tensor) -> dict[str, float]:
+    """``{"MnR": mean 1-based rank of the true report, "MnR_chance": (N + 1) / 2}`` (ties count
+    against the match, as for recall)."""
+    ranks = true_report_ranks(similarity)
+    n = similarity.shape[0]
+    return {"MnR": float(ranks.float().mean() + 1.0), "MnR_chance": (n + 1) / 2}
+
+
+def retrieval_metrics(similarity: torch.Tensor, ks: list[int]) -> dict[str, float]:
+    """Everything retrieval reports: :func:`recall_at_k` and :func:`mean_rank`."""
+    return {**recall_at_k(similarity, ks), **mean_rank(similarity)}

@@ -49,7 +49,7 @@ from evaluation.features import (
 )
 from evaluation.metrics import classification_metrics, f1_optimal_thresholds
 from evaluation.probes import ProbeTraining, predict_probe_grid, select_probe, train_probe_grid
-from evaluation.retrieval import recall_at_k, recall_from_ranks, true_report_ranks
+from evaluation.retrieval import recall_from_ranks, retrieval_metrics, true_report_ranks
 from evaluation.zero_shot import (
     TEMPERATURE,
     ClassPrompts,
@@ -333,7 +333,7 @@ class Evaluator:
         similarity = F.normalize(features.image, dim=-1) @ F.normalize(features.text, dim=-1).T
         ks = list(self.settings.recall_ks)
         prefix = f"{split}/retrieval"
-        for name, value in recall_at_k(similarity, ks).items():
+        for name, value in retrieval_metrics(similarity, ks).items():
             self.output.results[f"{prefix}/{name}"] = value
         if self.settings.bootstrap_resamples > 0:
             # Queries (images) are resampled against the split's fixed report gallery.

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from datamodules.mixing import data_sources
 from datamodules.sources.registry import IMAGE_ONLY
-from evaluation.retrieval import recall_at_k
+from evaluation.retrieval import retrieval_metrics
 from lightning_modules import mae_objective, rrg
 from lightning_modules.base import ObjectiveModule, image_encoder_from_config
 from lightning_modules.nets.clip_loss import ClipLoss
@@ -165,7 +165,7 @@ class ContrastiveModule(ObjectiveModule):
     def _retrieval(self, prefix: str) -> None:
         image, text = self._gathered_embeddings()
         similarity = self.clip_loss.similarity(image, text)
-        metrics = recall_at_k(similarity, list(self.cfg.evaluation.recall_ks))
+        metrics = retrieval_metrics(similarity, list(self.cfg.evaluation.recall_ks))
         for name, value in metrics.items():
             self.log(f"{prefix}/retrieval/{name}", value)
 

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from evaluation.retrieval import recall_at_k, recall_from_ranks, true_report_ranks
+from evaluation.retrieval import (
+    mean_rank,
+    recall_at_k,
+    recall_from_ranks,
+    retrieval_metrics,
+    true_report_ranks,
+)
 
 
 def test_recall_on_a_toy_similarity_matrix() -> None:
@@ -42,3 +48,13 @@ def test_true_report_ranks_and_recall_from_ranks_match_recall_at_k() -> None:
     assert recall_from_ranks(ranks[torch.tensor([1, 1, 2])], [1, 3]) == pytest.approx(
         {"R@1": 1 / 3, "R@3": 1.0}
     )
+
+
+def test_mean_rank_by_hand() -> None:
+    # True-report ranks (1-based) 1, 3, 1 -> mean 5/3; a random ranking of 3 reports averages 2.
+    similarity = torch.tensor([[0.9, 0.1, 0.2], [0.8, 0.5, 0.7], [0.1, 0.2, 0.6]])
+    assert mean_rank(similarity) == pytest.approx({"MnR": 5 / 3, "MnR_chance": 2.0})
+    # Ties count against the match: a constant similarity ranks every true report last.
+    assert mean_rank(torch.ones(5, 5))["MnR"] == 5.0
+    metrics = retrieval_metrics(similarity, [1])
+    assert metrics == pytest.approx({"R@1": 2 / 3, "R@1_chance": 1 / 3, "MnR": 5 / 3, "MnR_chance": 2.0})
