@@ -83,17 +83,25 @@ def test_eval_writes_results_table_per_label_values_and_tensorboard(evaluated: t
     )
 
 
+def test_native_zero_shot_finds_the_phantom_abnormalities(evaluated: tuple[Path, float]) -> None:
+    """Issue #4 acceptance: native zero-shot AUROC on the phantom test split above 0.6 (measured
+    0.613 after the fixture's 400 steps; the former 150-step fixture on 120 scans, still on the
+    ln(batch) plateau, gave 0.50)."""
+    results = json.loads((evaluated[0] / "results.json").read_text())
+    assert results["test/zeroshot_native/AUROC"] > 0.6, results["test/zeroshot_native/AUROC"]
+
+
 @pytest.mark.xfail(
     strict=False,
-    reason="issue #4 acceptance, not met by the shared fixture: the 150-step cpu_demo run does not "
-    "generalise to the phantom test split (test R@5 below chance; a tuned logistic regression on its "
-    "avg/max/pooled features also gives ~0.5 test AUROC), so no protocol can reach 0.75 from it. "
-    "Passes (XPASS) once the fixture model learns the phantom findings.",
+    reason="issue #4 acceptance, not met at CPU scale: the probe reaches 0.58 test AUROC on the "
+    "400-step fixture (0.59 after the 600-step demo on 800 scans; cardiomegaly, pericardial and "
+    "pleural effusion ~0.75-0.8, most small findings at chance). The frozen tokens do not carry "
+    "them: the best probe fits its training set (loss ~0) but not validation. "
+    "Passes (XPASS) once the encoder learns the phantom findings.",
 )
-def test_probe_and_native_zero_shot_find_the_phantom_abnormalities(evaluated: tuple[Path, float]) -> None:
+def test_probe_finds_the_phantom_abnormalities(evaluated: tuple[Path, float]) -> None:
     results = json.loads((evaluated[0] / "results.json").read_text())
     assert results["test/probe/AUROC"] >= 0.75, results["test/probe/AUROC"]
-    assert results["test/zeroshot_native/AUROC"] > 0.6, results["test/zeroshot_native/AUROC"]
 
 
 def test_transfer_split_reuses_the_validation_probe_and_thresholds(
@@ -147,10 +155,10 @@ def test_bad_input_fails_with_a_clear_message(trained_run: Path, capsys: pytest.
 
 
 def test_training_logged_the_periodic_evaluation(trained_run: Path) -> None:
-    """The trained run evaluates every 100 steps (retrieval + short zero-shot on val)."""
+    """The trained run evaluates every 200 steps (retrieval + short zero-shot on val)."""
     events = EventAccumulator(str(trained_run / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert "val/zeroshot_short/AUROC" in scalars and "val/zeroshot_short/AUPRC" in scalars, sorted(scalars)
     # Step 0 holds the final metrics of the HParams tab (fit's evaluation.final_tasks).
-    assert [e.step for e in events.Scalars("val/zeroshot_short/AUROC") if e.step > 0] == [100]
+    assert [e.step for e in events.Scalars("val/zeroshot_short/AUROC") if e.step > 0] == [200, 400]

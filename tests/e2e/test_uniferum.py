@@ -71,30 +71,21 @@ def test_efficientnet_vision_trains_through_the_cli(phantom_overrides: list[str]
     assert main(arguments) == 0
 
 
-# The learning check runs on the phantom `make demo` writes (300 scans: the cpu_demo data) with the
-# cpu_demo profile and 1200 steps (cpu_demo's 300 are the COLIPRI demo's; Uniferum trains one task
-# per sample, and learns over ~1000 steps). About 6 min of training on 2 idle cores.
-LEARNING_SCANS = 300
+# The learning check runs on the session phantom (300 scans, seed 0) with cpu_demo's 40 validation
+# patients and 1200 steps (cpu_demo's 600 are the COLIPRI demo's; Uniferum trains one task per
+# sample, and learns over ~1000 steps). About 6 min of training on 2 idle cores.
 LEARNING_STEPS = ["trainer.max_steps=1200", "trainer.val_check_interval=200"]
 
 
 @pytest.fixture(scope="module")
-def learning_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, float], float]:
-    from datamodules.cache import cache_path
-    from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate
-    from datamodules.preprocess import build_cache
-    from datamodules.sources.ct_rate import scan_ct_rate
-
+def learning_run(
+    phantom_root: Path, phantom_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, float], float]:
     base = tmp_path_factory.mktemp("uniferum_learning")
-    root, cache_dir = base / "ct_rate", base / "cache"
-    write_phantom_ct_rate(root, n=LEARNING_SCANS, seed=0, workers=2, progress=False)
-    scan = scan_ct_rate(root)
-    build_cache(scan.records, cache_path(cache_dir, "ct_rate", 6.0, "paper"), spacing=6.0, workers=2,
-                progress=False, rejected=scan.rejected)  # fmt: skip
     start = time.perf_counter()
     arguments = [
-        "fit", "uniferum_seg", "--profile", "cpu_demo", f"data.root={root}", f"data.cache_dir={cache_dir}",
-        f"runs_dir={base / 'runs'}", *LEARNING_STEPS, *LEARNING_OVERRIDES,
+        "fit", "uniferum_seg", "--profile", "cpu_demo", f"data.root={phantom_root}",
+        f"data.cache_dir={phantom_cache_dir}", f"runs_dir={base / 'runs'}", *LEARNING_STEPS, *LEARNING_OVERRIDES,
     ]  # fmt: skip
     assert main(arguments) == 0
     minutes = (time.perf_counter() - start) / 60
