@@ -10,6 +10,8 @@ Layout of one cache (one source at one spacing and interpolation)::
         masks/<id>.npy    only for records with organ masks: uint8 on the same grid, bit i set where
                           organ ``datamodules.totalseg.ORGANS[i]`` is (nearest-neighbour resampled);
                           the entry's ``masks`` lists the organs it has
+        sources/<id>.json what each volume was built from; source.json: the dataset it was built
+                          from (``datamodules.cache_provenance``: a changed dataset is rebuilt)
 
 The model input is ``HU / 1000`` in [-1, 1]; the dataset does that division, the cache stores HU.
 """

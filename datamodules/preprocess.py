@@ -38,6 +38,13 @@ from datamodules.cache import (
     volume_relpath,
     write_json_atomic,
 )
+from datamodules.cache_provenance import (
+    SOURCES_DIR,
+    signature_is_current,
+    source_signature,
+    write_dataset_stamp,
+    write_signature,
+)
 from datamodules.errors import BadVolumeError
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.mask_preprocess import cached_mask_organs, masks_complete, write_masks
@@ -213,12 +220,15 @@ def build_cache(
     workers: int = 2,
     progress: bool = True,
     rejected: Sequence[tuple[str, str, str]] = (),
+    source_root: Path | None = None,
 ) -> CacheIndex:
     """Convert every record into ``<cache_root>/volumes/<id>.npy`` and write the index.
 
     Parallel (``workers`` processes; <= 1 runs in-process), resumable (a complete ``.npy`` from an
-    earlier run is reused), atomic (temp file + ``os.replace``; ``index.json`` last). Bad volumes and
-    ``rejected`` go to ``quarantine.csv``; they never raise.
+    earlier run is reused when it was built from the same inputs: ``datamodules.cache_provenance``),
+    atomic (temp file + ``os.replace``; ``index.json`` last). Bad volumes and ``rejected`` go to
+    ``quarantine.csv``; they never raise. With ``source_root`` (the dataset the records were scanned
+    from) the dataset's stamp is written last, so a later complete-cache check can trust the index.
     """
     if interpolation not in INTERPOLATION_SETTINGS:
         raise ValueError(
@@ -227,6 +237,7 @@ def build_cache(
     cache_root = Path(cache_root).absolute()
     volumes_dir = cache_root / VOLUMES_DIR
     volumes_dir.mkdir(parents=True, exist_ok=True)
+    (cache_root / SOURCES_DIR).mkdir(exist_ok=True)
     _claim_build(cache_root, float(spacing), interpolation)
     _remove_stale_tmp(volumes_dir)
 
@@ -235,6 +246,7 @@ def build_cache(
     unique: list[Record] = []
     todo: list[Record] = []
     seen: set[str] = set()
+    stale = 0
     for record in records:
         if record.id in seen:
             quarantine.append((record.id, str(record.image_path), "duplicate record id"))
@@ -245,13 +257,22 @@ def build_cache(
             continue
         unique.append(record)
         shape = npy_shape(cache_root / volume_relpath(record.id))
+        current = shape is not None and len(shape) == 3 and signature_is_current(cache_root, record)
         # Organ masks (datamodules/mask_preprocess.py): a volume whose mask file is missing is redone
         # (its cached volume is reused), so a cache built before masks existed gains them.
-        if shape is not None and len(shape) == 3 and masks_complete(record, cache_root, shape):
+        if current and masks_complete(record, cache_root, shape):
             shapes[record.id] = (shape[0], shape[1], shape[2])
         else:
+            stale += shape is not None and not current
             todo.append(record)
     reused = len(shapes)
+    if stale:
+        log.warning(
+            "%s: %d cached volumes were built from other or unrecorded source files (a regenerated or "
+            "replaced dataset, another data root, or a cache from an older ctvlp); rebuilding them",
+            cache_root,
+            stale,
+        )
 
     start = time.perf_counter()
     bar = tqdm(total=len(todo), disable=not progress, desc=f"preprocess {cache_root.name}", unit="vol")
@@ -289,6 +310,8 @@ def build_cache(
         entries=entries,
     )
     index.save()
+    if source_root is not None:
+        write_dataset_stamp(cache_root, source_root)
     built = len(shapes) - reused
     log.info(
         "cache %s: %d entries (%d reused, %d built in %.1f s), %d quarantined",
@@ -364,12 +387,13 @@ def _convert_one(
     record: Record, cache_root: Path, spacing: float, interpolation: str
 ) -> tuple[tuple[int, int, int] | None, str]:
     """Runs in a worker: returns (shape, "") or (None, reason). Errors writing the cache do raise."""
-    # ---- organ masks: only they are missing when the volume is already cached
+    # ---- organ masks: only they are missing when the volume is already cached from these inputs
     cached = npy_shape(cache_root / volume_relpath(record.id))
-    if cached is not None and len(cached) == 3:
+    if cached is not None and len(cached) == 3 and signature_is_current(cache_root, record):
         write_masks(record, cache_root, spacing, cached)
         return (cached[0], cached[1], cached[2]), ""
     # ----
+    signature = source_signature(record)  # before reading: a file changed meanwhile is redone later
     try:
         volume = preprocess_volume(record, spacing, interpolation)
     except BadVolumeError as error:
@@ -381,6 +405,7 @@ def _convert_one(
         log.error("unexpected error preprocessing %s:\n%s", record.id, detail)
         return None, f"unexpected error: {type(error).__name__}: {error}"
     _save_npy_atomic(volume, cache_root / volume_relpath(record.id))
+    write_signature(cache_root, record.id, signature)  # after the volume: a crash between redoes it
     x, y, z = volume.shape
     if record.masks:  # nearest-neighbour organ masks beside the volume
         write_masks(record, cache_root, spacing, (x, y, z))

@@ -39,6 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from datamodules.batching import seeded_loader, stack_samples
 from datamodules.cache import CacheEntry, CacheIndex, cache_path
+from datamodules.cache_provenance import dataset_stamp_matches
 from datamodules.preprocess import build_cache
 from datamodules.samplers import EvalSampler, TrainSampler
 from datamodules.splits import assign_splits
@@ -84,6 +85,8 @@ def ensure_source_cache(cfg: DictConfig, source: str, root: str, progress: bool 
 
     cache_root = source_cache_root(cfg, source)
     index = CacheIndex.load(cache_root) if (cache_root / "index.json").exists() else None
+    if index is not None and not dataset_stamp_matches(cache_root, Path(root)):
+        index = None  # another dataset, or this one changed (datamodules.cache_provenance)
     if index is not None and any(e.masks for e in index.entries):
         return index
     spec = get_source(source)
@@ -101,6 +104,7 @@ def ensure_source_cache(cfg: DictConfig, source: str, root: str, progress: bool 
         workers=int(cfg.data.preprocess_workers),
         progress=progress,
         rejected=scan.rejected,
+        source_root=Path(root),
     )
 
 

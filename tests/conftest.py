@@ -52,6 +52,7 @@ def phantom_cache_dir(phantom_root: Path, tmp_path_factory: pytest.TempPathFacto
         workers=2,
         progress=False,
         rejected=scan.rejected,
+        source_root=phantom_root,
     )
     return cache_dir
 

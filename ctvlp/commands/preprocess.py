@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.no_progress,
             rejected=scan.rejected,
+            source_root=Path(args.root),
         )
         counts = Counter(e.split for e in index.entries)
         splits = ", ".join(f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (s != "train", s)))
