@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ctvlp.cli import main
 from ctvlp.config.loader import available_experiments
+from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate
 
 
 def _only_run(runs_dir: Path, experiment: str) -> Path:
@@ -84,9 +85,11 @@ def test_tensorboard_has_scalars_hparams_and_previews(trained_run: Path) -> None
     assert (trained_run / "tensorboard" / "hparams.yaml").exists()
 
 
-def test_fit_builds_a_missing_cache_in_prepare_data(phantom_root: Path, tmp_path: Path) -> None:
+def test_fit_builds_a_missing_cache_in_prepare_data(tmp_path: Path) -> None:
+    phantom_root = tmp_path / "phantom"  # its own small phantom: the build is the point, not the data
+    write_phantom_ct_rate(phantom_root, n=16, seed=0, workers=2, progress=False)
     cache_dir = tmp_path / "fresh_cache"
-    overrides = [f"data.root={phantom_root}", f"data.cache_dir={cache_dir}", "data.val_patients=20"]
+    overrides = [f"data.root={phantom_root}", f"data.cache_dir={cache_dir}", "data.val_patients=3"]
     code = main(
         [
             "fit",
