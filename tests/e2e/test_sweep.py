@@ -27,6 +27,7 @@ def _write_spec(path: Path, phantom_overrides: list[str]) -> Path:
             "optim.warmup_steps=1",
             "trainer.val_check_interval=4",
             "evaluation.final_splits=[val]",
+            "evaluation.final_tasks=[]",  # the table reads retrieval only
             "evaluation.preview_volumes=0",
             "data.num_workers=0",
         ],
