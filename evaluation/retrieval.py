@@ -3,7 +3,7 @@
 Recall@K (the protocol's metric) plus the mean rank of the true report (``MnR``, 1-based, lower is
 better). Recall at a small K over a few dozen volumes is noisy; the mean rank uses every query's
 whole ranking, so it separates a model that learned something from chance with far fewer volumes
-(under a random ranking it has mean (N+1)/2 and standard deviation ~N / sqrt(12 N)).
+(under a random ranking, MnR over N volumes has mean (N+1)/2 and standard deviation ~sqrt(N / 12)).
 """
 
 from __future__ import annotations
