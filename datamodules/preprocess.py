@@ -244,7 +244,7 @@ def build_cache(
     quarantine: list[tuple[str, str, str]] = [(str(i), str(p), str(r)) for i, p, r in rejected]
     shapes: dict[str, tuple[int, int, int]] = {}
     unique: list[Record] = []
-    todo: list[Record] = []
+    todo: list[tuple[Record, tuple[int, int, int] | None]] = []  # with its current cached shape
     seen: set[str] = set()
     stale = 0
     for record in records:
@@ -258,13 +258,14 @@ def build_cache(
         unique.append(record)
         shape = npy_shape(cache_root / volume_relpath(record.id))
         current = shape is not None and len(shape) == 3 and signature_is_current(cache_root, record)
+        cached = (shape[0], shape[1], shape[2]) if current else None
         # Organ masks (datamodules/mask_preprocess.py): a volume whose mask file is missing is redone
         # (its cached volume is reused), so a cache built before masks existed gains them.
-        if current and masks_complete(record, cache_root, shape):
-            shapes[record.id] = (shape[0], shape[1], shape[2])
+        if cached is not None and masks_complete(record, cache_root, cached):
+            shapes[record.id] = cached
         else:
             stale += shape is not None and not current
-            todo.append(record)
+            todo.append((record, cached))
     reused = len(shapes)
     if stale:
         log.warning(
@@ -384,15 +385,19 @@ def _save_npy_atomic(volume: np.ndarray, target: Path) -> None:
 
 
 def _convert_one(
-    record: Record, cache_root: Path, spacing: float, interpolation: str
+    record: Record,
+    cached: tuple[int, int, int] | None,
+    cache_root: Path,
+    spacing: float,
+    interpolation: str,
 ) -> tuple[tuple[int, int, int] | None, str]:
-    """Runs in a worker: returns (shape, "") or (None, reason). Errors writing the cache do raise."""
-    # ---- organ masks: only they are missing when the volume is already cached from these inputs
-    cached = npy_shape(cache_root / volume_relpath(record.id))
-    if cached is not None and len(cached) == 3 and signature_is_current(cache_root, record):
+    """Runs in a worker: returns (shape, "") or (None, reason). Errors writing the cache do raise.
+
+    ``cached``: the shape of the volume already cached from these inputs (``build_cache`` checked
+    it), whose organ masks are all that is missing; ``None`` converts the volume."""
+    if cached is not None:
         write_masks(record, cache_root, spacing, cached)
-        return (cached[0], cached[1], cached[2]), ""
-    # ----
+        return cached, ""
     signature = source_signature(record)  # before reading: a file changed meanwhile is redone later
     try:
         volume = preprocess_volume(record, spacing, interpolation)
@@ -421,11 +426,15 @@ def _init_worker(threads: int) -> None:
 
 
 def _convert_all(
-    todo: list[Record], cache_root: Path, spacing: float, interpolation: str, workers: int
+    todo: list[tuple[Record, tuple[int, int, int] | None]],
+    cache_root: Path,
+    spacing: float,
+    interpolation: str,
+    workers: int,
 ) -> Iterator[tuple[Record, tuple[int, int, int] | None, str]]:
     if workers <= 1 or len(todo) <= 1:
-        for record in todo:
-            yield (record, *_convert_one(record, cache_root, spacing, interpolation))
+        for record, cached in todo:
+            yield (record, *_convert_one(record, cached, cache_root, spacing, interpolation))
         return
     workers = min(workers, len(todo))
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -438,7 +447,8 @@ def _convert_all(
     )
     try:
         futures: dict[Future, Record] = {
-            pool.submit(_convert_one, record, cache_root, spacing, interpolation): record for record in todo
+            pool.submit(_convert_one, record, cached, cache_root, spacing, interpolation): record
+            for record, cached in todo
         }
         for future in as_completed(list(futures)):
             record = futures[future]
