@@ -82,29 +82,27 @@ def test_bad_mixing_arguments() -> None:
         MixedBatchSampler([3, 0], ["paired", "paired"], [1.0, 1.0], 4)
 
 
-def _mixed(
+@pytest.fixture
+def make_mixed(
     sources_cache_dir: Path,
     small_ct_rate_root: Path,
     merlin_root: Path,
     image_only_root: Path,
     make_datamodule,
 ):
+    """A fresh DataModule over the CT-RATE + Merlin + image-only mix (0.5 / 0.3 / 0.2)."""
     sources = [
         {"name": "ct_rate", "root": str(small_ct_rate_root), "weight": 0.5},
         {"name": "merlin", "root": str(merlin_root), "weight": 0.3},
         {"name": "image_only", "root": str(image_only_root), "weight": 0.2},
     ]
-    return make_datamodule(sources_cache_dir, sources=sources, batch_size=2, augmentation={"level": "none"})
+    return lambda: make_datamodule(
+        sources_cache_dir, sources=sources, batch_size=2, augmentation={"level": "none"}
+    )
 
 
-def test_multi_source_datamodule(
-    sources_cache_dir: Path,
-    small_ct_rate_root: Path,
-    merlin_root: Path,
-    image_only_root: Path,
-    make_datamodule,
-) -> None:
-    dm = _mixed(sources_cache_dir, small_ct_rate_root, merlin_root, image_only_root, make_datamodule)
+def test_multi_source_datamodule(make_mixed) -> None:
+    dm = make_mixed()
     assert dm.label_names == CT_RATE_LABELS  # the primary's label space
     assert {e.source for e in dm.splits["val"] + dm.splits["test"]} == {"ct_rate"}  # primary evaluated
     loader = dm.train_dataloader()
@@ -137,14 +135,8 @@ def test_multi_source_datamodule(
     assert torch.equal(resumed["image"], batches[3]["image"])
 
 
-def test_every_paired_source_of_a_mix_reads_its_own_structured_sidecar(
-    sources_cache_dir: Path,
-    small_ct_rate_root: Path,
-    merlin_root: Path,
-    image_only_root: Path,
-    make_datamodule,
-) -> None:
-    plain = _mixed(sources_cache_dir, small_ct_rate_root, merlin_root, image_only_root, make_datamodule)
+def test_every_paired_source_of_a_mix_reads_its_own_structured_sidecar(make_mixed, merlin_root: Path) -> None:
+    plain = make_mixed()
     plain.setup()
     merlin_part = plain.mixed_train.parts[1]
     assert plain.mixed_train.parts[0][(0, 0)]["sections"]["Lungs and Airways"]  # keyword rules
@@ -152,7 +144,7 @@ def test_every_paired_source_of_a_mix_reads_its_own_structured_sidecar(
     entry = merlin_part.entries[0]
     sidecar.write_text(json.dumps({f"{entry.id}.nii.gz": {"Tubes, Lines, and Devices": ["A port."]}}))
     try:
-        mixed = _mixed(sources_cache_dir, small_ct_rate_root, merlin_root, image_only_root, make_datamodule)
+        mixed = make_mixed()
         mixed.setup()
         sections = mixed.mixed_train.parts[1][(0, 0)]["sections"]
     finally:
