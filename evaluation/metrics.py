@@ -78,14 +78,24 @@ def valid_label_mask(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return positives & negatives & finite
 
 
+# (split, labels) already warned about: periodic evaluation repeats the same exclusions every N
+# steps (the phantom never draws five of the 18 labels); the first time warns, repeats log at DEBUG.
+_WARNED_EXCLUSIONS: set[tuple[str, tuple[str, ...]]] = set()
+
+
 def _warn_excluded(excluded: list[str], split: str) -> None:
-    if excluded:
-        log.warning(
-            "%s: excluded from the macro averages (no positive, no negative or no score in this split; "
-            "not counted as 0): %s",
-            split,
-            ", ".join(excluded),
-        )
+    if not excluded:
+        return
+    key = (split, tuple(excluded))
+    level = logging.DEBUG if key in _WARNED_EXCLUSIONS else logging.WARNING
+    _WARNED_EXCLUSIONS.add(key)
+    log.log(
+        level,
+        "%s: excluded from the macro averages (no positive, no negative or no score in this split; "
+        "not counted as 0): %s",
+        split,
+        ", ".join(excluded),
+    )
 
 
 def f1_optimal_thresholds(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -64,14 +64,27 @@ def test_label_without_positives_is_excluded_not_counted_as_zero(caplog: pytest.
     thresholds = torch.tensor([0.5, 0.5, 0.5])
     with caplog.at_level(logging.WARNING):
         metrics = classification_metrics(
-            scores, labels, ["nodule", "opacity", "hernia"], thresholds, split="test"
+            scores, labels, ["nodule", "opacity", "hernia"], thresholds, split="test/guard"
         )
     assert metrics.excluded == ["hernia"]
-    assert "hernia" in caplog.text and "test" in caplog.text
+    assert "hernia" in caplog.text and "test/guard" in caplog.text
     assert math.isnan(metrics.per_label["AUROC"][2]) and math.isnan(metrics.per_label["F1"][2])
     # Both remaining labels are ranked perfectly: the macro AUROC is 1, not (1 + 1 + 0) / 3.
     assert metrics.macro["AUROC"] == pytest.approx(1.0)
     assert metrics.macro["AUPRC"] == pytest.approx(1.0)
+
+
+def test_a_repeated_exclusion_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Periodic evaluation repeats the same exclusions: one warning, then DEBUG lines."""
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.3]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    with caplog.at_level(logging.DEBUG, logger="evaluation.metrics"):
+        for split in ("val/repeat", "val/repeat", "test/repeat"):
+            assert classification_metrics(scores, labels, ["a", "b"], split=split).excluded == ["b"]
+    levels = [
+        (r.levelname, r.getMessage().split(":")[0]) for r in caplog.records if "excluded" in r.getMessage()
+    ]
+    assert levels == [("WARNING", "val/repeat"), ("DEBUG", "val/repeat"), ("WARNING", "test/repeat")]
 
 
 def test_label_without_negatives_or_with_only_unknowns_is_excluded() -> None:
