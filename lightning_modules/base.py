@@ -104,6 +104,11 @@ class ObjectiveModule(L.LightningModule):
             optimizer.step(closure=lambda: loss)
         self.log("train/nonfinite_skipped", float(self.nonfinite.skipped_total))
 
+    def optimizer_groups(self) -> list[dict[str, Any]] | None:
+        """Param groups with their own lr (``lightning_modules.optim.param_groups_with_lrs``);
+        ``None``: every trainable parameter at ``optim.lr``."""
+        return None
+
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.cfg.optim
         return build_optimizer_and_scheduler(
@@ -116,4 +121,5 @@ class ObjectiveModule(L.LightningModule):
             total_steps=int(self.cfg.trainer.max_steps),
             schedule=optim.schedule,
             poly_power=float(optim.poly_power),
+            groups=self.optimizer_groups(),
         )

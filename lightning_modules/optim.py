@@ -57,6 +57,26 @@ def param_groups(
     return [g for g in groups if g["params"]]
 
 
+def param_groups_with_lrs(
+    module: nn.Module, weight_decay: float, lr: float, own_lrs: Iterable[tuple[nn.Module, float]]
+) -> list[dict[str, Any]]:
+    """:func:`param_groups`' decay / no-decay split at ``lr``, with the parameters of each
+    ``(submodule, lr)`` of ``own_lrs`` split off into groups at that lr (the first match wins).
+    Each group's lr still follows the schedule's multiplier."""
+    owners = [({id(p) for p in sub.parameters()}, float(sub_lr)) for sub, sub_lr in own_lrs]
+
+    def lr_of(param: nn.Parameter) -> float:
+        return next((sub_lr for ids, sub_lr in owners if id(param) in ids), float(lr))
+
+    groups = []
+    for group in param_groups(module, weight_decay):
+        by_lr: dict[float, list[nn.Parameter]] = {}
+        for param in group["params"]:
+            by_lr.setdefault(lr_of(param), []).append(param)
+        groups += [{**group, "params": params, "lr": group_lr} for group_lr, params in by_lr.items()]
+    return groups
+
+
 @dataclass
 class WarmupDecay:
     """Picklable lr multiplier for ``LambdaLR`` (its fields are saved in the scheduler state)."""

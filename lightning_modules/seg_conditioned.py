@@ -34,7 +34,7 @@ from lightning_modules.nets.seg_targets import dice, unpatchify
 from lightning_modules.nets.text_encoder import load_tokenizer
 from lightning_modules.nets.uniferum_fusion import TaskFusion
 from lightning_modules.nets.uniferum_vision import VisionTokens, build_uniferum_vision
-from lightning_modules.optim import build_optimizer_and_scheduler, param_groups
+from lightning_modules.optim import param_groups_with_lrs
 
 # Fusion sequences per forward pass when a batch of volumes is scored on many tasks.
 EVAL_SEQUENCES_PER_PASS = 256
@@ -105,32 +105,16 @@ class SegConditionedModule(ObjectiveModule):
         self._collected: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._tasks: dict[str, list[Any]] = {}
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW, warm-up then the configured decay (linear in the paper), over two learning rates:
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """Two learning rates (AdamW, warm-up then the configured decay; linear in the paper):
         ``uniferum.lr_text_layers`` for the fusion's pretrained text-model layers and embeddings,
         ``uniferum.lr_other`` for everything else (each ``optim.lr`` when null)."""
         optim, uniferum = self.cfg.optim, self.cfg.uniferum
-        lr, weight_decay = float(optim.lr), float(optim.weight_decay)
+        lr = float(optim.lr)
         lr_text = float(uniferum.lr_text_layers) if uniferum.lr_text_layers is not None else lr
         lr_other = float(uniferum.lr_other) if uniferum.lr_other is not None else lr
-        pretrained = {id(p) for p in self.fusion.model.parameters()}
-        groups = []
-        for group in param_groups(self, weight_decay):  # decay / no-decay split of optim.py
-            for is_pretrained, group_lr in ((False, lr_other), (True, lr_text)):
-                params = [p for p in group["params"] if (id(p) in pretrained) == is_pretrained]
-                if params:
-                    groups.append({**group, "params": params, "lr": group_lr})
-        return build_optimizer_and_scheduler(
-            self,
-            name=optim.name,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=tuple(optim.betas),
-            warmup_steps=int(optim.warmup_steps),
-            total_steps=int(self.cfg.trainer.max_steps),
-            schedule=optim.schedule,
-            poly_power=float(optim.poly_power),
-            groups=groups,
+        return param_groups_with_lrs(
+            self, float(optim.weight_decay), lr_other, [(self.fusion.model, lr_text)]
         )
 
     # ------------------------------------------------------------------------------- forward

@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from lightning_modules.nets.clip_loss import ClipLoss
-from lightning_modules.optim import WarmupDecay, build_optimizer_and_scheduler, param_groups
+from lightning_modules.optim import (
+    WarmupDecay,
+    build_optimizer_and_scheduler,
+    param_groups,
+    param_groups_with_lrs,
+)
 
 
 class Toy(nn.Module):
@@ -41,6 +46,24 @@ def test_param_groups_split():
         ]
     )
     assert not (decay | no_decay) & _ids(model.frozen.parameters())
+
+
+def test_param_groups_with_lrs_split_a_submodule_off_at_its_own_lr():
+    model = Toy()
+    groups = param_groups_with_lrs(model, 0.05, 1e-3, [(model.norm, 2e-2)])
+    got = {(g["weight_decay"], g["lr"]): _ids(g["params"]) for g in groups}
+    assert got == {
+        (0.05, 1e-3): {id(model.linear.weight)},
+        (0.0, 1e-3): _ids(
+            [model.linear.bias, model.pos_embed, model.loss.logit_scale, model.loss.logit_bias]
+        ),
+        (0.0, 2e-2): _ids(model.norm.parameters()),  # no decoupled decay group: norms never decay
+    }
+    # the optimiser and schedule keep each group's own lr
+    config = build_optimizer_and_scheduler(
+        model, lr=1e-3, weight_decay=0.05, warmup_steps=2, total_steps=10, groups=groups
+    )
+    assert sorted(g["lr"] for g in config["optimizer"].param_groups) == pytest.approx([5e-4, 5e-4, 1e-2])
 
 
 def _lrs(schedule: str, steps: list[int], **kwargs) -> list[float]:
