@@ -8,7 +8,11 @@ He et al.'s masked autoencoder on the Primus encoder (COLIPRI Sec. 4.3):
    (:func:`~lightning_modules.nets.primus_patch_drop.encode_visible`);
 3. a light transformer decoder (``depth`` timm ``Block``s of width ``dim``) gets the visible tokens
    (projected to ``dim``) back in their places, a learned mask token everywhere else, and learned
-   absolute positions, and predicts each patch's ``p_d * p_h * p_w * C`` voxels;
+   absolute positions, and predicts each patch's ``p_d * p_h * p_w * C`` voxels as a residual over
+   the mean of the sample's visible voxels. The readout starts at zero, so an untrained decoder is
+   exactly the mean predictor and every step of training is spent below it: a decoder that joins
+   late in a decayed schedule (COLIPRI-CM/CRM's last 25 %) otherwise spends its few steps
+   unlearning the noise of a random readout;
 4. the loss is the voxel MSE averaged over the **masked** patches only; with ``norm_pix`` the
    target of each patch is standardised by its own mean and variance (He et al. Sec. 3).
 
@@ -79,12 +83,17 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, masked: torch.Ten
     return (per_patch * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+def visible_mean(target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 1): the mean of each sample's visible voxels (``target`` (B, N, P), ``masked`` (B, N))."""
+    visible = (~masked).to(target.dtype)[..., None]
+    mean = (target * visible).sum(dim=(1, 2)) / (visible.sum(dim=(1, 2)) * target.shape[-1]).clamp_min(1.0)
+    return mean[:, None, None]
+
+
 def mean_predictor_loss(target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """The loss of the trivial reconstruction: every masked voxel predicted as the mean of the
-    sample's visible voxels (the reference an MAE must beat)."""
-    visible = (~masked).to(target.dtype)[..., None]
-    mean = (target * visible).sum(dim=(1, 2)) / (visible.sum(dim=(1, 2)) * target.shape[-1])
-    return masked_mse(mean[:, None, None].expand_as(target), target, masked)
+    sample's visible voxels (the reference an MAE must beat, and the untrained head's output)."""
+    return masked_mse(visible_mean(target, masked).expand_as(target), target, masked)
 
 
 class MAEOutput(NamedTuple):
@@ -95,7 +104,8 @@ class MAEOutput(NamedTuple):
 
 
 class MAEDecoder(nn.Module):
-    """Visible encoder tokens + learned mask tokens + learned positions -> per-patch voxels."""
+    """Visible encoder tokens + learned mask tokens + learned positions -> per-patch voxels (the
+    residual over the visible mean; the readout is zero-initialised)."""
 
     def __init__(
         self,
@@ -116,6 +126,8 @@ class MAEDecoder(nn.Module):
         self.predict = nn.Linear(dim, patch_voxels)
         trunc_normal_(self.mask_token, std=0.02)
         trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.zeros_(self.predict.weight)
+        nn.init.zeros_(self.predict.bias)
 
     def forward(self, visible: torch.Tensor, keep_indices: torch.Tensor) -> torch.Tensor:
         """(B, N_keep, encoder_dim) tokens at ``keep_indices`` -> (B, N, patch_voxels)."""
@@ -178,8 +190,8 @@ class MAEHead(nn.Module):
         ``backbone``, reconstruct every patch and score the masked ones."""
         mask = mask if mask is not None else self.sample_mask(images.shape[0], images.device, generator)
         visible = encode_visible(backbone, images, mask.keep_indices)
-        prediction = self.decoder(visible, mask.keep_indices)
         target = self.targets(images)
+        prediction = self.decoder(visible, mask.keep_indices) + visible_mean(target, mask.masked)
         return MAEOutput(masked_mse(prediction, target, mask.masked), prediction, target, mask)
 
     def reconstruction(self, images: torch.Tensor, output: MAEOutput) -> tuple[torch.Tensor, torch.Tensor]:

@@ -137,3 +137,19 @@ def test_a_few_steps_fit_one_volume_below_the_mean_predictor(one_thread) -> None
         optimizer.step()
     output = head(backbone, images, mask=mask)
     assert output.loss < 0.3 * mean_predictor_loss(output.target, mask.masked)
+
+
+def test_an_untrained_head_is_exactly_the_mean_predictor(one_thread) -> None:
+    """The readout starts at zero over the visible mean, so a decoder that joins late in a decayed
+    schedule starts at the mean predictor's loss rather than above it."""
+    torch.manual_seed(0)
+    backbone = build_primus("tiny", 16, 4, drop_path=0.0, depth=1)
+    head = MAEHead(backbone.embed_dim, (4, 4, 4), (4, 4, 4), dim=32, depth=1, heads=4)
+    images = torch.randn(2, 1, 16, 16, 16) * 0.3 - 0.5
+    output = head(backbone, images, generator=torch.Generator().manual_seed(1))
+    assert output.loss.item() == pytest.approx(
+        mean_predictor_loss(output.target, output.mask.masked).item(), rel=1e-6
+    )
+    # the visible patches' own sample mean: sample 0 and sample 1 get different constants
+    constants = output.prediction.flatten(1)
+    assert torch.allclose(constants, constants[:, :1]) and not torch.isclose(constants[0, 0], constants[1, 0])
