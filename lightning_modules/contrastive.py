@@ -30,6 +30,7 @@ from lightning_modules.nets.clip_loss import ClipLoss
 from lightning_modules.nets.image_encoder import ImageOutput
 from lightning_modules.nets.text_encoder import TextEncoder
 from lightning_modules.objective_schedule import ObjectiveSchedule, with_objective_lr
+from lightning_modules.optim import param_groups_with_lrs
 from lightning_modules.window_means import WindowMeans
 
 
@@ -85,6 +86,15 @@ class ContrastiveModule(ObjectiveModule):
         datamodule.kind_plan = schedule.batch_kind
         return datamodule
 
+    def optimizer_groups(self) -> list[dict[str, Any]] | None:
+        """The MAE decoder at ``objectives.mae.decoder_lr_factor`` times ``optim.lr``."""
+        factor = float(self.cfg.objectives.mae.decoder_lr_factor)
+        if self.mae_head is None or factor == 1.0:
+            return None
+        optim = self.cfg.optim
+        lr = float(optim.lr)
+        return param_groups_with_lrs(self, float(optim.weight_decay), lr, [(self.mae_head, lr * factor)])
+
     def configure_optimizers(self) -> dict[str, Any]:
         return with_objective_lr(super().configure_optimizers(), self.objective_schedule)
 
@@ -137,7 +147,17 @@ class ContrastiveModule(ObjectiveModule):
         # <<< MAE objective and schedule
         self.log("train/temperature", self.clip_loss.temperature, batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
+        if self.mae_head is not None:
+            self.log("train/lr_mae_decoder", self._mae_decoder_lr(), batch_size=batch_size)
         return loss
+
+    def _mae_decoder_lr(self) -> float:
+        """The lr of the MAE decoder's param group (``objectives.mae.decoder_lr_factor``)."""
+        first = next(self.mae_head.parameters())
+        group = next(
+            g for g in self.trainer.optimizers[0].param_groups if any(p is first for p in g["params"])
+        )
+        return float(group["lr"])
 
     # --------------------------------------------------------------------------- evaluation
     def _collect(self, batch: dict[str, Any]) -> ImageOutput:

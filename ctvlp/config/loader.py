@@ -131,6 +131,11 @@ def _check_consistency(cfg: DictConfig) -> None:
                 parse_tasks(tasks)
         except ValueError as error:
             raise ConfigError(f"evaluation.{key}: {error}") from error
+    if not cfg.objectives.mae.decoder_lr_factor > 0:
+        raise ConfigError(
+            f"objectives.mae.decoder_lr_factor={cfg.objectives.mae.decoder_lr_factor} must be positive "
+            "(1 = the decoder trains at the encoder's lr)"
+        )
     if cfg.data.crop_size % cfg.model.image.patch_size:
         raise ConfigError(
             f"data.crop_size={cfg.data.crop_size} must be a multiple of "

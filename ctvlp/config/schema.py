@@ -233,6 +233,11 @@ class MAEConfig:
     alternate: bool = True
     # Learning-rate multiplier from the switch on (the paper halves the LR when MAE is added).
     lr_factor_on_switch: float = 0.5
+    # ContrastiveModule: the MAE decoder starts training at the switch, in the decayed tail of the
+    # schedule; its lr is the scheduled lr times lr_factor_on_switch times this. 1 = the paper (its
+    # decoder gets 31k steps); a shrunk run gives a fresh decoder few steps (cpu_demo: 75) and
+    # raises it. The encoder's lr is unaffected. MAEModule trains the decoder from step 0 at optim.lr.
+    decoder_lr_factor: float = 1.0
     # Validation volumes shown as input / masked input / reconstruction slices per validation.
     log_volumes: int = 2
 

@@ -86,3 +86,5 @@ def test_cross_key_rules() -> None:
         load_experiment("colipri_c", profile="cpu_demo", overrides=["data.crop_size=50"])
     with pytest.raises(ConfigError, match="evaluation.final_tasks: Unknown evaluation task 'zeroshot_shrt'"):
         load_experiment("colipri_c", profile="cpu_demo", overrides=["evaluation.final_tasks=[zeroshot_shrt]"])
+    with pytest.raises(ConfigError, match="decoder_lr_factor=0.0 must be positive"):
+        load_experiment("colipri_crm", profile="cpu_demo", overrides=["objectives.mae.decoder_lr_factor=0"])
