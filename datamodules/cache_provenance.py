@@ -20,12 +20,15 @@ Two levels, both cheap:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from datamodules.cache import write_json_atomic
+from datamodules.cache import CacheIndex, write_json_atomic
 from datamodules.records import Record
+
+log = logging.getLogger(__name__)
 
 SOURCES_DIR = "sources"
 STAMP_NAME = "source.json"
@@ -98,3 +101,31 @@ def dataset_stamp_matches(cache_root: Path, root: Path) -> bool:
     except (OSError, ValueError):
         return False
     return saved == dataset_stamp(root)
+
+
+def reusable_index(cache_root: Path, root: Path) -> CacheIndex | None:
+    """The cache index at ``cache_root`` when it can serve the dataset at ``root`` without a build:
+    it exists, every entry's volume is complete and the dataset stamp matches. Otherwise ``None``,
+    with a warning saying why when an index exists (the caller rescans and builds, which reuses
+    every volume whose signature still matches)."""
+    if not (cache_root / "index.json").exists():
+        return None
+    index = CacheIndex.load(cache_root)
+    missing = index.missing_entries()
+    if missing:
+        log.warning(
+            "%s: %d of %d cached volumes are missing or incomplete (e.g. %s); resuming the build",
+            cache_root,
+            len(missing),
+            len(index.entries),
+            missing[0].file,
+        )
+        return None
+    if not dataset_stamp_matches(cache_root, root):
+        log.warning(
+            "%s was built from another dataset, or %s changed since; rescanning it and rebuilding what changed",
+            cache_root,
+            root,
+        )
+        return None
+    return index

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from datamodules.batching import seeded_loader, stack_samples
 from datamodules.cache import CacheEntry, CacheIndex, cache_path
-from datamodules.cache_provenance import dataset_stamp_matches
+from datamodules.cache_provenance import reusable_index
 from datamodules.collate import PairedCollator
 from datamodules.dataset import PairedVolumeDataset
 from datamodules.image_dataset import ImageOnlyVolumeDataset
@@ -65,26 +65,9 @@ def ensure_source_cache(data: DictConfig, source: DataSource, progress: bool = T
     complete and the dataset is the one it was built from (``datamodules.cache_provenance``);
     otherwise (re)built, which reuses the volumes of an earlier run whose inputs are unchanged."""
     cache_root = source_cache_root(data, source)
-    if (cache_root / "index.json").exists():
-        index = CacheIndex.load(cache_root)
-        missing = index.missing_entries()
-        if not missing and dataset_stamp_matches(cache_root, Path(source.root)):
-            return index
-        if not missing:
-            log.warning(
-                "%s was built from another dataset, or %s changed since; rescanning it and "
-                "rebuilding what changed",
-                cache_root,
-                source.root,
-            )
-        else:
-            log.warning(
-                "%s: %d of %d cached volumes are missing or incomplete (e.g. %s); resuming the build",
-                cache_root,
-                len(missing),
-                len(index.entries),
-                missing[0].file,
-            )
+    index = reusable_index(cache_root, Path(source.root))
+    if index is not None:
+        return index
     label_names = list(source.spec.label_names)
     scan = source.spec.scan(Path(source.root), label_names)
     log.info("Preprocessing %d %s volumes into %s", len(scan.records), source.name, cache_root)

@@ -39,7 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from datamodules.batching import seeded_loader, stack_samples
 from datamodules.cache import CacheEntry, CacheIndex, cache_path
-from datamodules.cache_provenance import dataset_stamp_matches
+from datamodules.cache_provenance import reusable_index
 from datamodules.preprocess import build_cache
 from datamodules.samplers import EvalSampler, TrainSampler
 from datamodules.splits import assign_splits
@@ -84,9 +84,7 @@ def ensure_source_cache(cfg: DictConfig, source: str, root: str, progress: bool 
     from datamodules.sources.registry import get_source
 
     cache_root = source_cache_root(cfg, source)
-    index = CacheIndex.load(cache_root) if (cache_root / "index.json").exists() else None
-    if index is not None and not dataset_stamp_matches(cache_root, Path(root)):
-        index = None  # another dataset, or this one changed (datamodules.cache_provenance)
+    index = reusable_index(cache_root, Path(root))
     if index is not None and any(e.masks for e in index.entries):
         return index
     spec = get_source(source)

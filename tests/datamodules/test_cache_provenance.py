@@ -3,14 +3,17 @@ regenerated phantom at the same root is rebuilt; unchanged volumes are reused.""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from ctvlp.config.loader import load_experiment
 from datamodules.cache import cache_path
+from datamodules.cache_provenance import reusable_index
 from datamodules.datamodule import ensure_cache
 from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate
 from datamodules.preprocess import build_cache
@@ -93,3 +96,22 @@ def test_a_cache_built_by_the_preprocess_step_is_trusted_by_fit(tmp_path: Path) 
     overrides = [f"data.root={root}", f"data.cache_dir={cache_dir}", "data.spacing=12.0"]
     index = ensure_cache(load_experiment("colipri_c", "cpu_demo", overrides).data, progress=False)
     assert _mtimes(index) == before
+
+
+def test_reusable_index_says_why_a_cache_cannot_serve(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one check both DataModules (paired and Uniferum) run before trusting a cache."""
+    dataset, root = tmp_path / "dataset", tmp_path / "cache"
+    assert reusable_index(root, dataset) is None  # nothing built yet
+    records = [_volume_record(dataset, rid, fill) for rid, fill in (("v_1", -500), ("v_2", 100))]
+    built = build_cache(records, root, spacing=6.0, workers=1, progress=False, source_root=dataset)
+    assert [e.id for e in reusable_index(root, dataset).entries] == [e.id for e in built.entries]
+
+    with caplog.at_level(logging.WARNING, logger="datamodules.cache_provenance"):
+        assert reusable_index(root, tmp_path / "another_dataset") is None
+        assert "built from another dataset" in caplog.text
+        caplog.clear()
+        built.entries[1].file.unlink()  # an interrupted build, or a deleted volume
+        assert reusable_index(root, dataset) is None
+        assert "1 of 2 cached volumes are missing" in caplog.text
