@@ -105,15 +105,20 @@ def evaluate_splits(
     return evaluator.run(val, evaluated, train).results
 
 
-def evaluation_callback_from_config(cfg: Any) -> EvaluationCallback:
-    """The callback configured by ``cfg.evaluation`` (every_n_steps, callback_tasks, callback_split)."""
+def evaluation_callback_from_config(cfg: Any) -> EvaluationCallback | None:
+    """The callback configured by ``cfg.evaluation`` (every_n_steps, callback_tasks, callback_split).
+
+    On the validation split, when every callback step is also a validation step
+    (``every_n_steps`` a multiple of ``trainer.val_check_interval``), retrieval is left to the
+    module's own validation, which logs the same ``val/retrieval/*`` values one step earlier; a
+    callback left with no task is not built (``None``)."""
     try:
         tasks = parse_tasks(list(cfg.evaluation.callback_tasks))
     except ValueError as error:
         raise ConfigError(f"evaluation.callback_tasks: {error}") from error
-    return EvaluationCallback(
-        int(cfg.evaluation.every_n_steps),
-        tasks,
-        str(cfg.evaluation.callback_split),
-        EvalSettings.from_config(cfg, tasks),
-    )
+    every, split = int(cfg.evaluation.every_n_steps), str(cfg.evaluation.callback_split)
+    if split == "val" and every % int(cfg.trainer.val_check_interval) == 0:
+        tasks = [task for task in tasks if task != "retrieval"]
+    if not tasks:
+        return None
+    return EvaluationCallback(every, tasks, split, EvalSettings.from_config(cfg, tasks))

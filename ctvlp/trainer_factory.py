@@ -66,7 +66,8 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
     )
     callbacks = [last, best, RngStateCallback(), VolumePreviewCallback(int(cfg.evaluation.preview_volumes))]
     if int(cfg.evaluation.every_n_steps) > 0 and module_cls.periodic_evaluation:
-        callbacks.append(evaluation_callback_from_config(cfg))
+        periodic = evaluation_callback_from_config(cfg)
+        callbacks += [periodic] if periodic is not None else []
     if module_cls.rrg_active(cfg):
         rrg = cfg.objectives.rrg
         callbacks.append(ReportSamplesCallback(int(rrg.log_reports), float(rrg.parallel_prob)))

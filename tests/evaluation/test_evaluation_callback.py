@@ -111,6 +111,17 @@ def test_config_builds_the_callback_and_rejects_unknown_tasks() -> None:
     callback = evaluation_callback_from_config(cfg)
     assert callback.every_n_steps == 7 and callback.tasks == ["retrieval", "zeroshot_short"]
     assert callback.settings.bootstrap_resamples == 0 and callback.settings.feature_cache_dir is None
+    # Every 400 steps with validation every 200: validation logs val retrieval at those steps already.
+    cfg = OmegaConf.merge(cfg, {"evaluation": {"every_n_steps": 400}, "trainer": {"val_check_interval": 200}})
+    assert evaluation_callback_from_config(cfg).tasks == ["zeroshot_short"]
+    assert (
+        evaluation_callback_from_config(
+            OmegaConf.merge(cfg, {"evaluation": {"callback_tasks": ["retrieval"]}})
+        )
+        is None
+    )
+    on_test = OmegaConf.merge(cfg, {"evaluation": {"callback_split": "test"}})
+    assert evaluation_callback_from_config(on_test).tasks == ["retrieval", "zeroshot_short"]
     bad = OmegaConf.merge(cfg, {"evaluation": {"callback_tasks": ["retrieval", "zero_shot"]}})
     with pytest.raises(ConfigError, match="valid tasks"):
         evaluation_callback_from_config(bad)
