@@ -17,7 +17,7 @@ PHANTOM_DIR ?= data/phantom_ct_rate
 PHANTOM_N ?= 800
 IMAGE_ONLY_DIR ?= data/phantom_image_only
 # COLIPRI-CRM, the paper's final recipe (CLIP + report generation + MAE); DEMO_EXPERIMENT=colipri_c
-# is the 4.5 min CLIP-only demo.
+# is the CLIP-only demo (about 6.5 min from nothing).
 DEMO_EXPERIMENT ?= colipri_crm
 
 .PHONY: demo test test-all exp sweep bench-train bench-data tb lint format clean distclean venv
