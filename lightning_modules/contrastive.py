@@ -96,7 +96,14 @@ class ContrastiveModule(ObjectiveModule):
         return param_groups_with_lrs(self, float(optim.weight_decay), lr, [(self.mae_head, lr * factor)])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return with_objective_lr(super().configure_optimizers(), self.objective_schedule)
+        optimizers = with_objective_lr(super().configure_optimizers(), self.objective_schedule)
+        if self.mae_head is not None:  # the group train/lr_mae_decoder reads, found once
+            first = next(self.mae_head.parameters())
+            groups = optimizers["optimizer"].param_groups
+            self._mae_decoder_group = next(
+                i for i, g in enumerate(groups) if any(p is first for p in g["params"])
+            )
+        return optimizers
 
     # <<< MAE objective and schedule
 
@@ -147,17 +154,10 @@ class ContrastiveModule(ObjectiveModule):
         # <<< MAE objective and schedule
         self.log("train/temperature", self.clip_loss.temperature, batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
-        if self.mae_head is not None:
-            self.log("train/lr_mae_decoder", self._mae_decoder_lr(), batch_size=batch_size)
+        if self.mae_head is not None:  # objectives.mae.decoder_lr_factor times train/lr
+            decoder_lr = self.trainer.optimizers[0].param_groups[self._mae_decoder_group]["lr"]
+            self.log("train/lr_mae_decoder", decoder_lr, batch_size=batch_size)
         return loss
-
-    def _mae_decoder_lr(self) -> float:
-        """The lr of the MAE decoder's param group (``objectives.mae.decoder_lr_factor``)."""
-        first = next(self.mae_head.parameters())
-        group = next(
-            g for g in self.trainer.optimizers[0].param_groups if any(p is first for p in g["params"])
-        )
-        return float(group["lr"])
 
     # --------------------------------------------------------------------------- evaluation
     def _collect(self, batch: dict[str, Any]) -> ImageOutput:
