@@ -22,26 +22,17 @@ from omegaconf import DictConfig
 from lightning_modules import rrg
 from lightning_modules.base import ObjectiveModule, image_encoder_from_config
 
-TEXT_TASKS = ("retrieval", "zeroshot_native", "zeroshot_short")
-
 
 class CapPaModule(ObjectiveModule):
     best_metric = "val/rrg/loss"
     best_mode = "min"
     # No text encoder, so the periodic retrieval / zero-shot evaluation does not apply;
-    # validation logs the RRG loss and generated reports instead.
+    # validation logs the RRG loss and generated reports instead (`ctvlp eval` probes the encoder).
     periodic_evaluation = False
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         cfg = self.cfg
-        evaluation = cfg.evaluation
-        text_tasks = [t for t in evaluation.callback_tasks if t in TEXT_TASKS]
-        if int(evaluation.every_n_steps) > 0 and text_tasks:
-            raise ValueError(
-                f"The cappa module has no text encoder, so evaluation.callback_tasks cannot include "
-                f"{', '.join(text_tasks)}: use evaluation.callback_tasks=[probe] or evaluation.every_n_steps=0"
-            )
         self.image_encoder = image_encoder_from_config(cfg)
         # Captioning reads the tokens before pooling, so the pooler gets no gradient. Frozen, it
         # is no unused trainable parameter under DDP; encode_image (probes) still works.

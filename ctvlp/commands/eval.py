@@ -1,5 +1,9 @@
 """``ctvlp eval``: retrieval, zero-shot and probe evaluation of a trained or imported encoder.
 
+Checkpoints of every image-encoder objective are accepted: ``contrastive`` (COLIPRI; all tasks)
+and the image-only ``mae`` and ``cappa`` (no text embeddings: probes only, the default for them).
+``seg_conditioned`` (Uniferum) checkpoints have their own task evaluation (``eval_tasks.py``).
+
 Writes into the run directory (``--out``; default: the checkpoint's run directory):
 ``results.json`` (merged with training's flat keys), ``results.md`` (with CIs),
 ``results_per_label.json`` (per-label values, thresholds, excluded labels),
@@ -28,6 +32,7 @@ from ctvlp.run_dir import RunDir, new_run_dir
 from datamodules.datamodule import CTDataModule, ensure_cache, resolve_cache_root
 from evaluation.features import checkpoint_identity, fingerprint
 from evaluation.runner import (
+    TASKS,
     EvalOutput,
     EvalSettings,
     EvalSplit,
@@ -36,9 +41,11 @@ from evaluation.runner import (
     hf_tokenize,
     parse_tasks,
 )
+from lightning_modules.base import ObjectiveModule
 from lightning_modules.colipri_interop import ColipriFormatError, load_colipri_weights
 from lightning_modules.contrastive import ContrastiveModule
 from lightning_modules.nets.text_encoder import load_tokenizer
+from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)
 
@@ -70,28 +77,52 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
+def has_text_tower(module: ObjectiveModule) -> bool:
+    """Whether ``module`` embeds reports (retrieval and zero-shot need that; probes do not)."""
+    return callable(getattr(module, "encode_text", None))
+
+
 def load_checkpoint(
     path: Path, overrides: list[str] | None = None
-) -> tuple[DictConfig, ContrastiveModule, dict]:
-    """A ``ContrastiveModule`` rebuilt from a ctvlp checkpoint: its own config (plus dot-list
-    ``overrides``, validated) and weights. Returns (config, module, raw checkpoint)."""
+) -> tuple[DictConfig, ObjectiveModule, dict]:
+    """The module of a ctvlp checkpoint of an image-encoder objective (``contrastive``, ``mae``,
+    ``cappa``), rebuilt with its own config (plus dot-list ``overrides``, validated) and weights.
+    Returns (config, module, raw checkpoint)."""
     path = resolve_checkpoint(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     saved = checkpoint.get("hyper_parameters", {}).get("config")
     if saved is None:
-        raise ConfigError(
-            f"{path} holds no 'config' hyper-parameter: not a ctvlp ContrastiveModule checkpoint"
-        )
+        raise ConfigError(f"{path} holds no 'config' hyper-parameter: not a checkpoint written by ctvlp fit")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"Override '{item}' must look like key=value (e.g. evaluation.probe_steps=500)")
     cfg = validate(OmegaConf.merge(OmegaConf.create(saved), OmegaConf.from_dotlist(list(overrides or []))))
-    module = ContrastiveModule(OmegaConf.to_container(cfg, resolve=True))
+    module = module_class(str(cfg.module))(OmegaConf.to_container(cfg, resolve=True))
+    if not hasattr(module, "image_encoder"):
+        raise ConfigError(f"{path}: a '{cfg.module}' checkpoint has no image encoder to evaluate here")
     module.load_state_dict(checkpoint["state_dict"])
     return cfg, module, checkpoint
 
 
-def _from_checkpoint(args: argparse.Namespace) -> tuple[DictConfig, ContrastiveModule, int, Path, dict]:
+def tasks_for(module: ObjectiveModule, module_name: str, spec: str | None) -> list[str]:
+    """The tasks to run: ``spec`` (comma-separated), or by default every task the module supports
+    (all for a vision-language model, probes for an image-only one)."""
+    supported = list(TASKS) if has_text_tower(module) else ["probe"]
+    if spec is None:
+        if len(supported) < len(TASKS):
+            log.info("The '%s' module has no text encoder: evaluating probes only", module_name)
+        return supported
+    tasks = _parse_tasks(spec)
+    unsupported = [t for t in tasks if t not in supported]
+    if unsupported:
+        raise ConfigError(
+            f"The '{module_name}' module has no text encoder, so it cannot be evaluated by "
+            f"{', '.join(unsupported)}: use --tasks probe"
+        )
+    return tasks
+
+
+def _from_checkpoint(args: argparse.Namespace) -> tuple[DictConfig, ObjectiveModule, int, Path, dict]:
     path = resolve_checkpoint(Path(args.ckpt))
     cfg, module, checkpoint = load_checkpoint(path, _overrides(args))
     run_path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -145,7 +176,7 @@ def write_outputs(out: Path, output: EvalOutput, global_step: int) -> dict[str, 
 
 def prepare_evaluation(
     cfg: DictConfig,
-    module: ContrastiveModule,
+    module: ObjectiveModule,
     weights_identity: dict,
     tasks: list[str],
     out: Path,
@@ -189,11 +220,13 @@ def training_split(datamodule: CTDataModule, tasks: list[str]) -> TrainSplit:
 
 
 def evaluate_run(args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
-    tasks = _parse_tasks(args.tasks)
     splits = parse_splits(args.splits)
+    if args.tasks is not None:
+        _parse_tasks(args.tasks)  # a typo fails before the checkpoint is loaded
     cfg, module, global_step, run_path, weights_identity = (
         _from_checkpoint(args) if args.ckpt else _from_colipri(args)
     )
+    tasks = tasks_for(module, str(cfg.module), args.tasks)
     out = (
         Path(args.out)
         if args.out
@@ -254,9 +287,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", default=None, help="with --colipri-weights: a profile overlay")
     parser.add_argument(
         "--tasks",
-        default="retrieval,zeroshot,probe",
-        help="comma-separated: retrieval, zeroshot "
-        "(= zeroshot_native + zeroshot_short), zeroshot_native, zeroshot_short, probe",
+        default=None,
+        help="comma-separated: retrieval, zeroshot (= zeroshot_native + zeroshot_short), "
+        "zeroshot_native, zeroshot_short, probe (default: all that the checkpoint's module supports; "
+        "probe for the image-only mae and cappa)",
     )
     parser.add_argument("--splits", default="val,test", help="comma-separated: val, test")
     parser.add_argument("--data", default=None, help="data root (sets data.root)")

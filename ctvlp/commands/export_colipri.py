@@ -8,10 +8,16 @@ from pathlib import Path
 from ctvlp.commands.eval import load_checkpoint
 from ctvlp.config.loader import ConfigError
 from lightning_modules.colipri_interop import ColipriFormatError, export_colipri
+from lightning_modules.contrastive import ContrastiveModule
 
 
 def run_export(args: argparse.Namespace) -> int:
-    _, module, _ = load_checkpoint(Path(args.ckpt))
+    cfg, module, _ = load_checkpoint(Path(args.ckpt))
+    if not isinstance(module, ContrastiveModule):
+        raise ConfigError(
+            f"{args.ckpt} is a '{cfg.module}' checkpoint; the colipri format holds an image and a text "
+            "encoder, so only contrastive (COLIPRI) checkpoints can be exported"
+        )
     module.eval()
     try:
         weights, config = export_colipri(module, Path(args.out))
