@@ -26,7 +26,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from ctvlp.config.loader import ConfigError, load_experiment, validate
+from ctvlp.commands.eval_tasks import is_task_checkpoint, read_checkpoint, run_task_eval
+from ctvlp.config.loader import ConfigError, checkpoint_config, load_experiment
 from ctvlp.results import results_table, write_results
 from ctvlp.run_dir import RunDir, new_run_dir
 from datamodules.datamodule import CTDataModule, ensure_cache, resolve_cache_root
@@ -89,14 +90,8 @@ def load_checkpoint(
     ``cappa``), rebuilt with its own config (plus dot-list ``overrides``, validated) and weights.
     Returns (config, module, raw checkpoint)."""
     path = resolve_checkpoint(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    saved = checkpoint.get("hyper_parameters", {}).get("config")
-    if saved is None:
-        raise ConfigError(f"{path} holds no 'config' hyper-parameter: not a checkpoint written by ctvlp fit")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"Override '{item}' must look like key=value (e.g. evaluation.probe_steps=500)")
-    cfg = validate(OmegaConf.merge(OmegaConf.create(saved), OmegaConf.from_dotlist(list(overrides or []))))
+    saved, checkpoint = read_checkpoint(path)
+    cfg = checkpoint_config(saved, overrides or [])
     module = module_class(str(cfg.module))(OmegaConf.to_container(cfg, resolve=True))
     if not hasattr(module, "image_encoder"):
         raise ConfigError(f"{path}: a '{cfg.module}' checkpoint has no image encoder to evaluate here")
@@ -255,8 +250,6 @@ def _parse_tasks(spec: str) -> list[str]:
 
 def run_eval(args: argparse.Namespace) -> int:
     if args.ckpt:  # task-conditioned checkpoints (Uniferum) have their own evaluation
-        from ctvlp.commands.eval_tasks import is_task_checkpoint, run_task_eval
-
         ckpt = resolve_checkpoint(Path(args.ckpt))
         if is_task_checkpoint(ckpt):
             return run_task_eval(args, ckpt, parse_splits(args.splits), _overrides(args))

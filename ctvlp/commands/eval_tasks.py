@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ctvlp.config.loader import ConfigError, validate
+from ctvlp.config.loader import ConfigError, checkpoint_config
 from ctvlp.results import collect_results, results_table, write_results
 from lightning_modules.registry import module_class
 
@@ -27,17 +27,17 @@ log = logging.getLogger(__name__)
 MODULE = "seg_conditioned"
 
 
-def checkpoint_config(path: Path) -> tuple[dict, dict]:
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
     """(saved config, raw checkpoint) of a ctvlp checkpoint file."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     saved = checkpoint.get("hyper_parameters", {}).get("config")
     if saved is None:
-        raise ConfigError(f"{path} holds no 'config' hyper-parameter: not a ctvlp checkpoint")
+        raise ConfigError(f"{path} holds no 'config' hyper-parameter: not a checkpoint written by ctvlp fit")
     return saved, checkpoint
 
 
 def is_task_checkpoint(path: Path) -> bool:
-    saved, _ = checkpoint_config(path)
+    saved, _ = read_checkpoint(path)
     return saved.get("module") == MODULE
 
 
@@ -52,13 +52,10 @@ def parse_task_texts(items: list[str] | None) -> dict[str, str]:
 
 
 def task_eval_config(saved: dict, overrides: list[str], texts: dict[str, str]) -> DictConfig:
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"Override '{item}' must look like key=value")
-    cfg = OmegaConf.merge(OmegaConf.create(saved), OmegaConf.from_dotlist(list(overrides)))
+    cfg = checkpoint_config(saved, overrides)
     if texts:
         cfg.uniferum.task_texts = {**OmegaConf.to_container(cfg.uniferum.task_texts), **texts}
-    return validate(cfg)
+    return cfg
 
 
 def evaluate_task_checkpoint(
@@ -70,7 +67,7 @@ def evaluate_task_checkpoint(
     device: str = "auto",
     progress: bool = True,
 ) -> tuple[Path, dict[str, float]]:
-    saved, checkpoint = checkpoint_config(ckpt)
+    saved, checkpoint = read_checkpoint(ckpt)
     cfg = task_eval_config(saved, overrides, texts)
     module_cls = module_class(cfg.module)
     module = module_cls(OmegaConf.to_container(cfg, resolve=True))

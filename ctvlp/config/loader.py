@@ -3,14 +3,17 @@
 Resolution order (later wins): each entry of ``defaults:`` (recursively, in order), the
 experiment's own keys, ``experiments/profiles/<profile>.yaml``, then command-line overrides.
 The result is checked against :class:`ctvlp.config.schema.ExperimentConfig` before anything
-heavy runs; an unknown key fails with the closest valid key named.
+heavy runs; an unknown key fails with the closest valid key named. :func:`checkpoint_config`
+reads the config stored in a checkpoint, which may predate a key's removal.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 from ctvlp.config.schema import CHOICES, ExperimentConfig
 
 DEFAULTS_KEY = "defaults"
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -88,20 +93,29 @@ def _schema_keys(schema: Any, prefix: str = "") -> dict[str, Any]:
     return keys
 
 
-def _check_unknown_keys(cfg: DictConfig, schema_keys: dict[str, Any], prefix: str = "") -> None:
-    for key in cfg.keys():
+def _unknown_keys(
+    cfg: DictConfig, schema_keys: dict[str, Any], prefix: str = ""
+) -> Iterator[tuple[DictConfig, str, str]]:
+    """(parent node, key, dotted key) of every key the schema does not have."""
+    for key in list(cfg.keys()):
         dotted = f"{prefix}{key}"
         if dotted not in schema_keys:
-            parent = prefix.rstrip(".")
-            pool = [k for k in schema_keys if k.rpartition(".")[0] == parent]
-            hint = difflib.get_close_matches(dotted, pool, n=1, cutoff=0.5) or difflib.get_close_matches(
-                dotted, list(schema_keys), n=1, cutoff=0.6
-            )
-            suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
-            raise ConfigError(f"Unknown config key '{dotted}'.{suggestion}")
+            yield cfg, str(key), dotted
+            continue
         value = cfg[key] if not OmegaConf.is_missing(cfg, key) else None
         if schema_keys[dotted] is not None and isinstance(value, DictConfig):
-            _check_unknown_keys(value, schema_keys, dotted + ".")
+            yield from _unknown_keys(value, schema_keys, dotted + ".")
+
+
+def _check_unknown_keys(cfg: DictConfig, schema_keys: dict[str, Any]) -> None:
+    for _, _, dotted in _unknown_keys(cfg, schema_keys):
+        parent = dotted.rpartition(".")[0]
+        pool = [k for k in schema_keys if k.rpartition(".")[0] == parent]
+        hint = difflib.get_close_matches(dotted, pool, n=1, cutoff=0.5) or difflib.get_close_matches(
+            dotted, list(schema_keys), n=1, cutoff=0.6
+        )
+        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+        raise ConfigError(f"Unknown config key '{dotted}'.{suggestion}")
 
 
 def _check_choices(cfg: DictConfig) -> None:
@@ -171,6 +185,28 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_choices(typed)
     _check_consistency(typed)
     return typed
+
+
+def checkpoint_config(saved: dict[str, Any], overrides: Sequence[str] = ()) -> DictConfig:
+    """The config a checkpoint was trained with, plus dot-list ``overrides``, validated.
+
+    Keys this version's schema no longer has (a checkpoint written by an older ctvlp) are dropped
+    with a warning that names them; keys added since take their defaults. The overrides are
+    checked strictly, like any command line.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override '{item}' must look like key=value (e.g. evaluation.probe_steps=500)")
+    cfg = OmegaConf.create(saved)
+    stale = list(_unknown_keys(cfg, _schema_keys(ExperimentConfig)))
+    for parent, key, _ in stale:
+        del parent[key]
+    if stale:
+        log.warning(
+            "The checkpoint's config has keys this ctvlp no longer knows, ignored: %s",
+            ", ".join(dotted for _, _, dotted in stale),
+        )
+    return validate(OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides))))
 
 
 def load_experiment(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from ctvlp.config.loader import ConfigError, available_experiments, load_experiment
+from ctvlp.config.loader import ConfigError, available_experiments, checkpoint_config, load_experiment
 
 
 def test_colipri_c_has_the_paper_settings() -> None:
@@ -88,3 +91,22 @@ def test_cross_key_rules() -> None:
         load_experiment("colipri_c", profile="cpu_demo", overrides=["evaluation.final_tasks=[zeroshot_shrt]"])
     with pytest.raises(ConfigError, match="decoder_lr_factor=0.0 must be positive"):
         load_experiment("colipri_crm", profile="cpu_demo", overrides=["objectives.mae.decoder_lr_factor=0"])
+
+
+def test_a_checkpoint_config_drops_keys_that_were_removed_and_checks_overrides_strictly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    current = OmegaConf.to_container(load_experiment("colipri_c", profile="cpu_demo"), resolve=True)
+    saved = copy.deepcopy(current)
+    saved["uniferum"]["fusion_lr_scale"] = 2.0  # keys a former ctvlp wrote
+    saved["retired_section"] = {"x": 1}
+    with caplog.at_level(logging.WARNING, logger="ctvlp.config.loader"):
+        cfg = checkpoint_config(saved, ["optim.lr=1e-4"])
+    assert "uniferum.fusion_lr_scale, retired_section" in caplog.text
+    assert cfg.optim.lr == 1e-4 and "fusion_lr_scale" not in cfg.uniferum and "retired_section" not in cfg
+    current["optim"]["lr"] = 1e-4
+    assert OmegaConf.to_container(cfg, resolve=True) == current
+    with pytest.raises(ConfigError, match="Unknown config key 'optim.lrr'"):
+        checkpoint_config(saved, ["optim.lrr=1e-4"])
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        checkpoint_config(saved, ["optim.lr"])
