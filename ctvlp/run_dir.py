@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from ctvlp.config.loader import ConfigError
 
 _VERSION = re.compile(r"^version_(\d+)$")
 
@@ -74,3 +77,24 @@ def resolve_resume(runs_dir: Path, experiment: str, resume: str) -> tuple[RunDir
     if target.is_file():
         return RunDir(target.parent.parent), target
     raise FileNotFoundError(f"RESUME={resume}: no such checkpoint or run directory")
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or a run directory's ``checkpoints/last.ckpt``; missing -> FileNotFoundError."""
+    path = Path(path)
+    if path.is_dir():
+        path = RunDir(path).last_checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt {path}: no such checkpoint file")
+    return path
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(saved config, raw checkpoint) of a checkpoint file written by ``ctvlp fit``."""
+    import torch  # only the commands that read checkpoints pay for it
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoint.get("hyper_parameters", {}).get("config")
+    if saved is None:
+        raise ConfigError(f"{path} holds no 'config' hyper-parameter: not a checkpoint written by ctvlp fit")
+    return saved, checkpoint

@@ -26,10 +26,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from ctvlp.commands.eval_tasks import is_task_checkpoint, read_checkpoint, run_task_eval
+from ctvlp.commands.eval_tasks import is_task_checkpoint, run_task_eval
 from ctvlp.config.loader import ConfigError, checkpoint_config, load_experiment
 from ctvlp.results import results_table, write_results
-from ctvlp.run_dir import RunDir, new_run_dir
+from ctvlp.run_dir import RunDir, new_run_dir, read_checkpoint, resolve_checkpoint
 from datamodules.datamodule import CTDataModule, ensure_cache, resolve_cache_root
 from evaluation.features import checkpoint_identity, fingerprint
 from evaluation.runner import (
@@ -66,16 +66,6 @@ def parse_splits(spec: str) -> list[str]:
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     return [*args.overrides, *([f"data.root={args.data}"] if args.data else [])]
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint file, or a run directory's ``checkpoints/last.ckpt``; missing -> FileNotFoundError."""
-    path = Path(path)
-    if path.is_dir():
-        path = RunDir(path).last_checkpoint
-    if not path.is_file():
-        raise FileNotFoundError(f"--ckpt {path}: no such checkpoint file")
-    return path
 
 
 def has_text_tower(module: ObjectiveModule) -> bool:

@@ -20,20 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctvlp.config.loader import ConfigError, checkpoint_config
 from ctvlp.results import collect_results, results_table, write_results
+from ctvlp.run_dir import read_checkpoint
 from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)
 
 MODULE = "seg_conditioned"
-
-
-def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(saved config, raw checkpoint) of a ctvlp checkpoint file."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    saved = checkpoint.get("hyper_parameters", {}).get("config")
-    if saved is None:
-        raise ConfigError(f"{path} holds no 'config' hyper-parameter: not a checkpoint written by ctvlp fit")
-    return saved, checkpoint
 
 
 def is_task_checkpoint(path: Path) -> bool:
