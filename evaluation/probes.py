@@ -48,6 +48,7 @@ def _batches(volumes: int, batch_size: int, steps: int, generator: torch.Generat
     return order[: steps * per_batch].view(steps, per_batch)
 
 
+@torch.enable_grad()  # callers may run evaluation under no_grad (the periodic EvaluationCallback)
 def train_probe_grid(
     grid: ProbeGrid,
     features: TokenFeatures,
