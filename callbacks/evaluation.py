@@ -105,17 +105,24 @@ def evaluate_splits(
     return evaluator.run(val, evaluated, train).results
 
 
-def evaluation_callback_from_config(cfg: Any) -> EvaluationCallback | None:
+def evaluation_callback_from_config(cfg: Any, embeds_text: bool = True) -> EvaluationCallback | None:
     """The callback configured by ``cfg.evaluation`` (every_n_steps, callback_tasks, callback_split).
 
-    On the validation split, when every callback step is also a validation step
-    (``every_n_steps`` a multiple of ``trainer.val_check_interval``), retrieval is left to the
-    module's own validation, which logs the same ``val/retrieval/*`` values one step earlier; a
-    callback left with no task is not built (``None``)."""
+    A module without report embeddings (``embeds_text`` False: MAE, CapPa) can only be probed; a
+    retrieval or zero-shot task is a config error. On the validation split, when every callback
+    step is also a validation step (``every_n_steps`` a multiple of ``trainer.val_check_interval``),
+    retrieval is left to the module's own validation, which logs the same ``val/retrieval/*``
+    values one step earlier; a callback left with no task is not built (``None``)."""
     try:
         tasks = parse_tasks(list(cfg.evaluation.callback_tasks))
     except ValueError as error:
         raise ConfigError(f"evaluation.callback_tasks: {error}") from error
+    text_tasks = [task for task in tasks if task != "probe"]
+    if not embeds_text and text_tasks:
+        raise ConfigError(
+            f"The '{cfg.module}' module has no text encoder, so evaluation.callback_tasks cannot include "
+            f"{', '.join(text_tasks)}: use evaluation.callback_tasks=[probe] or evaluation.every_n_steps=0"
+        )
     every, split = int(cfg.evaluation.every_n_steps), str(cfg.evaluation.callback_split)
     if split == "val" and every % int(cfg.trainer.val_check_interval) == 0:
         tasks = [task for task in tasks if task != "retrieval"]

@@ -66,7 +66,7 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
     )
     callbacks = [last, best, RngStateCallback(), VolumePreviewCallback(int(cfg.evaluation.preview_volumes))]
     if int(cfg.evaluation.every_n_steps) > 0 and module_cls.periodic_evaluation:
-        periodic = evaluation_callback_from_config(cfg)
+        periodic = evaluation_callback_from_config(cfg, embeds_text=module_cls.embeds_text)
         callbacks += [periodic] if periodic is not None else []
     if module_cls.rrg_active(cfg):
         rrg = cfg.objectives.rrg

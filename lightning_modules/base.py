@@ -45,9 +45,12 @@ class ObjectiveModule(L.LightningModule):
     # The validation metric that picks the "best" checkpoint, and whether higher is better.
     best_metric: str = "val/retrieval/R@5"
     best_mode: str = "max"
-    # Whether evaluation.every_n_steps > 0 adds the retrieval / zero-shot EvaluationCallback
-    # (it needs a CLIP-style encode_image / encode_text).
+    # Whether evaluation.every_n_steps > 0 adds the EvaluationCallback (evaluation.callback_tasks on
+    # the current weights; it needs the module's image_encoder).
     periodic_evaluation: bool = True
+    # Whether the module embeds reports (encode_text): retrieval and zero-shot need it, probes and
+    # ctvlp fit's evaluation.final_tasks (zero-shot) run only on such modules.
+    embeds_text: bool = True
     # Whether the final evaluation of `ctvlp fit` uses the best_metric checkpoint (model selection on
     # validation) instead of the final weights.
     evaluate_best: bool = False

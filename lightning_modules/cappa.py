@@ -26,9 +26,9 @@ from lightning_modules.base import ObjectiveModule, image_encoder_from_config
 class CapPaModule(ObjectiveModule):
     best_metric = "val/rrg/loss"
     best_mode = "min"
-    # No text encoder, so the periodic retrieval / zero-shot evaluation does not apply;
-    # validation logs the RRG loss and generated reports instead (`ctvlp eval` probes the encoder).
-    periodic_evaluation = False
+    # No text encoder: no retrieval or zero-shot; the periodic evaluation runs the probe grid
+    # (evaluation.callback_tasks), validation logs the RRG loss and generated reports.
+    embeds_text = False
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)

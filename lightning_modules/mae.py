@@ -27,7 +27,7 @@ from lightning_modules.base import ObjectiveModule, image_encoder_from_config
 class MAEModule(ObjectiveModule):
     best_metric = "val/mae/loss"
     best_mode = "min"
-    periodic_evaluation = False
+    embeds_text = False  # periodic evaluation: the probe grid only (evaluation.callback_tasks)
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)

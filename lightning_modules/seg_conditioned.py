@@ -75,6 +75,7 @@ class SegConditionedModule(ObjectiveModule):
     # The retrieval / zero-shot callback needs a CLIP model; this module evaluates in its own
     # validation loop (trainer.val_check_interval).
     periodic_evaluation = False
+    embeds_text = False
     # "Models were selected based on the best average AUROC across validation tasks."
     evaluate_best = True
 

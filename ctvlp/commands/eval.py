@@ -68,11 +68,6 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return [*args.overrides, *([f"data.root={args.data}"] if args.data else [])]
 
 
-def has_text_tower(module: ObjectiveModule) -> bool:
-    """Whether ``module`` embeds reports (retrieval and zero-shot need that; probes do not)."""
-    return callable(getattr(module, "encode_text", None))
-
-
 def load_checkpoint(
     path: Path, overrides: list[str] | None = None
 ) -> tuple[DictConfig, ObjectiveModule, dict]:
@@ -92,7 +87,7 @@ def load_checkpoint(
 def tasks_for(module: ObjectiveModule, module_name: str, spec: str | None) -> list[str]:
     """The tasks to run: ``spec`` (comma-separated), or by default every task the module supports
     (all for a vision-language model, probes for an image-only one)."""
-    supported = list(TASKS) if has_text_tower(module) else ["probe"]
+    supported = list(TASKS) if module.embeds_text else ["probe"]
     if spec is None:
         if len(supported) < len(TASKS):
             log.info("The '%s' module has no text encoder: evaluating probes only", module_name)

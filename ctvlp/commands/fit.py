@@ -83,7 +83,7 @@ def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
         else:
             trainer.validate(module, dataloaders=loader, verbose=False, ckpt_path=weights)
         results.update(collect_results(trainer.callback_metrics))
-    if final_splits and module_cls.periodic_evaluation and cfg.evaluation.final_tasks:
+    if final_splits and module_cls.embeds_text and cfg.evaluation.final_tasks:
         results.update(_final_tasks(cfg, trainer, module, list(final_splits)))
     if trainer.is_global_zero and results:
         # The HParams tab pairs every run's config with its final metrics (sweeps compare here).

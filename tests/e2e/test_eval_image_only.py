@@ -1,5 +1,6 @@
-"""End to end: `ctvlp eval` probes the encoders of the image-only objectives (MAE, CapPa), which
-have no text embeddings, and says so when asked for retrieval or zero-shot."""
+"""End to end: the encoders of the image-only objectives (MAE, CapPa), which have no text
+embeddings, are probed by `ctvlp eval` and periodically during pretraining; asking them for
+retrieval or zero-shot is an error that says so."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ctvlp.cli import main
 
@@ -65,3 +67,27 @@ def test_text_tasks_on_a_module_without_text_are_a_clear_error(
     code = main(["export-colipri", "--ckpt", str(image_only_run), "--out", str(tmp_path / "x.safetensors")])
     assert code == 2
     assert "only contrastive (COLIPRI) checkpoints can be exported" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("experiment", ["mae", "cappa"])
+def test_pretraining_without_text_logs_the_probe_grid_periodically(
+    experiment: str, phantom_overrides: list[str], tmp_path: Path
+) -> None:
+    periodic = ["evaluation.every_n_steps=2", "evaluation.probe_steps=5", "trainer.max_steps=4"]
+    arguments = ["fit", experiment, "--profile", "cpu_demo", f"runs_dir={tmp_path}", *phantom_overrides]
+    assert main([*arguments, *SHORT_FIT, *periodic]) == 0
+    (run,) = sorted((tmp_path / experiment).glob("version_*"))
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("val/probe/AUROC")] == [2, 4]
+    assert not any("retrieval" in tag or "zeroshot" in tag for tag in tags), tags
+
+
+def test_text_tasks_in_the_periodic_evaluation_of_mae_are_a_config_error(
+    phantom_overrides: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["fit", "mae", "--profile", "cpu_demo", f"runs_dir={tmp_path}", *phantom_overrides]
+    code = main([*arguments, *SHORT_FIT, "evaluation.callback_tasks=[retrieval,probe]"])
+    assert code == 2
+    assert "evaluation.callback_tasks cannot include retrieval" in capsys.readouterr().err
