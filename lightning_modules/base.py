@@ -48,8 +48,8 @@ class ObjectiveModule(L.LightningModule):
     # Whether evaluation.every_n_steps > 0 adds the EvaluationCallback (evaluation.callback_tasks on
     # the current weights; it needs the module's image_encoder).
     periodic_evaluation: bool = True
-    # Whether the module embeds reports (encode_text): retrieval and zero-shot need it, probes and
-    # ctvlp fit's evaluation.final_tasks (zero-shot) run only on such modules.
+    # Whether the module embeds reports (encode_text): retrieval, zero-shot and ctvlp fit's
+    # evaluation.final_tasks need it; probes need only the image encoder.
     embeds_text: bool = True
     # Whether the final evaluation of `ctvlp fit` uses the best_metric checkpoint (model selection on
     # validation) instead of the final weights.
