@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
 
 from ctvlp.config.loader import ConfigError
+
+if TYPE_CHECKING:
+    from lightning_modules.base import ObjectiveModule
 
 _VERSION = re.compile(r"^version_(\d+)$")
 
@@ -89,12 +94,38 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(saved config, raw checkpoint) of a checkpoint file written by ``ctvlp fit``."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file written by ``ctvlp fit``, read once: its saved config and raw contents."""
+
+    path: Path
+    config: dict[str, Any]
+    raw: dict[str, Any]
+
+    @property
+    def run(self) -> Path:
+        """The run directory it belongs to (``<run>/checkpoints/<file>``; else its folder)."""
+        return self.path.parent.parent if self.path.parent.name == "checkpoints" else self.path.parent
+
+    @property
+    def global_step(self) -> int:
+        return int(self.raw.get("global_step", 0))
+
+    def restore(self, cfg: DictConfig) -> ObjectiveModule:
+        """Its module (``cfg.module``, built from ``cfg``) with the saved weights."""
+        from lightning_modules.registry import module_class  # torch-heavy: only when restoring
+
+        module = module_class(str(cfg.module))(OmegaConf.to_container(cfg, resolve=True))
+        module.load_state_dict(self.raw["state_dict"])
+        return module
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Load a checkpoint file written by ``ctvlp fit`` (once: it may hold gigabytes of state)."""
     import torch  # only the commands that read checkpoints pay for it
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    saved = checkpoint.get("hyper_parameters", {}).get("config")
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    saved = raw.get("hyper_parameters", {}).get("config")
     if saved is None:
         raise ConfigError(f"{path} holds no 'config' hyper-parameter: not a checkpoint written by ctvlp fit")
-    return saved, checkpoint
+    return Checkpoint(Path(path), saved, raw)

@@ -29,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 from ctvlp.commands.eval_tasks import is_task_checkpoint, run_task_eval
 from ctvlp.config.loader import ConfigError, checkpoint_config, load_experiment
 from ctvlp.results import results_table, write_results
-from ctvlp.run_dir import RunDir, new_run_dir, read_checkpoint, resolve_checkpoint
+from ctvlp.run_dir import Checkpoint, RunDir, new_run_dir, read_checkpoint, resolve_checkpoint
 from datamodules.datamodule import CTDataModule, ensure_cache, resolve_cache_root
 from evaluation.features import checkpoint_identity, fingerprint
 from evaluation.runner import (
@@ -46,7 +46,6 @@ from lightning_modules.base import ObjectiveModule
 from lightning_modules.colipri_interop import ColipriFormatError, load_colipri_weights
 from lightning_modules.contrastive import ContrastiveModule
 from lightning_modules.nets.text_encoder import load_tokenizer
-from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +73,19 @@ def load_checkpoint(
     """The module of a ctvlp checkpoint of an image-encoder objective (``contrastive``, ``mae``,
     ``cappa``), rebuilt with its own config (plus dot-list ``overrides``, validated) and weights.
     Returns (config, module, raw checkpoint)."""
-    path = resolve_checkpoint(path)
-    saved, checkpoint = read_checkpoint(path)
-    cfg = checkpoint_config(saved, overrides or [])
-    module = module_class(str(cfg.module))(OmegaConf.to_container(cfg, resolve=True))
+    checkpoint = read_checkpoint(resolve_checkpoint(path))
+    cfg, module = _restore(checkpoint, overrides or [])
+    return cfg, module, checkpoint.raw
+
+
+def _restore(checkpoint: Checkpoint, overrides: list[str]) -> tuple[DictConfig, ObjectiveModule]:
+    cfg = checkpoint_config(checkpoint.config, overrides)
+    module = checkpoint.restore(cfg)
     if not hasattr(module, "image_encoder"):
-        raise ConfigError(f"{path}: a '{cfg.module}' checkpoint has no image encoder to evaluate here")
-    module.load_state_dict(checkpoint["state_dict"])
-    return cfg, module, checkpoint
+        raise ConfigError(
+            f"{checkpoint.path}: a '{cfg.module}' checkpoint has no image encoder to evaluate here"
+        )
+    return cfg, module
 
 
 def tasks_for(module: ObjectiveModule, module_name: str, spec: str | None) -> list[str]:
@@ -102,11 +106,11 @@ def tasks_for(module: ObjectiveModule, module_name: str, spec: str | None) -> li
     return tasks
 
 
-def _from_checkpoint(args: argparse.Namespace) -> tuple[DictConfig, ObjectiveModule, int, Path, dict]:
-    path = resolve_checkpoint(Path(args.ckpt))
-    cfg, module, checkpoint = load_checkpoint(path, _overrides(args))
-    run_path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return cfg, module, int(checkpoint.get("global_step", 0)), run_path, checkpoint_identity(path)
+def _from_checkpoint(
+    args: argparse.Namespace, checkpoint: Checkpoint
+) -> tuple[DictConfig, ObjectiveModule, int, Path, dict]:
+    cfg, module = _restore(checkpoint, _overrides(args))
+    return cfg, module, checkpoint.global_step, checkpoint.run, checkpoint_identity(checkpoint.path)
 
 
 def _from_colipri(args: argparse.Namespace) -> tuple[DictConfig, ContrastiveModule, int, Path | None, dict]:
@@ -199,12 +203,11 @@ def training_split(datamodule: CTDataModule, tasks: list[str]) -> TrainSplit:
     return TrainSplit.from_entries(datamodule.splits["train"], loader)
 
 
-def evaluate_run(args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
+def evaluate_run(args: argparse.Namespace, checkpoint: Checkpoint | None) -> tuple[Path, dict[str, float]]:
+    """``args`` evaluated on ``checkpoint`` (a ctvlp checkpoint), or on ``--colipri-weights``."""
     splits = parse_splits(args.splits)
-    if args.tasks is not None:
-        _parse_tasks(args.tasks)  # a typo fails before the checkpoint is loaded
     cfg, module, global_step, run_path, weights_identity = (
-        _from_checkpoint(args) if args.ckpt else _from_colipri(args)
+        _from_checkpoint(args, checkpoint) if checkpoint is not None else _from_colipri(args)
     )
     tasks = tasks_for(module, str(cfg.module), args.tasks)
     out = (
@@ -234,13 +237,17 @@ def _parse_tasks(spec: str) -> list[str]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    if args.ckpt:  # task-conditioned checkpoints (Uniferum) have their own evaluation
-        ckpt = resolve_checkpoint(Path(args.ckpt))
-        if is_task_checkpoint(ckpt):
-            return run_task_eval(args, ckpt, parse_splits(args.splits), _overrides(args))
+    splits = parse_splits(args.splits)
+    if args.tasks is not None:
+        _parse_tasks(args.tasks)  # a typo fails before the checkpoint is loaded
+    checkpoint = None
+    if args.ckpt:  # read once; task-conditioned checkpoints (Uniferum) have their own evaluation
+        checkpoint = read_checkpoint(resolve_checkpoint(Path(args.ckpt)))
+        if is_task_checkpoint(checkpoint):
+            return run_task_eval(args, checkpoint, splits, _overrides(args))
     elif args.task_text:
         raise ConfigError("--task-text needs --ckpt of a seg_conditioned (Uniferum) run")
-    out, results = evaluate_run(args)
+    out, results = evaluate_run(args, checkpoint)
     print(f"\nResults ({out / 'results.json'}):\n")
     print(results_table(results))
     print(f"\nPer-label values: {out / PER_LABEL_NAME}\nTensorBoard logs: {out / 'tensorboard'}")

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctvlp.config.loader import ConfigError, checkpoint_config
 from ctvlp.results import collect_results, results_table, write_results
-from ctvlp.run_dir import read_checkpoint
+from ctvlp.run_dir import Checkpoint
 from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,8 @@ log = logging.getLogger(__name__)
 MODULE = "seg_conditioned"
 
 
-def is_task_checkpoint(path: Path) -> bool:
-    saved, _ = read_checkpoint(path)
-    return saved.get("module") == MODULE
+def is_task_checkpoint(checkpoint: Checkpoint) -> bool:
+    return checkpoint.config.get("module") == MODULE
 
 
 def parse_task_texts(items: list[str] | None) -> dict[str, str]:
@@ -51,7 +50,7 @@ def task_eval_config(saved: dict, overrides: list[str], texts: dict[str, str]) -
 
 
 def evaluate_task_checkpoint(
-    ckpt: Path,
+    checkpoint: Checkpoint,
     splits: list[str],
     overrides: list[str],
     texts: dict[str, str],
@@ -59,12 +58,9 @@ def evaluate_task_checkpoint(
     device: str = "auto",
     progress: bool = True,
 ) -> tuple[Path, dict[str, float]]:
-    saved, checkpoint = read_checkpoint(ckpt)
-    cfg = task_eval_config(saved, overrides, texts)
-    module_cls = module_class(cfg.module)
-    module = module_cls(OmegaConf.to_container(cfg, resolve=True))
-    module.load_state_dict(checkpoint["state_dict"])
-    datamodule = module_cls.build_datamodule(cfg)
+    cfg = task_eval_config(checkpoint.config, overrides, texts)
+    module = checkpoint.restore(cfg)
+    datamodule = module_class(cfg.module).build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("validate")
     accelerator = "gpu" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
@@ -84,7 +80,7 @@ def evaluate_task_checkpoint(
         else:
             trainer.validate(module, dataloaders=loader, verbose=False)
         results.update(collect_results(trainer.callback_metrics))
-    run = out or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+    run = out or checkpoint.run
     run.mkdir(parents=True, exist_ok=True)
     write_results(run / "results.json", results)
     merged = json.loads((run / "results.json").read_text())
@@ -94,9 +90,11 @@ def evaluate_task_checkpoint(
     return run, results
 
 
-def run_task_eval(args: argparse.Namespace, ckpt: Path, splits: list[str], overrides: list[str]) -> int:
+def run_task_eval(
+    args: argparse.Namespace, checkpoint: Checkpoint, splits: list[str], overrides: list[str]
+) -> int:
     out, results = evaluate_task_checkpoint(
-        ckpt,
+        checkpoint,
         splits,
         overrides,
         parse_task_texts(args.task_text),
