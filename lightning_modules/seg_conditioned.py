@@ -72,8 +72,8 @@ def task_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
 class SegConditionedModule(ObjectiveModule):
     best_metric = "val/diagnosis/auroc_mean"
     best_mode = "max"
-    # The retrieval / zero-shot callback needs a CLIP model; this module evaluates in its own
-    # validation loop (trainer.val_check_interval).
+    # The periodic EvaluationCallback needs an image_encoder and CT-RATE-style batches; this module
+    # evaluates its tasks in its own validation loop (trainer.val_check_interval).
     periodic_evaluation = False
     embeds_text = False
     # "Models were selected based on the best average AUROC across validation tasks."
