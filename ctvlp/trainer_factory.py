@@ -14,7 +14,9 @@ from callbacks.evaluation import evaluation_callback_from_config
 from callbacks.mae_reconstruction import MAEReconstructionCallback
 from callbacks.report_samples import ReportSamplesCallback
 from callbacks.rng_state import RngStateCallback
+from callbacks.selection_metric_check import SelectionMetricCheck
 from callbacks.volume_preview import VolumePreviewCallback
+from ctvlp.model_selection import model_selection
 from ctvlp.run_dir import RunDir
 from lightning_modules.objective_schedule import ObjectiveSchedule
 from lightning_modules.registry import module_class
@@ -47,6 +49,7 @@ def effective_strategy(cfg: DictConfig) -> str:
 def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
     t = cfg.trainer
     module_cls = module_class(cfg.module)
+    selection = model_selection(cfg)
     logger = TensorBoardLogger(
         save_dir=str(run.path), name="tensorboard", version="", default_hp_metric=False
     )
@@ -59,12 +62,15 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
     best = ModelCheckpoint(
         dirpath=run.checkpoints,
         filename="best-step{step}",
-        monitor=module_cls.best_metric,
-        mode=module_cls.best_mode,
+        monitor=selection.metric,
+        mode=selection.mode,
         save_top_k=1,
         auto_insert_metric_name=False,
     )
     callbacks = [last, best, RngStateCallback(), VolumePreviewCallback(int(cfg.evaluation.preview_volumes))]
+    if selection.configured:
+        log.info("Best checkpoint by %s (%s)", selection.metric, selection.mode)
+        callbacks.append(SelectionMetricCheck(selection.metric, str(cfg.module)))
     if int(cfg.evaluation.every_n_steps) > 0 and module_cls.periodic_evaluation:
         periodic = evaluation_callback_from_config(cfg, embeds_text=module_cls.embeds_text)
         callbacks += [periodic] if periodic is not None else []

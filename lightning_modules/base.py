@@ -42,7 +42,8 @@ def image_encoder_from_config(cfg: DictConfig) -> ImageEncoder:
 
 
 class ObjectiveModule(L.LightningModule):
-    # The validation metric that picks the "best" checkpoint, and whether higher is better.
+    # The validation metric that picks the "best" checkpoint by default, and whether higher is
+    # better (trainer.best_metric / best_mode override them: ctvlp/model_selection.py).
     best_metric: str = "val/retrieval/R@5"
     best_mode: str = "max"
     # Whether evaluation.every_n_steps > 0 adds the EvaluationCallback (evaluation.callback_tasks on
@@ -51,7 +52,7 @@ class ObjectiveModule(L.LightningModule):
     # Whether the module embeds reports (encode_text): retrieval, zero-shot and ctvlp fit's
     # evaluation.final_tasks need it; probes need only the image encoder.
     embeds_text: bool = True
-    # Whether the final evaluation of `ctvlp fit` uses the best_metric checkpoint (model selection on
+    # Whether the final evaluation of `ctvlp fit` uses the best checkpoint (model selection on
     # validation) instead of the final weights.
     evaluate_best: bool = False
 

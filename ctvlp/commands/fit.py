@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks.evaluation import evaluate_splits
 from ctvlp.config.loader import load_experiment
+from ctvlp.model_selection import model_selection
 from ctvlp.results import collect_results, results_table, write_results
 from ctvlp.run_dir import RunDir, new_run_dir, resolve_resume
 from ctvlp.trainer_factory import build_trainer
@@ -75,7 +76,7 @@ def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
     final_splits = [] if cfg.trainer.fast_dev_run else cfg.evaluation.final_splits
     # Objectives that select their model on validation (evaluate_best) are evaluated with the
     # best checkpoint's weights; the others with the final weights.
-    weights = best_checkpoint(trainer, module_cls.best_metric) if module_cls.evaluate_best else None
+    weights = best_checkpoint(trainer, model_selection(cfg).metric) if module_cls.evaluate_best else None
     for split in final_splits:
         loader = datamodule.loader(split)
         if split == "test":

@@ -150,6 +150,17 @@ def _check_consistency(cfg: DictConfig) -> None:
             f"objectives.mae.decoder_lr_factor={cfg.objectives.mae.decoder_lr_factor} must be positive "
             "(1 = the decoder trains at the encoder's lr)"
         )
+    best_metric = cfg.trainer.best_metric
+    if best_metric is not None and not str(best_metric).startswith("val/"):
+        raise ConfigError(
+            f"trainer.best_metric='{best_metric}' must be a validation metric ('val/...'): model "
+            "selection on another split would leak it (e.g. trainer.best_metric=val/retrieval/MnR)"
+        )
+    if best_metric is None and cfg.trainer.best_mode is not None:
+        raise ConfigError(
+            f"trainer.best_mode={cfg.trainer.best_mode} needs trainer.best_metric: the module's own "
+            "metric comes with its own mode"
+        )
     if cfg.data.crop_size % cfg.model.image.patch_size:
         raise ConfigError(
             f"data.crop_size={cfg.data.crop_size} must be a multiple of "

@@ -146,6 +146,15 @@ class TrainerConfig:
     deterministic: bool = False
     # Lightning's smoke test: one training and one validation batch, no checkpoints or results.
     fast_dev_run: bool = False
+    # Model selection: the validation metric that picks checkpoints/best-step*.ckpt (also the
+    # weights of fit's final evaluation for modules that select on validation, e.g. Uniferum).
+    # null: the module's own (val/retrieval/R@5 for CLIP models, val/rrg/loss for cappa,
+    # val/mae/loss for mae, val/diagnosis/auroc_mean for seg_conditioned). Any metric the module
+    # logs on validation works, e.g. val/retrieval/MnR or val/seg/dice_mean.
+    best_metric: str | None = None
+    # min or max (only with best_metric); null: the module's mode for its own metric, otherwise min
+    # for losses ('loss', 'loss_*') and the mean rank 'MnR', max for everything else.
+    best_mode: str | None = None
 
 
 @dataclass
@@ -308,6 +317,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("adamw",),
     "optim.schedule": ("poly", "cosine", "linear", "constant"),
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "fsdp"),
+    "trainer.best_mode": ("min", "max"),
 }
 
 

@@ -91,6 +91,18 @@ def test_cross_key_rules() -> None:
         load_experiment("colipri_c", profile="cpu_demo", overrides=["evaluation.final_tasks=[zeroshot_shrt]"])
     with pytest.raises(ConfigError, match="decoder_lr_factor=0.0 must be positive"):
         load_experiment("colipri_crm", profile="cpu_demo", overrides=["objectives.mae.decoder_lr_factor=0"])
+    with pytest.raises(ConfigError, match="must be a validation metric .* would leak it"):
+        load_experiment("colipri_c", profile="cpu_demo", overrides=["trainer.best_metric=test/retrieval/R@5"])
+    with pytest.raises(ConfigError, match="trainer.best_mode=min needs trainer.best_metric"):
+        load_experiment("colipri_c", profile="cpu_demo", overrides=["trainer.best_mode=min"])
+    with pytest.raises(
+        ConfigError, match="Invalid value 'minimum' for 'trainer.best_mode'. Did you mean 'min'"
+    ):
+        load_experiment(
+            "colipri_c",
+            profile="cpu_demo",
+            overrides=["trainer.best_metric=val/retrieval/MnR", "trainer.best_mode=minimum"],
+        )
 
 
 def test_a_checkpoint_config_drops_keys_that_were_removed_and_checks_overrides_strictly(

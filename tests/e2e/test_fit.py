@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -103,3 +104,50 @@ def test_fit_builds_a_missing_cache_in_prepare_data(tmp_path: Path) -> None:
     )
     assert code == 0
     assert (cache_dir / "ct_rate" / "6mm-paper" / "index.json").exists()
+
+
+def _short_fit(tmp_path: Path, phantom_overrides: list[str], *overrides: str) -> int:
+    return main(
+        [
+            "fit",
+            "colipri_c",
+            "--profile",
+            "cpu_demo",
+            *phantom_overrides,
+            f"runs_dir={tmp_path}",
+            "trainer.max_steps=4",
+            "optim.warmup_steps=1",
+            "trainer.val_check_interval=2",
+            "trainer.checkpoint_every_n_steps=2",
+            "evaluation.final_splits=[]",
+            *overrides,
+        ]
+    )
+
+
+def test_best_checkpoint_follows_the_configured_metric_and_mode(
+    phantom_overrides: list[str], tmp_path: Path
+) -> None:
+    assert _short_fit(tmp_path, phantom_overrides, "trainer.best_metric=val/retrieval/MnR") == 0
+    run = _only_run(tmp_path, "colipri_c")
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    ranks = [e.value for e in sorted(events.Scalars("val/retrieval/MnR"), key=lambda e: e.step)]
+    assert len(ranks) == 2, ranks  # the validations after steps 2 and 4
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    keys = [k for k, v in checkpoint["callbacks"].items() if v.get("monitor") == "val/retrieval/MnR"]
+    assert len(keys) == 1 and "'mode': 'min'" in keys[0]  # a rank: lower is better, from the name
+    (best,) = (run / "checkpoints").glob("best-step*.ckpt")
+    best_step = int(best.stem.removeprefix("best-step"))
+    assert ranks[best_step // 2 - 1] == min(ranks), (best.name, ranks)
+
+
+def test_a_misspelt_selection_metric_stops_at_the_first_validation_with_the_closest_name(
+    phantom_overrides: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _short_fit(tmp_path, phantom_overrides, "trainer.best_metric=val/retrieval/R@50") == 2
+    error = capsys.readouterr().err
+    assert "trainer.best_metric='val/retrieval/R@50' is not a metric the 'contrastive' module logs" in error
+    assert "Did you mean 'val/retrieval/R@5'?" in error and "val/retrieval/MnR" in error
+    checkpoints = {p.name for p in (_only_run(tmp_path, "colipri_c") / "checkpoints").iterdir()}
+    assert checkpoints <= {"last.ckpt", "step=2.ckpt"} and not any(c.startswith("best") for c in checkpoints)
