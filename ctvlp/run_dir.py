@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from lightning_modules.base import ObjectiveModule
 
 _VERSION = re.compile(r"^version_(\d+)$")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,29 @@ class RunDir:
     @property
     def last_checkpoint(self) -> Path:
         return self.checkpoints / "last.ckpt"
+
+    def evaluation_checkpoint(self) -> Path:
+        """The checkpoint that stands for this run in an evaluation: like fit's final evaluation,
+        the best one (``best-step*.ckpt``) when the run's module selects its model on validation
+        (Uniferum), else ``last.ckpt``."""
+        from lightning_modules.registry import module_class  # torch-heavy: only when resolving
+
+        module = OmegaConf.load(self.config).get("module") if self.config.is_file() else None
+        if module is None or not module_class(str(module)).evaluate_best:
+            return self.last_checkpoint
+        best = sorted(self.checkpoints.glob("best-step*.ckpt"))
+        if len(best) > 1:
+            names = ", ".join(p.name for p in best)
+            raise ConfigError(
+                f"{self.checkpoints} holds several best checkpoints ({names}): pass one as --ckpt FILE"
+            )
+        if not best:
+            log.warning("%s has no best checkpoint (no validation ran?); using last.ckpt", self.checkpoints)
+            return self.last_checkpoint
+        log.info(
+            "Evaluating %s, the run's best by validation (pass a checkpoint file to choose another)", best[0]
+        )
+        return best[0]
 
     @property
     def results(self) -> Path:
@@ -85,10 +111,11 @@ def resolve_resume(runs_dir: Path, experiment: str, resume: str) -> tuple[RunDir
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint file, or a run directory's ``checkpoints/last.ckpt``; missing -> FileNotFoundError."""
+    """A checkpoint file, or a run directory's :meth:`RunDir.evaluation_checkpoint`; missing ->
+    FileNotFoundError."""
     path = Path(path)
     if path.is_dir():
-        path = RunDir(path).last_checkpoint
+        path = RunDir(path).evaluation_checkpoint()
     if not path.is_file():
         raise FileNotFoundError(f"--ckpt {path}: no such checkpoint file")
     return path

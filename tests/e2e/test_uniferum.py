@@ -50,6 +50,7 @@ def test_fit_reports_diagnosis_segmentation_and_held_out_metrics(short_run: Path
 
 def test_eval_scores_a_new_task_text(short_run: Path) -> None:
     text = "Diagnose the presence of fluid in the pericardial sac around the heart"
+    fitted = json.loads((short_run / "results.json").read_text())
     code = main(
         ["eval", "--ckpt", str(short_run), "--splits", "test", "--no-progress",
          "--task-text", f"{HELD_OUT}={text}"]
@@ -58,6 +59,10 @@ def test_eval_scores_a_new_task_text(short_run: Path) -> None:
     assert json.loads((short_run / "task_texts.json").read_text()) == {HELD_OUT: text}
     results = json.loads((short_run / "results.json").read_text())
     assert 0.0 <= results["test/heldout.pericardial_effusion/auroc"] <= 1.0
+    # The run directory stands for its best checkpoint, the weights fit's own test evaluation used.
+    assert results["test/diagnosis/auroc_mean"] == pytest.approx(
+        fitted["test/diagnosis/auroc_mean"], abs=1e-6
+    )
     assert (short_run / "results.md").read_text().startswith("| split | task |")
 
 
