@@ -136,7 +136,7 @@ def _check_consistency(cfg: DictConfig) -> None:
             f"optim.warmup_steps={cfg.optim.warmup_steps} must be smaller than "
             f"trainer.max_steps={cfg.trainer.max_steps}"
         )
-    from evaluation.runner import parse_tasks  # torch-heavy: only once a config is validated
+    from evaluation.runner import CLASSIFICATION_TASKS, parse_tasks  # torch-heavy: once validated
 
     for key in ("callback_tasks", "final_tasks"):
         tasks = list(cfg.evaluation[key])
@@ -155,6 +155,13 @@ def _check_consistency(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.best_metric='{best_metric}' must be a validation metric ('val/...'): model "
             "selection on another split would leak it (e.g. trainer.best_metric=val/retrieval/MnR)"
+        )
+    metric_task = str(best_metric).split("/")[1] if best_metric and "/" in str(best_metric) else None
+    if metric_task in CLASSIFICATION_TASKS:
+        raise ConfigError(
+            f"trainer.best_metric='{best_metric}' comes from the periodic evaluation, which does not "
+            "pick checkpoints: choose a metric the validation loop logs (val/retrieval/*, val/rrg/loss, "
+            "val/mae/loss, val/diagnosis/*, val/seg/*)"
         )
     if best_metric is None and cfg.trainer.best_mode is not None:
         raise ConfigError(

@@ -150,7 +150,8 @@ class TrainerConfig:
     # weights of fit's final evaluation for modules that select on validation, e.g. Uniferum).
     # null: the module's own (val/retrieval/R@5 for CLIP models, val/rrg/loss for cappa,
     # val/mae/loss for mae, val/diagnosis/auroc_mean for seg_conditioned). Any metric the module
-    # logs on validation works, e.g. val/retrieval/MnR or val/seg/dice_mean.
+    # logs in its validation loop works, e.g. val/retrieval/MnR or val/seg/dice_mean (not the
+    # periodic evaluation's val/probe/* or val/zeroshot_*/*).
     best_metric: str | None = None
     # min or max (only with best_metric); null: the module's mode for its own metric, otherwise min
     # for losses ('loss', 'loss_*') and the mean rank 'MnR', max for everything else.

@@ -93,6 +93,10 @@ def test_cross_key_rules() -> None:
         load_experiment("colipri_crm", profile="cpu_demo", overrides=["objectives.mae.decoder_lr_factor=0"])
     with pytest.raises(ConfigError, match="must be a validation metric .* would leak it"):
         load_experiment("colipri_c", profile="cpu_demo", overrides=["trainer.best_metric=test/retrieval/R@5"])
+    with pytest.raises(
+        ConfigError, match="comes from the periodic evaluation, which does not pick checkpoints"
+    ):
+        load_experiment("mae", profile="cpu_demo", overrides=["trainer.best_metric=val/probe/AUROC"])
     with pytest.raises(ConfigError, match="trainer.best_mode=min needs trainer.best_metric"):
         load_experiment("colipri_c", profile="cpu_demo", overrides=["trainer.best_mode=min"])
     with pytest.raises(
