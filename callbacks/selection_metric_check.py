@@ -7,12 +7,10 @@ metrics included) and no hint that the name came from the config.
 
 from __future__ import annotations
 
-import difflib
-
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from ctvlp.config.loader import ConfigError
+from ctvlp.config.loader import ConfigError, did_you_mean
 
 
 class SelectionMetricCheck(Callback):
@@ -28,9 +26,7 @@ class SelectionMetricCheck(Callback):
         logged = sorted(key for key in trainer.callback_metrics if key.startswith("val/"))
         if self.metric in logged:
             return
-        hint = difflib.get_close_matches(self.metric, logged, n=1, cutoff=0.5)
-        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
         raise ConfigError(
             f"trainer.best_metric='{self.metric}' is not a metric the '{self.module}' module logs on "
-            f"validation.{suggestion} Logged: {', '.join(logged) or 'none'}"
+            f"validation.{did_you_mean(self.metric, logged, cutoff=0.5)} Logged: {', '.join(logged) or 'none'}"
         )

@@ -31,6 +31,12 @@ class ConfigError(ValueError):
     """A configuration the user has to fix; the message says how."""
 
 
+def did_you_mean(value: str, choices: Sequence[str], cutoff: float = 0.6) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``choices`` to ``value``, or ``""``."""
+    hint = difflib.get_close_matches(value, list(choices), n=1, cutoff=cutoff)
+    return f" Did you mean '{hint[0]}'?" if hint else ""
+
+
 def experiments_dir() -> Path:
     env = os.environ.get("CTVLP_EXPERIMENTS_DIR")
     if env:
@@ -55,10 +61,9 @@ def _resolve_file(ref: str, base: Path, kind: str, choices: list[str]) -> Path:
     path = base / f"{ref}.yaml"
     if path.exists():
         return path
-    hint = difflib.get_close_matches(ref, choices, n=1)
-    suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
     raise ConfigError(
-        f"Unknown {kind} '{ref}' (looked for {path}).{suggestion} Available: {', '.join(choices)}"
+        f"Unknown {kind} '{ref}' (looked for {path}).{did_you_mean(ref, choices)} "
+        f"Available: {', '.join(choices)}"
     )
 
 
@@ -111,10 +116,7 @@ def _check_unknown_keys(cfg: DictConfig, schema_keys: dict[str, Any]) -> None:
     for _, _, dotted in _unknown_keys(cfg, schema_keys):
         parent = dotted.rpartition(".")[0]
         pool = [k for k in schema_keys if k.rpartition(".")[0] == parent]
-        hint = difflib.get_close_matches(dotted, pool, n=1, cutoff=0.5) or difflib.get_close_matches(
-            dotted, list(schema_keys), n=1, cutoff=0.6
-        )
-        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+        suggestion = did_you_mean(dotted, pool, cutoff=0.5) or did_you_mean(dotted, list(schema_keys))
         raise ConfigError(f"Unknown config key '{dotted}'.{suggestion}")
 
 
@@ -122,10 +124,9 @@ def _check_choices(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and value not in allowed:
-            hint = difflib.get_close_matches(str(value), allowed, n=1)
-            suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
             raise ConfigError(
-                f"Invalid value '{value}' for '{key}'.{suggestion} Allowed: {', '.join(allowed)}"
+                f"Invalid value '{value}' for '{key}'.{did_you_mean(str(value), allowed)} "
+                f"Allowed: {', '.join(allowed)}"
             )
 
 
@@ -187,10 +188,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         missing = [k for k in missing if k != "data.root"]
         for item in typed.data.sources:
             if item.name not in CHOICES["data.source"]:
-                hint = difflib.get_close_matches(str(item.name), CHOICES["data.source"], n=1)
-                suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
                 raise ConfigError(
-                    f"Invalid source '{item.name}' in data.sources.{suggestion} "
+                    f"Invalid source '{item.name}' in data.sources."
+                    f"{did_you_mean(str(item.name), CHOICES['data.source'])} "
                     f"Allowed: {', '.join(CHOICES['data.source'])}"
                 )
     if missing:

@@ -23,7 +23,6 @@ given combinations.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ctvlp.config.loader import ConfigError, experiments_dir, load_experiment
+from ctvlp.config.loader import ConfigError, did_you_mean, experiments_dir, load_experiment
 
 MODES = ("star", "grid", "list")
 LAUNCHERS = ("local", "slurm")
@@ -121,9 +120,7 @@ def resolve_spec_path(spec: str) -> Path:
     if candidate.exists():
         return candidate
     known = sorted(p.stem for p in (experiments_dir() / "sweeps").glob("*.yaml"))
-    hint = difflib.get_close_matches(spec, known, n=1)
-    suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
-    raise ConfigError(f"Unknown sweep '{spec}'.{suggestion} Available: {', '.join(known)}")
+    raise ConfigError(f"Unknown sweep '{spec}'.{did_you_mean(spec, known)} Available: {', '.join(known)}")
 
 
 def load_spec(spec: str, profile: str | None = None, extra_overrides: list[str] | None = None) -> SweepSpec:
@@ -133,9 +130,7 @@ def load_spec(spec: str, profile: str | None = None, extra_overrides: list[str] 
         raise ConfigError(f"{path}: a sweep spec is a mapping")
     for key in raw:
         if key not in SPEC_KEYS:
-            hint = difflib.get_close_matches(str(key), SPEC_KEYS, n=1)
-            suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
-            raise ConfigError(f"{path}: unknown sweep key '{key}'.{suggestion}")
+            raise ConfigError(f"{path}: unknown sweep key '{key}'.{did_you_mean(str(key), SPEC_KEYS)}")
     if "base" not in raw:
         raise ConfigError(f"{path}: 'base' (the experiment to sweep) is required")
     parsed = SweepSpec(name=path.stem, **raw)  # type: ignore[arg-type]
