@@ -205,6 +205,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     return typed
 
 
+def _dotlist(overrides: Sequence[str], example: str) -> DictConfig:
+    """Command-line ``key=value`` overrides as a config; anything else is a ConfigError."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override '{item}' must look like key=value (e.g. {example})")
+    return OmegaConf.from_dotlist(list(overrides))
+
+
 def checkpoint_config(saved: dict[str, Any], overrides: Sequence[str] = ()) -> DictConfig:
     """The config a checkpoint was trained with, plus dot-list ``overrides``, validated.
 
@@ -212,9 +220,7 @@ def checkpoint_config(saved: dict[str, Any], overrides: Sequence[str] = ()) -> D
     with a warning that names them; keys added since take their defaults. The overrides are
     checked strictly, like any command line.
     """
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"Override '{item}' must look like key=value (e.g. evaluation.probe_steps=500)")
+    override_cfg = _dotlist(overrides, example="evaluation.probe_steps=500")
     cfg = OmegaConf.create(saved)
     stale = list(_unknown_keys(cfg, _schema_keys(ExperimentConfig)))
     for parent, key, _ in stale:
@@ -224,7 +230,7 @@ def checkpoint_config(saved: dict[str, Any], overrides: Sequence[str] = ()) -> D
             "The checkpoint's config has keys this ctvlp no longer knows, ignored: %s",
             ", ".join(dotted for _, _, dotted in stale),
         )
-    return validate(OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides))))
+    return validate(OmegaConf.merge(cfg, override_cfg))
 
 
 def load_experiment(
@@ -243,8 +249,5 @@ def load_experiment(
         profile_path = _resolve_file(profile, root / "profiles", "profile", available_profiles(root))
         cfg = OmegaConf.merge(cfg, _load_composed(profile_path, root))
     if overrides:
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"Override '{item}' must look like key=value (e.g. optim.lr=3e-4)")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(cfg, _dotlist(overrides, example="optim.lr=3e-4"))
     return validate(cfg)
