@@ -23,7 +23,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from ctvlp.config.loader import ConfigError
-from evaluation.runner import EvalSettings, EvalSplit, Evaluator, TrainSplit, hf_tokenize, parse_tasks
+from evaluation.runner import (
+    EvalSettings,
+    EvalSplit,
+    Evaluator,
+    TrainSplit,
+    hf_tokenize,
+    parse_tasks,
+    supported_tasks,
+)
 
 LIGHT_TASKS = ("retrieval", "zeroshot_short")
 
@@ -117,8 +125,8 @@ def evaluation_callback_from_config(cfg: Any, embeds_text: bool = True) -> Evalu
         tasks = parse_tasks(list(cfg.evaluation.callback_tasks))
     except ValueError as error:
         raise ConfigError(f"evaluation.callback_tasks: {error}") from error
-    text_tasks = [task for task in tasks if task != "probe"]
-    if not embeds_text and text_tasks:
+    text_tasks = [task for task in tasks if task not in supported_tasks(embeds_text)]
+    if text_tasks:
         raise ConfigError(
             f"The '{cfg.module}' module has no text encoder, so evaluation.callback_tasks cannot include "
             f"{', '.join(text_tasks)}: use evaluation.callback_tasks=[probe] or evaluation.every_n_steps=0"

@@ -64,6 +64,15 @@ log = logging.getLogger(__name__)
 TASKS = ("retrieval", "zeroshot_native", "zeroshot_short", "probe")
 TASK_GROUPS = {"zeroshot": ("zeroshot_native", "zeroshot_short")}
 CLASSIFICATION_TASKS = ("zeroshot_native", "zeroshot_short", "probe")
+# What an encoder without report embeddings (MAE, CapPa) can be evaluated by.
+IMAGE_ONLY_TASKS = ("probe",)
+
+
+def supported_tasks(embeds_text: bool) -> tuple[str, ...]:
+    """The tasks a module supports: all with report embeddings, else :data:`IMAGE_ONLY_TASKS`."""
+    return TASKS if embeds_text else IMAGE_ONLY_TASKS
+
+
 Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
 
 

@@ -33,7 +33,6 @@ from ctvlp.run_dir import Checkpoint, RunDir, new_run_dir, read_checkpoint, reso
 from datamodules.datamodule import CTDataModule, ensure_cache, resolve_cache_root
 from evaluation.features import checkpoint_identity, fingerprint
 from evaluation.runner import (
-    TASKS,
     EvalOutput,
     EvalSettings,
     EvalSplit,
@@ -41,6 +40,7 @@ from evaluation.runner import (
     TrainSplit,
     hf_tokenize,
     parse_tasks,
+    supported_tasks,
 )
 from lightning_modules.base import ObjectiveModule
 from lightning_modules.colipri_interop import ColipriFormatError, load_colipri_weights
@@ -91,11 +91,11 @@ def _restore(checkpoint: Checkpoint, overrides: list[str]) -> tuple[DictConfig, 
 def tasks_for(module: ObjectiveModule, module_name: str, spec: str | None) -> list[str]:
     """The tasks to run: ``spec`` (comma-separated), or by default every task the module supports
     (all for a vision-language model, probes for an image-only one)."""
-    supported = list(TASKS) if module.embeds_text else ["probe"]
+    supported = supported_tasks(module.embeds_text)
     if spec is None:
-        if len(supported) < len(TASKS):
+        if not module.embeds_text:
             log.info("The '%s' module has no text encoder: evaluating probes only", module_name)
-        return supported
+        return list(supported)
     tasks = _parse_tasks(spec)
     unsupported = [t for t in tasks if t not in supported]
     if unsupported:
