@@ -22,15 +22,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from ctvlp.config.loader import ConfigError
+from ctvlp.config.errors import ConfigError
+from ctvlp.config.evaluation_tasks import parse_tasks, supported_tasks
 from evaluation.runner import (
     EvalSettings,
     EvalSplit,
     Evaluator,
     TrainSplit,
     hf_tokenize,
-    parse_tasks,
-    supported_tasks,
 )
 
 LIGHT_TASKS = ("retrieval", "zeroshot_short")

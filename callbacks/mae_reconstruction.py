@@ -5,7 +5,7 @@ For the first ``num_volumes`` validation volumes (centre crops, the fixed evalua
 logged as one image of three panels, left to right: the input, the masked input (masked patches
 at the minimum intensity) and the reconstruction (visible patches as they were, masked patches as
 predicted). Tags: ``mae/<i>_<image id>/<view>``. Any module with an ``image_encoder`` and an
-``mae_head`` (MAEModule; ContrastiveModule with ``objectives.mae.enabled``) is shown.
+``mae_head`` (MAEModule; ColipriModule with ``objectives.mae.enabled``) is shown.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ about each volume and how it compares with what the radiologist wrote. Every ran
 same volumes (a sharded model, FSDP, needs all ranks in each forward); global rank 0 logs.
 
 The module must expose ``image_encoder`` (returning ``ImageOutput``), ``rrg_head`` and
-``rrg_targets``, as ``ContrastiveModule`` with RRG and ``CapPaModule`` do.
+``rrg_targets``, as ``ColipriModule`` with RRG and ``CapPaModule`` do.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from ctvlp.config.loader import ConfigError, did_you_mean
+from ctvlp.config.errors import ConfigError, did_you_mean
 
 
 class SelectionMetricCheck(Callback):

@@ -8,7 +8,7 @@ import sys
 
 from ctvlp.commands import eval as eval_command
 from ctvlp.commands import export_colipri, fit, phantom, preprocess, sweep
-from ctvlp.config.loader import ConfigError
+from ctvlp.config.errors import ConfigError
 from datamodules.errors import DataRootError, MissingLabelColumnError
 
 USER_ERRORS = (ConfigError, DataRootError, MissingLabelColumnError, FileNotFoundError)

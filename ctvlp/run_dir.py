@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ctvlp.config.loader import ConfigError
+from ctvlp.config.errors import ConfigError
 
 if TYPE_CHECKING:
     from lightning_modules.base import ObjectiveModule

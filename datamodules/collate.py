@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from datamodules.batching import stack_samples
 
 if TYPE_CHECKING:
-    from lightning_modules.nets.cappa_targets import CapPaTargetBuilder
+    from datamodules.cappa_targets import CapPaTargetBuilder
 
 
 class PairedCollator:

@@ -29,7 +29,7 @@ from datamodules.text import ReportTransform, load_shortened_findings
 from datamodules.transforms import AUGMENTATION_LEVELS
 
 if TYPE_CHECKING:
-    from lightning_modules.nets.cappa_targets import CapPaTargetBuilder
+    from datamodules.cappa_targets import CapPaTargetBuilder
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class CTDataModule(L.LightningDataModule):
     mixed_train: MixedDataset | None = None
     mixed_sampling: tuple[list[int], list[str], list[float]] | None = None
     # Which batch kind each training step of a mix must draw (``None``: any, by weight); set by
-    # the objective, e.g. ContrastiveModule's objective schedule (vision-language steps: "paired").
+    # the objective, e.g. ColipriModule's objective schedule (vision-language steps: "paired").
     kind_plan: Callable[[int], str | None] | None = None
 
     def _source_dataset(

@@ -42,6 +42,7 @@ from datamodules.cache import CacheEntry, CacheIndex, cache_path
 from datamodules.cache_provenance import reusable_index
 from datamodules.preprocess import build_cache
 from datamodules.samplers import EvalSampler, TrainSampler
+from datamodules.seg_targets import seg_target
 from datamodules.splits import assign_splits
 from datamodules.uniferum_geometry import CropBox, UniferumGeometry, UniferumView, ensure_boxes, organ_mask
 from datamodules.uniferum_tasks import (
@@ -53,7 +54,6 @@ from datamodules.uniferum_tasks import (
     build_tasks,
     task_label,
 )
-from lightning_modules.nets.seg_targets import seg_target
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lightning_modules.nets.probe_grid import POOLED_AGGREGATORS
+from evaluation.probe_grid import POOLED_AGGREGATORS
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ EMBEDDINGS_NAME = "embeddings.pt"
 
 
 class VisionLanguageModel(Protocol):
-    """What feature extraction needs from a model (``ContrastiveModule`` provides it)."""
+    """What feature extraction needs from a model (``ColipriModule`` provides it)."""
 
     image_encoder: nn.Module  # images -> ImageOutput(tokens (B, N, C), grid, pooled (B, C))
 

@@ -1,6 +1,6 @@
 """Training and selecting the probe grid on frozen features (COLIPRI App. C.2).
 
-- All probes of a :class:`~lightning_modules.nets.probe_grid.ProbeGrid` train jointly on the
+- All probes of a :class:`~evaluation.probe_grid.ProbeGrid` train jointly on the
   same batches of cached features: SGD with momentum 0.95, no weight decay, a cosine schedule
   from each probe's own learning rate to 0, and binary cross-entropy over the known labels only
   (NaN labels are masked, never treated as negative).
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from evaluation.features import TokenFeatures
 from evaluation.metrics import classification_metrics
-from lightning_modules.nets.probe_grid import ProbeGrid
+from evaluation.probe_grid import ProbeGrid
 
 MOMENTUM = 0.95
 

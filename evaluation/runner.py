@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctvlp.config.evaluation_tasks import CLASSIFICATION_TASKS, TASKS, parse_tasks
 from evaluation.bootstrap import bootstrap
 from evaluation.features import (
     SplitFeatures,
@@ -48,6 +49,7 @@ from evaluation.features import (
     tokens_per_volume,
 )
 from evaluation.metrics import classification_metrics, f1_optimal_thresholds
+from evaluation.probe_grid import AGGREGATORS, PAPER_LEARNING_RATES, POOLED_AGGREGATORS, ProbeGrid
 from evaluation.probes import ProbeTraining, predict_probe_grid, select_probe, train_probe_grid
 from evaluation.retrieval import recall_from_ranks, retrieval_metrics, true_report_ranks
 from evaluation.zero_shot import (
@@ -57,21 +59,8 @@ from evaluation.zero_shot import (
     short_class_prompts,
     zero_shot_scores,
 )
-from lightning_modules.nets.probe_grid import AGGREGATORS, PAPER_LEARNING_RATES, POOLED_AGGREGATORS, ProbeGrid
 
 log = logging.getLogger(__name__)
-
-TASKS = ("retrieval", "zeroshot_native", "zeroshot_short", "probe")
-TASK_GROUPS = {"zeroshot": ("zeroshot_native", "zeroshot_short")}
-CLASSIFICATION_TASKS = ("zeroshot_native", "zeroshot_short", "probe")
-# What an encoder without report embeddings (MAE, CapPa) can be evaluated by.
-IMAGE_ONLY_TASKS = ("probe",)
-
-
-def supported_tasks(embeds_text: bool) -> tuple[str, ...]:
-    """The tasks a module supports: all with report embeddings, else :data:`IMAGE_ONLY_TASKS`."""
-    return TASKS if embeds_text else IMAGE_ONLY_TASKS
-
 
 Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
 
@@ -85,27 +74,6 @@ def hf_tokenize(tokenizer: Callable[..., Any], max_length: int) -> Tokenize:
         )
 
     return tokenize
-
-
-def parse_tasks(tasks: str | Iterable[str]) -> list[str]:
-    """``"retrieval,zeroshot,probe"`` (or a list) -> task names in canonical order.
-
-    ``zeroshot`` stands for both prompt styles. Unknown names raise ``ValueError`` listing the
-    valid ones.
-    """
-    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
-    chosen: set[str] = set()
-    for name in names:
-        if name in TASK_GROUPS:
-            chosen.update(TASK_GROUPS[name])
-        elif name in TASKS:
-            chosen.add(name)
-        else:
-            valid = ", ".join([*TASKS, *TASK_GROUPS])
-            raise ValueError(f"Unknown evaluation task {name!r}; valid tasks: {valid}")
-    if not chosen:
-        raise ValueError(f"No evaluation task given; valid tasks: {', '.join([*TASKS, *TASK_GROUPS])}")
-    return [t for t in TASKS if t in chosen]
 
 
 @dataclass(frozen=True)
@@ -197,7 +165,7 @@ def _nan_to_none(values: torch.Tensor, names: Sequence[str]) -> dict[str, float 
 
 
 class Evaluator:
-    """Evaluates one frozen vision–language model (``ContrastiveModule`` or alike)."""
+    """Evaluates one frozen vision–language model (``ColipriModule`` or alike)."""
 
     def __init__(
         self,

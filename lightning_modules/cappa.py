@@ -4,7 +4,7 @@ The CapPa recipe (Tschannen et al.) on CT: the image encoder's projected tokens 
 feed the CapPa decoder, which writes the structured report, parallel or causal per step
 (``objectives.rrg``; ``lightning_modules/rrg.py``). The loss is ``L_RRG`` alone (the weight
 ``objectives.rrg.weight`` only matters beside CLIP). The sweep that compares objectives trains
-this beside ContrastiveModule. The tokenizer of ``model.text`` supplies the vocabulary; no text
+this beside ColipriModule. The tokenizer of ``model.text`` supplies the vocabulary; no text
 model is built.
 
 Validation and test log the RRG loss (``val/rrg/loss``, which also picks the best checkpoint).

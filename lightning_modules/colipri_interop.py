@@ -2,7 +2,7 @@
 
 ``colipri.model.multimodal.Model`` holds ``image_encoder.{backbone,projector,pooler}``,
 ``text_encoder.{backbone,pooler}`` and a ``softmax_temperature`` buffer. Our
-:class:`~lightning_modules.contrastive.ContrastiveModule` uses the same sub-module names, so the
+:class:`~lightning_modules.colipri.ColipriModule` uses the same sub-module names, so the
 exchange is a key filter plus three format details:
 
 - colipri's text encoder has no projection: a model whose text width differs from
@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
-from lightning_modules.contrastive import ContrastiveModule
+from lightning_modules.colipri import ColipriModule
 from lightning_modules.nets.attention_pool import AttentionPool1D, MultiLearnedQueryAttentionPool1D
 from lightning_modules.nets.text_encoder import TextEncoder, _needs_remote_code
 
@@ -46,7 +46,7 @@ class ColipriFormatError(ValueError):
     """Weights or a model that do not fit the colipri layout; the message says what differs."""
 
 
-def _our_weights(module: ContrastiveModule) -> dict[str, torch.Tensor]:
+def _our_weights(module: ColipriModule) -> dict[str, torch.Tensor]:
     return {k: v for k, v in module.state_dict().items() if k.startswith(PREFIXES)}
 
 
@@ -82,7 +82,7 @@ def colipri_bert_pooler_weights(text_encoder: TextEncoder) -> dict[str, torch.Te
     return {BERT_POOLER_PREFIX + k: v for k, v in pretrained.pooler.state_dict().items()}
 
 
-def colipri_state_dict(module: ContrastiveModule) -> dict[str, torch.Tensor]:
+def colipri_state_dict(module: ColipriModule) -> dict[str, torch.Tensor]:
     """Our weights under colipri's key names (CPU, contiguous, safetensors-ready)."""
     _check_text_encoder(module.text_encoder)
     _pooler_target(module.image_encoder.pooler)
@@ -95,7 +95,7 @@ def colipri_state_dict(module: ContrastiveModule) -> dict[str, torch.Tensor]:
     }
 
 
-def colipri_model_config(module: ContrastiveModule) -> dict[str, Any]:
+def colipri_model_config(module: ColipriModule) -> dict[str, Any]:
     """The colipri ``model`` config (Hydra ``_target_`` tree) that rebuilds this architecture."""
     cfg = module.cfg
     backbone = module.image_encoder.backbone
@@ -150,7 +150,7 @@ def colipri_model_config(module: ContrastiveModule) -> dict[str, Any]:
     }
 
 
-def export_colipri(module: ContrastiveModule, path: Path) -> tuple[Path, Path]:
+def export_colipri(module: ColipriModule, path: Path) -> tuple[Path, Path]:
     """Write ``path`` (.safetensors) and the matching colipri model config beside it (.yaml)."""
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -162,7 +162,7 @@ def export_colipri(module: ContrastiveModule, path: Path) -> tuple[Path, Path]:
     return path, config_path
 
 
-def load_colipri_weights(module: ContrastiveModule, path: Path) -> None:
+def load_colipri_weights(module: ColipriModule, path: Path) -> None:
     """Load a colipri ``.safetensors`` into ``module`` (whose config must match the architecture).
 
     Every image/text weight of ``module`` must be in the file with the same shape; the file may

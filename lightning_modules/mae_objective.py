@@ -3,7 +3,7 @@
 The parts are ``nets.mae_head`` (decoder, loss), ``nets.mae_masking`` and
 ``nets.primus_patch_drop``; when MAE trains beside CLIP is ``objective_schedule``'s business.
 This file only reads the config and holds what ``MAEModule`` (vision-only) and
-``ContrastiveModule`` (COLIPRI-CM/CRM) share:
+``ColipriModule`` (COLIPRI-CM/CRM) share:
 
 - **The head** reads the Primus tokens (``model.image`` width) of ``data.crop_size`` inputs.
 - **Evaluation** scores the masked patches with masks that are the same at every validation

@@ -1,4 +1,4 @@
-"""When each objective of a ContrastiveModule trains: the one place that decides it (COLIPRI Sec. 4.3).
+"""When each objective of a ColipriModule trains: the one place that decides it (COLIPRI Sec. 4.3).
 
 With ``objectives.mae.enabled`` the vision-only MAE objective joins the vision-language objectives
 (CLIP, plus RRG when enabled):

@@ -1,6 +1,6 @@
-"""Which LightningModule an experiment trains: ``module: <name>`` in its YAML.
+"""The LightningModule class of an experiment's ``module: <name>`` (names: ``ctvlp.config.modules``).
 
-Entries are import strings so that choosing one objective never imports the others' heavy
+Only the chosen module is imported, so choosing one objective never imports the others' heavy
 dependencies. Each module class builds its own DataModule (``ObjectiveModule.build_datamodule``),
 so ``ctvlp fit`` stays the same for every objective.
 """
@@ -10,20 +10,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the config schema imports MODULES; keep that import light
-    from lightning_modules.base import ObjectiveModule
+from ctvlp.config.errors import ConfigError, did_you_mean
+from ctvlp.config.modules import MODULES, current_module_name
 
-MODULES: dict[str, str] = {
-    "contrastive": "lightning_modules.contrastive:ContrastiveModule",
-    "seg_conditioned": "lightning_modules.seg_conditioned:SegConditionedModule",
-    "cappa": "lightning_modules.cappa:CapPaModule",
-    "mae": "lightning_modules.mae:MAEModule",
-}
+if TYPE_CHECKING:
+    from lightning_modules.base import ObjectiveModule
 
 
 def module_class(name: str) -> type[ObjectiveModule]:
-    """The ``ObjectiveModule`` subclass registered as ``name``."""
+    """The ``ObjectiveModule`` subclass registered as ``name`` (a former name is accepted)."""
+    name = current_module_name(name)
     if name not in MODULES:
-        raise ValueError(f"Unknown module {name!r}; registered: {', '.join(sorted(MODULES))}")
+        raise ConfigError(
+            f"Unknown module {name!r}.{did_you_mean(name, list(MODULES))} Registered: {', '.join(sorted(MODULES))}"
+        )
     module_path, class_name = MODULES[name].split(":")
     return getattr(importlib.import_module(module_path), class_name)

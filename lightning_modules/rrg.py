@@ -1,8 +1,8 @@
 """Report generation (RRG, CapPa style) as the modules use it: parts from ``objectives.rrg``,
 the per-step choice of decoding mode, the validation loss and greedy reports.
 
-The parts themselves are ``nets.cappa_head.CapPaHead`` and ``nets.cappa_targets``; this file
-only reads the config and holds the few rules shared by ``ContrastiveModule`` (COLIPRI-CR) and
+The parts themselves are ``nets.cappa_head.CapPaHead`` and ``datamodules.cappa_targets``; this file
+only reads the config and holds the few rules shared by ``ColipriModule`` (COLIPRI-CR) and
 ``CapPaModule`` (captioning only):
 
 - **Mode per step.** A step is parallel with probability ``parallel_prob``, else causal. The
@@ -22,8 +22,8 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
+from datamodules.cappa_targets import CapPaTargetBuilder
 from lightning_modules.nets.cappa_head import CapPaHead
-from lightning_modules.nets.cappa_targets import CapPaTargetBuilder
 from lightning_modules.nets.text_encoder import load_tokenizer
 
 # Mixed into the per-step seed so the mode draw is independent of other (seed, step) streams.

@@ -1,8 +1,8 @@
 """``ctvlp eval``: retrieval, zero-shot and probe evaluation of a trained or imported encoder.
 
-Checkpoints of every image-encoder objective are accepted: ``contrastive`` (COLIPRI; all tasks)
+Checkpoints of every image-encoder objective are accepted: ``colipri`` (COLIPRI; all tasks)
 and the image-only ``mae`` and ``cappa`` (no text embeddings: probes only, the default for them).
-``seg_conditioned`` (Uniferum) checkpoints have their own task evaluation (``eval_tasks.py``).
+``uniferum`` checkpoints have their own task evaluation (``eval_tasks.py``).
 
 Writes into the run directory (``--out``; default: the checkpoint's run directory):
 ``results.json`` (merged with training's flat keys), ``results.md`` (with CIs),
@@ -27,7 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from ctvlp.commands.eval_tasks import is_task_checkpoint, run_task_eval
-from ctvlp.config.loader import ConfigError, checkpoint_config, load_experiment
+from ctvlp.config.errors import ConfigError
+from ctvlp.config.evaluation_tasks import parse_tasks, supported_tasks
+from ctvlp.config.loader import checkpoint_config, load_experiment
 from ctvlp.results import results_table, write_results
 from ctvlp.run_dir import Checkpoint, RunDir, new_run_dir, read_checkpoint, resolve_checkpoint
 from datamodules.datamodule import CTDataModule, ensure_cache, resolve_cache_root
@@ -39,12 +41,10 @@ from evaluation.runner import (
     Evaluator,
     TrainSplit,
     hf_tokenize,
-    parse_tasks,
-    supported_tasks,
 )
 from lightning_modules.base import ObjectiveModule
+from lightning_modules.colipri import ColipriModule
 from lightning_modules.colipri_interop import ColipriFormatError, load_colipri_weights
-from lightning_modules.contrastive import ContrastiveModule
 from lightning_modules.nets.text_encoder import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def load_checkpoint(
     path: Path, overrides: list[str] | None = None
 ) -> tuple[DictConfig, ObjectiveModule, dict]:
-    """The module of a ctvlp checkpoint of an image-encoder objective (``contrastive``, ``mae``,
+    """The module of a ctvlp checkpoint of an image-encoder objective (``colipri``, ``mae``,
     ``cappa``), rebuilt with its own config (plus dot-list ``overrides``, validated) and weights.
     Returns (config, module, raw checkpoint)."""
     checkpoint = read_checkpoint(resolve_checkpoint(path))
@@ -113,12 +113,12 @@ def _from_checkpoint(
     return cfg, module, checkpoint.global_step, checkpoint.run, checkpoint_identity(checkpoint.path)
 
 
-def _from_colipri(args: argparse.Namespace) -> tuple[DictConfig, ContrastiveModule, int, Path | None, dict]:
+def _from_colipri(args: argparse.Namespace) -> tuple[DictConfig, ColipriModule, int, Path | None, dict]:
     path = Path(args.colipri_weights)
     if not path.is_file():
         raise FileNotFoundError(f"--colipri-weights {path}: no such file")
     cfg = load_experiment(args.experiment, args.profile, _overrides(args))
-    module = ContrastiveModule(OmegaConf.to_container(cfg, resolve=True))
+    module = ColipriModule(OmegaConf.to_container(cfg, resolve=True))
     try:
         load_colipri_weights(module, path)
     except ColipriFormatError as error:
@@ -246,7 +246,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if is_task_checkpoint(checkpoint):
             return run_task_eval(args, checkpoint, splits, _overrides(args))
     elif args.task_text:
-        raise ConfigError("--task-text needs --ckpt of a seg_conditioned (Uniferum) run")
+        raise ConfigError("--task-text needs --ckpt of a Uniferum (module uniferum) run")
     out, results = evaluate_run(args, checkpoint)
     print(f"\nResults ({out / 'results.json'}):\n")
     print(results_table(results))
@@ -289,7 +289,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="LABEL=TEXT",
-        help="seg_conditioned (Uniferum) checkpoints: evaluate LABEL with this task text (repeatable); "
+        help="Uniferum (module uniferum) checkpoints: evaluate LABEL with this task text (repeatable); "
         "held-out labels report as <split>/heldout.<label>/auroc",
     )
     parser.add_argument("overrides", nargs="*", help="dot-list overrides, e.g. evaluation.probe_steps=2000")

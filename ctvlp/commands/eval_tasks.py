@@ -1,4 +1,4 @@
-"""``ctvlp eval`` for task-conditioned checkpoints (module ``seg_conditioned``, Uniferum).
+"""``ctvlp eval`` for task-conditioned checkpoints (module ``uniferum``).
 
 Scores every val / test volume on every task of the run's config: diagnosis (and prognosis) AUROC /
 AUPRC per task and their means, organ Dice, and the held-out tasks (``uniferum.held_out_labels``,
@@ -18,14 +18,15 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ctvlp.config.loader import ConfigError, checkpoint_config
+from ctvlp.config.errors import ConfigError
+from ctvlp.config.loader import checkpoint_config
 from ctvlp.results import collect_results, results_table, write_results
 from ctvlp.run_dir import Checkpoint
 from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)
 
-MODULE = "seg_conditioned"
+MODULE = "uniferum"
 
 
 def is_task_checkpoint(checkpoint: Checkpoint) -> bool:

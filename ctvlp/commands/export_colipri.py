@@ -6,17 +6,17 @@ import argparse
 from pathlib import Path
 
 from ctvlp.commands.eval import load_checkpoint
-from ctvlp.config.loader import ConfigError
+from ctvlp.config.errors import ConfigError
+from lightning_modules.colipri import ColipriModule
 from lightning_modules.colipri_interop import ColipriFormatError, export_colipri
-from lightning_modules.contrastive import ContrastiveModule
 
 
 def run_export(args: argparse.Namespace) -> int:
     cfg, module, _ = load_checkpoint(Path(args.ckpt))
-    if not isinstance(module, ContrastiveModule):
+    if not isinstance(module, ColipriModule):
         raise ConfigError(
             f"{args.ckpt} is a '{cfg.module}' checkpoint; the colipri format holds an image and a text "
-            "encoder, so only contrastive (COLIPRI) checkpoints can be exported"
+            "encoder, so only COLIPRI (module colipri) checkpoints can be exported"
         )
     module.eval()
     try:

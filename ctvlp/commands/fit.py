@@ -12,13 +12,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.evaluation import evaluate_splits
+from ctvlp.config.evaluation_tasks import parse_tasks
 from ctvlp.config.loader import load_experiment
 from ctvlp.model_selection import model_selection
 from ctvlp.results import collect_results, results_table, write_results
 from ctvlp.run_dir import RunDir, new_run_dir, resolve_resume
 from ctvlp.trainer_factory import build_trainer
 from datamodules.datamodule import check_data
-from evaluation.runner import EvalSettings, parse_tasks
+from evaluation.runner import EvalSettings
 from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)

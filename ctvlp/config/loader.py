@@ -10,7 +10,6 @@ reads the config stored in a checkpoint, which may predate a key's removal.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -20,21 +19,14 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ctvlp.config.errors import ConfigError, did_you_mean
+from ctvlp.config.evaluation_tasks import CLASSIFICATION_TASKS, parse_tasks
+from ctvlp.config.modules import current_module_name
 from ctvlp.config.schema import CHOICES, ExperimentConfig
 
 DEFAULTS_KEY = "defaults"
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A configuration the user has to fix; the message says how."""
-
-
-def did_you_mean(value: str, choices: Sequence[str], cutoff: float = 0.6) -> str:
-    """`` Did you mean 'x'?`` for the closest of ``choices`` to ``value``, or ``""``."""
-    hint = difflib.get_close_matches(value, list(choices), n=1, cutoff=cutoff)
-    return f" Did you mean '{hint[0]}'?" if hint else ""
 
 
 def experiments_dir() -> Path:
@@ -137,8 +129,6 @@ def _check_consistency(cfg: DictConfig) -> None:
             f"optim.warmup_steps={cfg.optim.warmup_steps} must be smaller than "
             f"trainer.max_steps={cfg.trainer.max_steps}"
         )
-    from evaluation.runner import CLASSIFICATION_TASKS, parse_tasks  # torch-heavy: once validated
-
     for key in ("callback_tasks", "final_tasks"):
         tasks = list(cfg.evaluation[key])
         try:
@@ -183,6 +173,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         typed = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), cfg)
     except OmegaConfBaseException as error:
         raise ConfigError(f"Invalid configuration: {error}") from error
+    typed.module = current_module_name(str(typed.module))
     missing = sorted(OmegaConf.missing_keys(typed))
     if typed.data.sources:  # a source list replaces the data.source / data.root shorthand
         missing = [k for k in missing if k != "data.root"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from lightning_modules.registry import MODULES
+from ctvlp.config.modules import MODULES
 
 
 @dataclass
@@ -149,7 +149,7 @@ class TrainerConfig:
     # Model selection: the validation metric that picks checkpoints/best-step*.ckpt (also the
     # weights of fit's final evaluation for modules that select on validation, e.g. Uniferum).
     # null: the module's own (val/retrieval/R@5 for CLIP models, val/rrg/loss for cappa,
-    # val/mae/loss for mae, val/diagnosis/auroc_mean for seg_conditioned). Any metric the module
+    # val/mae/loss for mae, val/diagnosis/auroc_mean for uniferum). Any metric the module
     # logs in its validation loop works, e.g. val/retrieval/MnR or val/seg/dice_mean (not the
     # periodic evaluation's val/probe/* or val/zeroshot_*/*).
     best_metric: str | None = None
@@ -193,7 +193,7 @@ class EvaluationConfig:
 class RRGConfig:
     """Radiology report generation, CapPa style (COLIPRI Sec. 4.2, Tab. 4; COLIPRI-CR settings)."""
 
-    # ContrastiveModule adds the CapPa head: total loss = L_CLIP + weight * L_RRG. (The "cappa"
+    # ColipriModule adds the CapPa head: total loss = L_CLIP + weight * L_RRG. (The "cappa"
     # module trains captioning alone whatever this says.)
     enabled: bool = False
     weight: float = 0.3  # lambda_RRG; Tab. 4 sweeps {0.1, 0.3, 1}
@@ -218,11 +218,11 @@ class RRGConfig:
 class MAEConfig:
     """Masked autoencoding of the image encoder (COLIPRI Sec. 4.3, Tab. 5; COLIPRI-CM settings).
 
-    module mae trains it alone; ContrastiveModule adds it beside CLIP (and RRG) when enabled,
+    module mae trains it alone; ColipriModule adds it beside CLIP (and RRG) when enabled,
     scheduled by lightning_modules/objective_schedule.py.
     """
 
-    # ContrastiveModule: total loss on an MAE step = weight * L_MAE (+ the vision-language losses
+    # ColipriModule: total loss on an MAE step = weight * L_MAE (+ the vision-language losses
     # when not alternating).
     enabled: bool = False
     weight: float = 1.0  # lambda_MAE; Tab. 5 sweeps {0.1, 0.5, 1, 2}
@@ -243,7 +243,7 @@ class MAEConfig:
     alternate: bool = True
     # Learning-rate multiplier from the switch on (the paper halves the LR when MAE is added).
     lr_factor_on_switch: float = 0.5
-    # ContrastiveModule: the MAE decoder starts training at the switch, in the decayed tail of the
+    # ColipriModule: the MAE decoder starts training at the switch, in the decayed tail of the
     # schedule; its lr is the scheduled lr times lr_factor_on_switch times this. 1 = the paper (its
     # decoder gets 31k steps); a shrunk run gives a fresh decoder few steps (cpu_demo: 75) and
     # raises it. The encoder's lr is unaffected. MAEModule trains the decoder from step 0 at optim.lr.
@@ -262,7 +262,7 @@ class ObjectivesConfig:
 
 @dataclass
 class UniferumConfig:
-    """Segmentation-conditioned classification (Uniferum; module: seg_conditioned). RECIPES.md."""
+    """Segmentation-conditioned classification (Uniferum; module: uniferum). RECIPES.md."""
 
     # Vision encoder: efficientnet_b0 (MONAI 3D EfficientNet-B0, tokens at 1/32) or primus
     # (model.image.size, tokens at 1/primus_patch; the COLIPRI encoder).
@@ -325,8 +325,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 @dataclass
 class ExperimentConfig:
     name: str = MISSING
-    # The LightningModule that trains it (lightning_modules/registry.py).
-    module: str = "contrastive"
+    # The LightningModule that trains it (ctvlp/config/modules.py).
+    module: str = "colipri"
     seed: int = 0
     runs_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)

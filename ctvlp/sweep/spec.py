@@ -31,7 +31,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ctvlp.config.loader import ConfigError, did_you_mean, experiments_dir, load_experiment
+from ctvlp.config.errors import ConfigError, did_you_mean
+from ctvlp.config.loader import experiments_dir, load_experiment
 
 MODES = ("star", "grid", "list")
 LAUNCHERS = ("local", "slurm")

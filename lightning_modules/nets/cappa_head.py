@@ -8,7 +8,7 @@ reads the vision encoder's tokens through cross-attention and is trained either
   in one pass),
 
 alternating between the two per step (the split is the LightningModule's business). Inputs and
-labels come from ``cappa_targets.CapPaTargetBuilder``.
+labels come from ``datamodules.cappa_targets.CapPaTargetBuilder``.
 
 Layout, Eva02-style pre-norm blocks: ``x += SelfAttn(LN(x)); x += CrossAttn(LN(x), image);
 x += SwiGLU(LN(x))``, then a final LayerNorm and a linear layer to ``vocab_size`` logits.
@@ -143,7 +143,7 @@ class CapPaHead(nn.Module):
     def caption_loss(
         self, image_tokens: torch.Tensor, targets: Mapping[str, torch.Tensor], causal: bool
     ) -> torch.Tensor:
-        """Loss of one mode on a batch of ``cappa_targets.stack_examples`` tensors.
+        """Loss of one mode on a batch of ``datamodules.cappa_targets.stack_examples`` tensors.
 
         Causal: teacher forcing on ``input_ids`` with the causal mask. Parallel: the all-mask
         ``parallel_input_ids`` with full attention. Both predict the same ``labels``.

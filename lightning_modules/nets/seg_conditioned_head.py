@@ -1,7 +1,7 @@
 """Uniferum's two heads and their task-masked losses.
 
 * classification: [CLS] state -> Linear -> 1 logit, binary cross-entropy;
-* segmentation: each visual state -> Linear -> u^3 logits (``seg_targets.py``), sigmoid focal loss
+* segmentation: each visual state -> Linear -> u^3 logits (``datamodules.seg_targets``), sigmoid focal loss
   (alpha 0.25, gamma 2) averaged over the sample's cells, times 10 (the paper's weight against the
   focal loss shrinking as training goes).
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ctvlp.config.loader import ConfigError, available_experiments, checkpoint_config, load_experiment
+from ctvlp.config.errors import ConfigError
+from ctvlp.config.loader import available_experiments, checkpoint_config, load_experiment
 
 
 def test_colipri_c_has_the_paper_settings() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ctvlp.config.loader import ConfigError
+from ctvlp.config.errors import ConfigError
 from ctvlp.run_dir import resolve_checkpoint
 
 
@@ -20,26 +20,26 @@ def _run(tmp_path: Path, module: str, *checkpoints: str) -> Path:
 
 
 def test_a_module_that_selects_on_validation_is_evaluated_with_its_best_checkpoint(tmp_path: Path) -> None:
-    run = _run(tmp_path, "seg_conditioned", "last.ckpt", "best-step800.ckpt")
+    run = _run(tmp_path, "uniferum", "last.ckpt", "best-step800.ckpt")
     assert resolve_checkpoint(run) == run / "checkpoints" / "best-step800.ckpt"
 
 
 def test_other_modules_are_evaluated_with_their_last_checkpoint(tmp_path: Path) -> None:
-    run = _run(tmp_path, "contrastive", "last.ckpt", "best-step800.ckpt")
+    run = _run(tmp_path, "colipri", "last.ckpt", "best-step800.ckpt")
     assert resolve_checkpoint(run) == run / "checkpoints" / "last.ckpt"
 
 
 def test_without_a_best_checkpoint_the_last_is_used_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    run = _run(tmp_path, "seg_conditioned", "last.ckpt")
+    run = _run(tmp_path, "uniferum", "last.ckpt")
     with caplog.at_level(logging.WARNING, logger="ctvlp.run_dir"):
         assert resolve_checkpoint(run) == run / "checkpoints" / "last.ckpt"
     assert "has no best checkpoint" in caplog.text
 
 
 def test_several_best_checkpoints_are_ambiguous(tmp_path: Path) -> None:
-    run = _run(tmp_path, "seg_conditioned", "last.ckpt", "best-step2.ckpt", "best-step4.ckpt")
+    run = _run(tmp_path, "uniferum", "last.ckpt", "best-step2.ckpt", "best-step4.ckpt")
     with pytest.raises(ConfigError, match="several best checkpoints .*best-step2.ckpt, best-step4.ckpt"):
         resolve_checkpoint(run)
 

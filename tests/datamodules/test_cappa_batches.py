@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ctvlp.config.loader import load_experiment
+from datamodules.cappa_targets import IGNORE_INDEX
 from datamodules.report_sections import SECTION_NAMES, report_sections
 from lightning_modules.base import ObjectiveModule
-from lightning_modules.nets.cappa_targets import IGNORE_INDEX
 
 
 def _datamodule(phantom_overrides: list[str], experiment: str = "colipri_cr", extra: tuple[str, ...] = ()):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctvlp.config.loader import ConfigError, load_experiment
+from ctvlp.config.errors import ConfigError
+from ctvlp.config.loader import load_experiment
 from datamodules.cache import CacheIndex, cache_path
 from datamodules.datamodule import STRUCTURED_FINDINGS_FILE, ensure_cache
 from datamodules.labels import CT_RATE_LABELS, MERLIN_TO_CT_RATE

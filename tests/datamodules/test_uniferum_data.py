@@ -61,10 +61,10 @@ def test_view_shapes_alignment_and_determinism(index: CacheIndex) -> None:
 
 
 def test_datamodule_batches(phantom_overrides: list[str]) -> None:
-    from lightning_modules.seg_conditioned import SegConditionedModule
+    from lightning_modules.uniferum import UniferumModule
 
     cfg = load_experiment("uniferum_seg", "cpu_demo", [*phantom_overrides, "data.num_workers=0"])
-    datamodule = SegConditionedModule.build_datamodule(cfg)
+    datamodule = UniferumModule.build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup()
     shape = tuple(cfg.uniferum.input_shape)

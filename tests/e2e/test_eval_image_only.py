@@ -66,7 +66,7 @@ def test_text_tasks_on_a_module_without_text_are_a_clear_error(
 
     code = main(["export-colipri", "--ckpt", str(image_only_run), "--out", str(tmp_path / "x.safetensors")])
     assert code == 2
-    assert "only contrastive (COLIPRI) checkpoints can be exported" in capsys.readouterr().err
+    assert "only COLIPRI (module colipri) checkpoints can be exported" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("experiment", ["mae", "cappa"])

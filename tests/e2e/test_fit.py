@@ -147,7 +147,7 @@ def test_a_misspelt_selection_metric_stops_at_the_first_validation_with_the_clos
 ) -> None:
     assert _short_fit(tmp_path, phantom_overrides, "trainer.best_metric=val/retrieval/R@50") == 2
     error = capsys.readouterr().err
-    assert "trainer.best_metric='val/retrieval/R@50' is not a metric the 'contrastive' module logs" in error
+    assert "trainer.best_metric='val/retrieval/R@50' is not a metric the 'colipri' module logs" in error
     assert "Did you mean 'val/retrieval/R@5'?" in error and "val/retrieval/MnR" in error
     checkpoints = {p.name for p in (_only_run(tmp_path, "colipri_c") / "checkpoints").iterdir()}
     assert checkpoints <= {"last.ckpt", "step=2.ckpt"} and not any(c.startswith("best") for c in checkpoints)

@@ -1,4 +1,4 @@
-"""Uniferum (module seg_conditioned) end to end through the real CLI on the session phantom:
+"""Uniferum (module uniferum) end to end through the real CLI on the session phantom:
 `ctvlp fit` with a held-out label, then `ctvlp eval` with a new task text."""
 
 from __future__ import annotations

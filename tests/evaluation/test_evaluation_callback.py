@@ -11,7 +11,8 @@ import torch
 from omegaconf import OmegaConf
 
 from callbacks.evaluation import EvaluationCallback, evaluation_callback_from_config
-from ctvlp.config.loader import ConfigError, load_experiment
+from ctvlp.config.errors import ConfigError
+from ctvlp.config.loader import load_experiment
 from evaluation.runner import EvalSettings
 
 LABELS = ["alpha", "beta", "gamma"]

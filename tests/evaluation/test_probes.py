@@ -11,6 +11,7 @@ import torch
 
 from evaluation.features import TokenFeatures
 from evaluation.metrics import classification_metrics
+from evaluation.probe_grid import ProbeGrid
 from evaluation.probes import (
     ProbeTraining,
     _batches,
@@ -19,7 +20,6 @@ from evaluation.probes import (
     select_probe,
     train_probe_grid,
 )
-from lightning_modules.nets.probe_grid import ProbeGrid
 
 
 def test_masked_bce_ignores_unknown_labels() -> None:

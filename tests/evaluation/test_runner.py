@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from ctvlp.config.evaluation_tasks import parse_tasks
 from evaluation.metrics import f1_optimal_thresholds
 from evaluation.probes import ProbeTraining
-from evaluation.runner import EvalSettings, EvalSplit, Evaluator, TrainSplit, parse_tasks
+from evaluation.runner import EvalSettings, EvalSplit, Evaluator, TrainSplit
 from evaluation.zero_shot import short_class_prompts, zero_shot_scores
 
 LABELS = ["alpha", "beta", "gamma"]

@@ -21,12 +21,12 @@ from colipri.checkpoint import load_model_config  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
 from ctvlp.config.loader import load_experiment  # noqa: E402
+from lightning_modules.colipri import ColipriModule  # noqa: E402
 from lightning_modules.colipri_interop import (  # noqa: E402
     ColipriFormatError,
     export_colipri,
     load_colipri_weights,
 )
-from lightning_modules.contrastive import ContrastiveModule  # noqa: E402
 
 CROP, EMBED, PROJ, HEADS, DEPTH = 32, 96, 48, 4, 4
 
@@ -74,7 +74,7 @@ def _colipri_config(tiny_bert: Path) -> DictConfig:
     )
 
 
-def _our_module(tiny_bert: Path, seed: int) -> ContrastiveModule:
+def _our_module(tiny_bert: Path, seed: int) -> ColipriModule:
     cfg = load_experiment(
         "colipri_c",
         "cpu_demo",
@@ -88,7 +88,7 @@ def _our_module(tiny_bert: Path, seed: int) -> ContrastiveModule:
         ],
     )
     torch.manual_seed(seed)
-    return ContrastiveModule(OmegaConf.to_container(cfg, resolve=True)).eval()
+    return ColipriModule(OmegaConf.to_container(cfg, resolve=True)).eval()
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,7 +100,7 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return images, input_ids, attention_mask
 
 
-def _assert_same_embeddings(ours: ContrastiveModule, theirs: torch.nn.Module) -> None:
+def _assert_same_embeddings(ours: ColipriModule, theirs: torch.nn.Module) -> None:
     images, input_ids, attention_mask = _inputs()
     with torch.no_grad():
         our_image = ours.encode_image(images)
@@ -158,7 +158,7 @@ def test_mismatched_architecture_is_a_clear_error(tiny_bert: Path, tmp_path: Pat
             "model.image.patch_size=16",
         ],
     )
-    other = ContrastiveModule(OmegaConf.to_container(cfg, resolve=True))
+    other = ColipriModule(OmegaConf.to_container(cfg, resolve=True))
     with pytest.raises(ColipriFormatError, match=r"down_projection\.proj\.weight"):
         load_colipri_weights(other, weights)
 
@@ -175,6 +175,6 @@ def test_a_text_projection_cannot_be_exported(tiny_bert: Path, tmp_path: Path) -
             f"model.text.name_or_path={tiny_bert}",
         ],
     )
-    module = ContrastiveModule(OmegaConf.to_container(cfg, resolve=True))
+    module = ColipriModule(OmegaConf.to_container(cfg, resolve=True))
     with pytest.raises(ColipriFormatError, match="no projection"):
         export_colipri(module, tmp_path / "x.safetensors")

@@ -44,7 +44,7 @@ def test_expected_loss_weights_the_two_modes():
 
 def test_colipri_cr_has_the_paper_settings():
     cfg = load_experiment("colipri_cr", overrides=["data.root=/data/ct-rate"])
-    assert cfg.module == "contrastive"
+    assert cfg.module == "colipri"
     assert cfg.objectives.rrg.enabled is True
     paper = cfg.objectives.rrg
     assert (paper.weight, paper.depth, paper.parallel_prob) == (0.3, 6, 1.0)

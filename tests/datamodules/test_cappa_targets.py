@@ -4,8 +4,8 @@ from collections import Counter
 import pytest
 import torch
 
+from datamodules.cappa_targets import IGNORE_INDEX, CapPaTargetBuilder, stack_examples
 from datamodules.report_sections import SECTION_NAMES, assign_sections
-from lightning_modules.nets.cappa_targets import IGNORE_INDEX, CapPaTargetBuilder, stack_examples
 from lightning_modules.nets.text_encoder import load_tokenizer
 
 FINDINGS = (

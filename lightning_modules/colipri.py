@@ -1,4 +1,4 @@
-"""ContrastiveModule: the COLIPRI CLIP recipe (image encoder + text encoder + CLIP loss).
+"""ColipriModule: the COLIPRI CLIP recipe (image encoder + text encoder + CLIP loss).
 
 With ``objectives.rrg.enabled`` (COLIPRI-CR) a CapPa decoder reads the image tokens before
 pooling and the loss is ``L_CLIP + objectives.rrg.weight * L_RRG`` (``lightning_modules/rrg.py``).
@@ -34,7 +34,7 @@ from lightning_modules.optim import param_groups_with_lrs
 from lightning_modules.window_means import WindowMeans
 
 
-class ContrastiveModule(ObjectiveModule):
+class ColipriModule(ObjectiveModule):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         cfg = self.cfg

@@ -6,7 +6,7 @@ import pytest
 import torch
 from einops import rearrange
 
-from lightning_modules.nets.seg_targets import dice, patchify, seg_target, unpatchify
+from datamodules.seg_targets import dice, patchify, seg_target, unpatchify
 
 
 def _hand_built_target(mask: torch.Tensor, pool: int, u: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""SegConditionedModule: Uniferum, segmentation-conditioned classification (RECIPES.md, Uniferum).
+"""UniferumModule: Uniferum, segmentation-conditioned classification (RECIPES.md, Uniferum).
 
 One model f(x, t) for every task: a 3D vision encoder, the task text, a fusion transformer
 initialised from a text model's first layers, and two heads (``nets/seg_conditioned_head.py``).
@@ -26,11 +26,11 @@ import torch
 from omegaconf import DictConfig
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
+from datamodules.seg_targets import dice, unpatchify
 from datamodules.uniferum_datamodule import UniferumDataModule
 from datamodules.uniferum_tasks import DIAGNOSIS, PROGNOSIS, SEGMENTATION
 from lightning_modules.base import ObjectiveModule
 from lightning_modules.nets.seg_conditioned_head import HeadOutput, SegConditionedHead
-from lightning_modules.nets.seg_targets import dice, unpatchify
 from lightning_modules.nets.text_encoder import load_tokenizer
 from lightning_modules.nets.uniferum_fusion import TaskFusion
 from lightning_modules.nets.uniferum_vision import VisionTokens, build_uniferum_vision
@@ -69,7 +69,7 @@ def task_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
     }
 
 
-class SegConditionedModule(ObjectiveModule):
+class UniferumModule(ObjectiveModule):
     best_metric = "val/diagnosis/auroc_mean"
     best_mode = "max"
     # The periodic EvaluationCallback needs an image_encoder and CT-RATE-style batches; this module

@@ -7,18 +7,18 @@ import copy
 import pytest
 import torch
 
-from lightning_modules.nets.attention_pool import (
-    AttentionPool1D,
-    MaxPool1D,
-    MeanPool1D,
-    MultiLearnedQueryAttentionPool1D,
-)
-from lightning_modules.nets.probe_grid import (
+from evaluation.probe_grid import (
     AGGREGATORS,
     PAPER_LEARNING_RATES,
     ProbeAttentionPool,
     ProbeGrid,
     pool_jointly,
+)
+from lightning_modules.nets.attention_pool import (
+    AttentionPool1D,
+    MaxPool1D,
+    MeanPool1D,
+    MultiLearnedQueryAttentionPool1D,
 )
 
 

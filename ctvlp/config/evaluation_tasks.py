@@ -1,0 +1,41 @@
+"""The evaluation tasks a config or ``ctvlp eval --tasks`` may name, in their canonical order.
+
+Plain names, no torch: the config layer checks ``evaluation.callback_tasks`` / ``final_tasks``
+with :func:`parse_tasks` before anything heavy runs; ``evaluation.runner`` runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+TASKS = ("retrieval", "zeroshot_native", "zeroshot_short", "probe")
+TASK_GROUPS = {"zeroshot": ("zeroshot_native", "zeroshot_short")}
+CLASSIFICATION_TASKS = ("zeroshot_native", "zeroshot_short", "probe")
+# What an encoder without report embeddings (MAE, CapPa) can be evaluated by.
+IMAGE_ONLY_TASKS = ("probe",)
+
+
+def supported_tasks(embeds_text: bool) -> tuple[str, ...]:
+    """The tasks a module supports: all with report embeddings, else :data:`IMAGE_ONLY_TASKS`."""
+    return TASKS if embeds_text else IMAGE_ONLY_TASKS
+
+
+def parse_tasks(tasks: str | Iterable[str]) -> list[str]:
+    """``"retrieval,zeroshot,probe"`` (or a list) -> task names in canonical order.
+
+    ``zeroshot`` stands for both prompt styles. Unknown names raise ``ValueError`` listing the
+    valid ones.
+    """
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    chosen: set[str] = set()
+    for name in names:
+        if name in TASK_GROUPS:
+            chosen.update(TASK_GROUPS[name])
+        elif name in TASKS:
+            chosen.add(name)
+        else:
+            valid = ", ".join([*TASKS, *TASK_GROUPS])
+            raise ValueError(f"Unknown evaluation task {name!r}; valid tasks: {valid}")
+    if not chosen:
+        raise ValueError(f"No evaluation task given; valid tasks: {', '.join([*TASKS, *TASK_GROUPS])}")
+    return [t for t in TASKS if t in chosen]
