@@ -1,12 +1,29 @@
-"""What every DataModule's batches share: stacking sample dicts, and seeded DataLoaders."""
+"""What every DataModule's batches share: the batch kinds, and stacking sample dicts into a batch.
+
+A batch is a dict. Every batch carries ``image`` (B, 1, X, Y, Z) in [-1, 1] (HU / 1000), and per
+sample ``image_id``, ``index`` (its position in the split, for de-duplicating padded DDP shards),
+``source`` (the data source's name) and ``kind``, one of the kinds below; a batch never mixes kinds.
+
+- :data:`PAIRED`: a volume with its report (``datamodules/dataset.py``, ``datamodules/collate.py``):
+  ``labels`` / ``label_mask`` (B, C), ``report`` and ``sections`` (lists), the report's
+  ``input_ids`` / ``attention_mask`` (B, L), and ``cappa`` when report generation is trained.
+- :data:`IMAGE_ONLY`: a volume without a report (``datamodules/image_dataset.py``): ``labels`` /
+  ``label_mask`` where known.
+- :data:`VOLUME`: a volume alone; the Uniferum evaluation batches are of this kind
+  (``datamodules/uniferum_datamodule.py``, with every task's targets).
+- :data:`TASK`: one (volume, task, target) per sample, the Uniferum training batches.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+PAIRED = "paired"
+IMAGE_ONLY = "image_only"
+VOLUME = "volume"
+TASK = "task"
 
 
 def stack_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -26,31 +43,3 @@ def stack_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             batch[key] = values
     return batch
-
-
-def seeded_loader(
-    dataset: Dataset,
-    collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]],
-    num_workers: int,
-    seed: int,
-    *,
-    sampler: Sampler | None = None,
-    batch_size: int | None = None,
-    batch_sampler: BatchSampler | Sampler | None = None,
-) -> DataLoader:
-    """A DataLoader with either ``sampler`` + ``batch_size`` or a ``batch_sampler``."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size if batch_sampler is None else 1,
-        sampler=sampler,
-        batch_sampler=batch_sampler,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        pin_memory=torch.cuda.is_available(),
-        # Workers start once (a worker start costs seconds); the samplers carry the epoch.
-        persistent_workers=num_workers > 0,
-        prefetch_factor=2 if num_workers > 0 else None,
-        # Worker seeds come from this generator, not the global torch RNG, so starting a loader
-        # (e.g. on resume) leaves the model's dropout randomness untouched.
-        generator=torch.Generator().manual_seed(seed),
-    )

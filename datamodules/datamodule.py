@@ -7,23 +7,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import lightning as L
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from datamodules.batching import seeded_loader, stack_samples
+from datamodules.batching import IMAGE_ONLY, PAIRED, stack_samples
 from datamodules.cache import CacheEntry, CacheIndex, cache_path
 from datamodules.cache_provenance import reusable_index
 from datamodules.collate import PairedCollator
 from datamodules.dataset import PairedVolumeDataset
 from datamodules.image_dataset import ImageOnlyVolumeDataset
 from datamodules.labels import CT_RATE_LABELS
+from datamodules.loaders import Collate, SplitDataModule
 from datamodules.mixing import DataSource, KindCollator, MixedDataset, data_sources, project_entries
 from datamodules.preprocess import build_cache
 from datamodules.report_sections import load_structured_sections
-from datamodules.samplers import EvalSampler, MixedBatchSampler, TrainSampler
-from datamodules.sources.registry import PAIRED
+from datamodules.samplers import MixedBatchSampler
 from datamodules.splits import assign_splits
 from datamodules.text import ReportTransform, load_shortened_findings
 from datamodules.transforms import AUGMENTATION_LEVELS
@@ -60,17 +59,30 @@ def check_data(data: DictConfig) -> None:
             source.spec.resolve_root(Path(source.root))
 
 
-def ensure_source_cache(data: DictConfig, source: DataSource, progress: bool = True) -> CacheIndex:
+def ensure_source_cache(
+    data: DictConfig, source: DataSource, progress: bool = True, masks: bool = False
+) -> CacheIndex:
     """The cache of one source: reused when its index exists, every entry's volume file is
     complete and the dataset is the one it was built from (``datamodules.cache_provenance``);
-    otherwise (re)built, which reuses the volumes of an earlier run whose inputs are unchanged."""
+    otherwise (re)built, which reuses the volumes of an earlier run whose inputs are unchanged.
+
+    ``masks``: the organ masks are needed too, so a cache built without them is completed when
+    the source has masks (its volumes are reused)."""
     cache_root = source_cache_root(data, source)
     index = reusable_index(cache_root, Path(source.root))
-    if index is not None:
+    if index is not None and (not masks or any(e.masks for e in index.entries)):
         return index
     label_names = list(source.spec.label_names)
     scan = source.spec.scan(Path(source.root), label_names)
-    log.info("Preprocessing %d %s volumes into %s", len(scan.records), source.name, cache_root)
+    if index is not None and not any(r.masks for r in scan.records):
+        return index  # the source has no organ masks: nothing to add
+    log.info(
+        "Preprocessing %d %s volumes%s into %s",
+        len(scan.records),
+        source.name,
+        ", adding organ masks" if index is not None else "",
+        cache_root,
+    )
     return build_cache(
         scan.records,
         cache_root,
@@ -91,8 +103,8 @@ def ensure_cache(data: DictConfig, progress: bool = True) -> CacheIndex:
     return indexes[0]
 
 
-class CTDataModule(L.LightningDataModule):
-    """Serves paired CT volume + report batches (see DESIGN.md for the batch dict).
+class CTDataModule(SplitDataModule):
+    """Serves paired CT volume + report batches (the batch dict: ``datamodules/batching.py``).
 
     ``cappa_targets`` (report generation active) adds the tokenised CapPa targets, ``cappa``.
     """
@@ -105,10 +117,8 @@ class CTDataModule(L.LightningDataModule):
         seed: int = 0,
         cappa_targets: CapPaTargetBuilder | None = None,
     ):
-        super().__init__()
-        self.data = data
+        super().__init__(data, seed)
         self.collate = PairedCollator(tokenizer, max_length, cappa_targets)
-        self.seed = seed
         self.splits: dict[str, list[CacheEntry]] = {}
         self.label_names: list[str] = list(CT_RATE_LABELS)
 
@@ -167,7 +177,7 @@ class CTDataModule(L.LightningDataModule):
     mixed_train: MixedDataset | None = None
     mixed_sampling: tuple[list[int], list[str], list[float]] | None = None
     # Which batch kind each training step of a mix must draw (``None``: any, by weight); set by
-    # the objective, e.g. ColipriModule's objective schedule (vision-language steps: "paired").
+    # the objective, e.g. ColipriModule's objective schedule (vision-language steps: PAIRED).
     kind_plan: Callable[[int], str | None] | None = None
 
     def _source_dataset(
@@ -224,53 +234,21 @@ class CTDataModule(L.LightningDataModule):
                     f"The '{name}' split of {primary.name} is empty; check its root and data.val_patients"
                 )
 
-    def _collate_for(self, dataset: object):
+    def collate_for(self, split: str, dataset: object) -> Collate:
         return stack_samples if isinstance(dataset, ImageOnlyVolumeDataset) else self.collate
 
-    def _loader(self, dataset: PairedVolumeDataset, sampler: Sampler) -> DataLoader:
-        return seeded_loader(
-            dataset,
-            self._collate_for(dataset),
-            int(self.data.num_workers),
-            self.seed,
-            sampler=sampler,
-            batch_size=int(self.data.batch_size),
-        )
-
-    def _global_step(self) -> int:
-        return self.trainer.global_step if self.trainer is not None else 0
-
     def train_dataloader(self) -> DataLoader:
-        if self.mixed_train is not None and self.mixed_sampling is not None:
-            sizes, kinds, weights = self.mixed_sampling
-            batch_sampler = MixedBatchSampler(
-                sizes,
-                kinds,
-                weights,
-                int(self.data.batch_size),
-                self.seed,
-                self._global_step,
-                kind_plan=self.kind_plan,
-            )
-            return seeded_loader(
-                self.mixed_train,
-                KindCollator({PAIRED: self.collate, "image_only": stack_samples}),
-                int(self.data.num_workers),
-                self.seed,
-                batch_sampler=batch_sampler,
-            )
-        dataset = self.datasets["train"]
-        sampler = TrainSampler(len(dataset), int(self.data.batch_size), self.seed, self._global_step)
-        return self._loader(dataset, sampler)
-
-    def loader(self, split: str) -> DataLoader:
-        """An evaluation loader for ``val`` or ``test``: centre crop, no augmentation, every
-        volume once (shards padded under DDP; batches carry ``index`` for de-duplication)."""
-        dataset = self.datasets[split]
-        return self._loader(dataset, EvalSampler(len(dataset)))
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
+        if self.mixed_train is None or self.mixed_sampling is None:
+            return super().train_dataloader()
+        sizes, kinds, weights = self.mixed_sampling
+        batch_sampler = MixedBatchSampler(
+            sizes,
+            kinds,
+            weights,
+            int(self.data.batch_size),
+            self.seed,
+            self._global_step,
+            kind_plan=self.kind_plan,
+        )
+        collate = KindCollator({PAIRED: self.collate, IMAGE_ONLY: stack_samples})
+        return self._loader(self.mixed_train, collate, batch_sampler=batch_sampler)

@@ -7,6 +7,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+from datamodules.batching import PAIRED
 from datamodules.cache import CacheEntry
 from datamodules.image_dataset import CroppedVolumeDataset
 from datamodules.report_sections import SECTION_NAMES, report_sections
@@ -15,7 +16,7 @@ from datamodules.transforms import IntensityAugmentation
 
 
 class PairedVolumeDataset(CroppedVolumeDataset):
-    """Volumes with their report (``kind="paired"``); cropping and indexing as in
+    """Volumes with their report (kind ``PAIRED``); cropping and indexing as in
     :class:`CroppedVolumeDataset`, plus text transforms drawn from the same per-sample RNG (the
     report as written for evaluation).
 
@@ -24,7 +25,7 @@ class PairedVolumeDataset(CroppedVolumeDataset):
     per training sample (from the same per-sample RNG), canonical for evaluation.
     """
 
-    kind = "paired"
+    kind = PAIRED
 
     def __init__(
         self,

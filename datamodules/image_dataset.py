@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.batching import IMAGE_ONLY, VOLUME
 from datamodules.cache import CacheEntry, read_crop
 from datamodules.transforms import IntensityAugmentation, centre_crop_start, hu_to_input, random_crop_start
 
@@ -22,7 +23,7 @@ class CroppedVolumeDataset(Dataset):
     no augmentation.
     """
 
-    kind = "volume"
+    kind = VOLUME
 
     def __init__(
         self,
@@ -73,9 +74,9 @@ class CroppedVolumeDataset(Dataset):
 
 
 class ImageOnlyVolumeDataset(CroppedVolumeDataset):
-    """Volumes without a report (``kind="image_only"``): crop, augmentation, labels where known."""
+    """Volumes without a report (kind ``IMAGE_ONLY``): crop, augmentation, labels where known."""
 
-    kind = "image_only"
+    kind = IMAGE_ONLY
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, entry, image, _ = self._crop(key)

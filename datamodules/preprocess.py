@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 import torch
 import torchio as tio
 from tqdm import tqdm
@@ -48,7 +49,7 @@ from datamodules.cache_provenance import (
 from datamodules.errors import BadVolumeError
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.mask_preprocess import cached_mask_organs, masks_complete, write_masks
-from datamodules.readers import read_other_format
+from datamodules.readers import check_spacing, read_other_format, to_hu
 from datamodules.records import Record
 
 log = logging.getLogger(__name__)
@@ -119,17 +120,8 @@ def load_hu(record: Record) -> tuple[np.ndarray, np.ndarray]:
     if raw.dtype.kind not in "iuf" or raw.ndim != 3:
         raise BadVolumeError(f"unsupported voxel type {raw.dtype} / shape {raw.shape}")
 
-    hu = raw.astype(np.float32, copy=True)
+    hu = to_hu(raw, record)
     del raw
-    slope, intercept = float(record.hu_slope), float(record.hu_intercept)
-    if not (math.isfinite(slope) and math.isfinite(intercept) and slope != 0):
-        raise BadVolumeError(f"bad HU rescale slope={slope} intercept={intercept}")
-    if slope != 1.0:
-        hu *= np.float32(slope)
-    if intercept != 0.0:
-        hu += np.float32(intercept)
-    if not np.isfinite(hu).all():
-        raise BadVolumeError("NaN or Inf voxels")
 
     affine = np.asarray(image.affine, dtype=np.float64).copy()
     linear = affine[:3, :3]
@@ -145,9 +137,7 @@ def load_hu(record: Record) -> tuple[np.ndarray, np.ndarray]:
             )
         spacing = zooms
     else:
-        spacing = np.asarray(record.spacing, dtype=np.float64)
-    if spacing.shape != (3,) or not (np.isfinite(spacing).all() and (spacing > 0).all()):
-        raise BadVolumeError(f"zero, negative or non-finite spacing {tuple(spacing.tolist())}")
+        spacing = check_spacing(record.spacing)
     affine[:3, :3] = linear / zooms * spacing  # unit direction cosines (columns) x spacing
     return hu, affine
 
@@ -418,8 +408,6 @@ def _convert_one(
 
 
 def _init_worker(threads: int) -> None:
-    import SimpleITK as sitk
-
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)

@@ -1,4 +1,6 @@
-"""Readers for the volume formats that are not NIfTI: RAD-ChestCT ``.npz`` files and DICOM series.
+"""Readers for the volume formats that are not NIfTI: RAD-ChestCT ``.npz`` files and DICOM series,
+and the checks every reader shares (NIfTI's :func:`datamodules.preprocess.load_hu` included): the
+HU rescale (:func:`to_hu`) and the voxel spacing (:func:`check_spacing`).
 
 Each returns what :func:`datamodules.preprocess.load_hu` returns for NIfTI: float32 HU of shape
 (X, Y, Z) and the 4x4 affine (voxel index -> RAS+ world mm), or raises
@@ -29,6 +31,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from datamodules.errors import BadVolumeError
 from datamodules.records import Record
@@ -65,8 +68,8 @@ def read_npz(record: Record) -> tuple[np.ndarray, np.ndarray]:
         raise BadVolumeError(f"unsupported voxel type {raw.dtype}")
     if record.spacing is None:
         raise BadVolumeError(".npz volumes carry no geometry and the record gives no spacing")
-    spacing = _check_spacing(record.spacing)
-    hu = _to_hu(raw, record)
+    spacing = check_spacing(record.spacing)
+    hu = to_hu(raw, record)
     ras = np.ascontiguousarray(hu.transpose(2, 1, 0)[::-1, ::-1, ::-1])
     affine = np.eye(4)
     affine[:3, :3] = np.diag(spacing)
@@ -76,8 +79,6 @@ def read_npz(record: Record) -> tuple[np.ndarray, np.ndarray]:
 
 def read_dicom_series(record: Record) -> tuple[np.ndarray, np.ndarray]:
     """The one DICOM series in the folder ``record.image_path``, as RAS+ HU."""
-    import SimpleITK as sitk
-
     folder = Path(record.image_path)
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
@@ -109,12 +110,12 @@ def read_dicom_series(record: Record) -> tuple[np.ndarray, np.ndarray]:
         )
     raw = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # (z, y, x) -> (x, y, z)
     _check_shape(raw.shape)
-    hu = _to_hu(raw, record)
+    hu = to_hu(raw, record)
     direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     spacing = np.array(image.GetSpacing(), dtype=np.float64)
     if record.spacing is not None:
         spacing = np.asarray(record.spacing, dtype=np.float64)
-    spacing = _check_spacing(tuple(spacing.tolist()))
+    spacing = check_spacing(tuple(spacing.tolist()))
     lps = np.eye(4)
     lps[:3, :3] = direction * spacing
     lps[:3, 3] = image.GetOrigin()
@@ -160,14 +161,18 @@ def _check_shape(shape: tuple[int, ...]) -> None:
         raise BadVolumeError(f"degenerate 3D volume (an axis shorter than 2 voxels): shape {tuple(shape)}")
 
 
-def _check_spacing(spacing: tuple[float, ...]) -> np.ndarray:
+def check_spacing(spacing: tuple[float, ...] | np.ndarray) -> np.ndarray:
+    """The voxel spacing (x, y, z) in mm as float64, or BadVolumeError unless three finite,
+    positive values."""
     values = np.asarray(spacing, dtype=np.float64)
     if values.shape != (3,) or not (np.isfinite(values).all() and (values > 0).all()):
         raise BadVolumeError(f"zero, negative or non-finite spacing {tuple(values.tolist())}")
     return values
 
 
-def _to_hu(raw: np.ndarray, record: Record) -> np.ndarray:
+def to_hu(raw: np.ndarray, record: Record) -> np.ndarray:
+    """Stored voxel values -> float32 HU (``raw * hu_slope + hu_intercept``, a new array), or
+    BadVolumeError for a bad rescale or non-finite voxels."""
     slope, intercept = float(record.hu_slope), float(record.hu_intercept)
     if not (math.isfinite(slope) and math.isfinite(intercept) and slope != 0):
         raise BadVolumeError(f"bad HU rescale slope={slope} intercept={intercept}")

@@ -3,48 +3,55 @@ evaluation batches over every task (val / test).
 
 Training batch (one task per sample, ``datamodules/uniferum_tasks.py``)::
 
-    image (B, 1, X, Y, Z) in [-1, 1]   image_id   index   source   kind = "task"
+    image (B, 1, X, Y, Z) in [-1, 1]   image_id   index   source   kind = TASK
     task_index (B,)   task_text   input_ids / attention_mask (B, L): the task text, no special tokens
     target (B,) 1 / 0 (NaN for segmentation samples)   is_seg (B,) bool
     seg_target (B, N, u^3): the patchified coarse mask (zeros for classification samples)
 
 Evaluation batch (one volume per sample, every task)::
 
-    image   image_id   index   source
+    image   image_id   index   source   kind = VOLUME
     labels (B, T) targets of the classification tasks (NaN: unknown, or a segmentation task)
     seg_targets (B, S, N, u^3) and seg_available (B, S) for the S segmentation tasks
     task_input_ids / task_attention_mask (T, L), task_names, task_kinds, task_held_out: the tasks
 
-Sources: ``data.sources`` (``{name, root}`` each; the ``weight`` is not used: the per-task balanced
-draw sets the mix), or the ``data.source`` / ``data.root`` shorthand. Training on CT-RATE +
-RAD-ChestCT + Merlin is that one list. Each source is preprocessed once into its own cache at
-``data.spacing`` and split by patient on its own (its official validation split when it has one);
-every source's val / test volumes are evaluated, each task on the volumes that know its label.
-The uniferum crop boxes are computed once per cache (``datamodules/uniferum_geometry.py``).
+Sources: ``data.sources``, or the ``data.source`` / ``data.root`` shorthand, read as
+``CTDataModule`` reads them (``datamodules/mixing.py``); training on CT-RATE + RAD-ChestCT + Merlin
+is that one list. Each source is preprocessed once into its own cache, with its organ masks, at its
+own ``spacing`` (else ``data.spacing``; ``datamodules/datamodule.py``), and split by patient on its
+own (its official validation split when it has one); every source's val / test volumes are
+evaluated, each task on the volumes that know its label. A source's ``weight`` does not set the mix
+here: the per-task balanced draw does. The crops are read at each cache's spacing and resampled to
+the same model input; the crop boxes are computed once per cache (``datamodules/uniferum_geometry.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from datamodules.batching import seeded_loader, stack_samples
-from datamodules.cache import CacheEntry, CacheIndex, cache_path
-from datamodules.cache_provenance import reusable_index
-from datamodules.preprocess import build_cache
-from datamodules.samplers import EvalSampler, TrainSampler
+from datamodules.batching import TASK, VOLUME, stack_samples
+from datamodules.cache import CacheEntry, CacheIndex
+from datamodules.datamodule import ensure_source_cache, source_cache_root
+from datamodules.loaders import Collate, SplitDataModule
+from datamodules.mixing import data_sources
 from datamodules.seg_targets import seg_target
 from datamodules.splits import assign_splits
-from datamodules.uniferum_geometry import CropBox, UniferumGeometry, UniferumView, ensure_boxes, organ_mask
+from datamodules.uniferum_geometry import (
+    CropBox,
+    UniferumGeometry,
+    UniferumView,
+    View,
+    ensure_boxes,
+    organ_mask,
+)
 from datamodules.uniferum_tasks import (
     CLASSIFICATION_KINDS,
     SEGMENTATION,
@@ -67,66 +74,33 @@ def geometry_from_config(uniferum: DictConfig) -> UniferumGeometry:
     )
 
 
-def configured_sources(cfg: DictConfig) -> list[tuple[str, str]]:
-    """(source name, data root) of every source the experiment trains on."""
-    listed = list(cfg.data.get("sources") or [])
-    if not listed:
-        return [(str(cfg.data.source), str(cfg.data.root))]
-    return [(str(s.name), str(s.root)) for s in listed]
-
-
-def source_cache_root(cfg: DictConfig, source: str) -> Path:
-    return cache_path(Path(cfg.data.cache_dir), source, float(cfg.data.spacing), str(cfg.data.interpolation))
-
-
-def ensure_source_cache(cfg: DictConfig, source: str, root: str, progress: bool = True) -> CacheIndex:
-    """The cache of one source, built (or completed with organ masks) when needed."""
-    from datamodules.sources.registry import get_source
-
-    cache_root = source_cache_root(cfg, source)
-    index = reusable_index(cache_root, Path(root))
-    if index is not None and any(e.masks for e in index.entries):
-        return index
-    spec = get_source(source)
-    scan = spec.scan(Path(root), list(spec.label_names))
-    if index is not None and not any(r.masks for r in scan.records):
-        return index  # the source has no organ masks: nothing to add
-    log.info("Preprocessing %s (%d volumes%s) into %s", source, len(scan.records),
-             ", adding organ masks" if index is not None else "", cache_root)  # fmt: skip
-    return build_cache(
-        scan.records,
-        cache_root,
-        spacing=float(cfg.data.spacing),
-        interpolation=str(cfg.data.interpolation),
-        label_names=list(spec.label_names),
-        workers=int(cfg.data.preprocess_workers),
-        progress=progress,
-        rejected=scan.rejected,
-        source_root=Path(root),
-    )
-
-
 # ----------------------------------------------------------------------------------------- datasets
 class _VolumeSource:
-    """What both datasets share: entries, their crop boxes, the view and the target geometry."""
+    """What both datasets share: entries, their crop boxes, the views (one per source: each reads
+    its own cache's spacing) and the target geometry."""
 
     def __init__(
         self,
         entries: list[CacheEntry],
         boxes: dict[str, CropBox],
-        view: UniferumView,
+        views: dict[str, UniferumView],
         tasks: list[Task],
         downsample: int,
         u: int,
     ) -> None:
         self.entries = entries
         self.boxes = boxes
-        self.view = view
+        self.views = views
         self.tasks = tasks
         self.downsample = downsample
         self.u = u
-        grid = [s // downsample for s in view.geometry.input_shape]
+        (geometry,) = {v.geometry for v in views.values()}
+        grid = [s // downsample for s in geometry.input_shape]
         self.n_tokens = int(np.prod(grid))
+
+    def view(self, entry: CacheEntry, rng: np.random.Generator | None, with_masks: bool) -> View:
+        """The model input of ``entry`` (augmented when ``rng`` is given)."""
+        return self.views[entry.source](entry, self.boxes[entry.id], rng, with_masks=with_masks)
 
     def empty_target(self) -> torch.Tensor:
         return torch.zeros(self.n_tokens, self.u**3)
@@ -165,13 +139,13 @@ class TaskTrainDataset(Dataset):
         entry, task = self.volumes.entries[v], self.volumes.tasks[t]
         is_seg = task.kind == SEGMENTATION
         rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
-        view = self.volumes.view(entry, self.volumes.boxes[entry.id], rng, with_masks=is_seg)
+        view = self.volumes.view(entry, rng, with_masks=is_seg)
         return {
             "image": view.image,
             "image_id": entry.id,
             "index": index,
             "source": entry.source,
-            "kind": "task",
+            "kind": TASK,
             "task_index": t,
             "task_text": task.text,
             "target": float(samples.target[index]),
@@ -194,7 +168,7 @@ class TaskEvalDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.volumes.entries[index]
-        view = self.volumes.view(entry, self.volumes.boxes[entry.id], None, with_masks=bool(entry.masks))
+        view = self.volumes.view(entry, None, with_masks=bool(entry.masks))
         labels = [
             task_label(entry.labels, entry.source, t) if t.kind in CLASSIFICATION_KINDS else math.nan
             for t in self.volumes.tasks
@@ -209,7 +183,7 @@ class TaskEvalDataset(Dataset):
             "image_id": entry.id,
             "index": index,
             "source": entry.source,
-            "kind": "volume",
+            "kind": VOLUME,
             "labels": torch.tensor(labels, dtype=torch.float32),
             "seg_targets": torch.stack(targets) if targets else torch.zeros(0, self.volumes.n_tokens, 0),
             "seg_available": torch.tensor(available, dtype=torch.bool),
@@ -268,28 +242,25 @@ class EvalCollator:
 
 
 # --------------------------------------------------------------------------------------- DataModule
-class UniferumDataModule(L.LightningDataModule):
+class UniferumDataModule(SplitDataModule):
     def __init__(
         self, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, downsample: int, seed: int = 0
     ) -> None:
-        super().__init__()
+        super().__init__(cfg.data, seed)
         self.cfg = cfg
-        self.data = cfg.data
         self.uniferum = cfg.uniferum
         self.tokenizer = tokenizer
         self.max_length = int(cfg.model.text.max_length)
         self.downsample = int(downsample)
         self.u = int(cfg.uniferum.u)
-        self.seed = seed
         self.geometry = geometry_from_config(cfg.uniferum)
         self.collate = TaskCollator(tokenizer, self.max_length)
         self.splits: dict[str, list[CacheEntry]] = {}
         self.tasks: list[Task] = []
-        self.datasets: dict[str, Dataset] = {}
 
     def prepare_data(self) -> None:
-        for source, root in configured_sources(self.cfg):
-            index = ensure_source_cache(self.cfg, source, root)
+        for source in data_sources(self.data):
+            index = ensure_source_cache(self.data, source, masks=True)
             ensure_boxes(index, self.geometry.lung_margin_mm)
 
     def setup(self, stage: str | None = None) -> None:
@@ -297,21 +268,22 @@ class UniferumDataModule(L.LightningDataModule):
             return
         boxes: dict[str, CropBox] = {}
         label_names: dict[str, list[str]] = {}
+        views: dict[str, UniferumView] = {}
         self.splits = {"train": [], "val": [], "test": []}
-        for source, _ in configured_sources(self.cfg):
-            index = CacheIndex.load(source_cache_root(self.cfg, source))
+        for source in data_sources(self.data):
+            index = CacheIndex.load(source_cache_root(self.data, source))
             boxes.update(ensure_boxes(index, self.geometry.lung_margin_mm))
-            label_names[source] = list(index.label_names)
+            label_names[source.name] = list(index.label_names)
+            views[source.name] = UniferumView(self.geometry, index.spacing)
             for split, part in assign_splits(index.entries, int(self.data.val_patients), seed=0).items():
                 self.splits[split] += part
         organs = [str(o) for o in self.uniferum.seg_organs]
         self.tasks = build_tasks(
             label_names, list(self.uniferum.held_out_labels), organs, dict(self.uniferum.task_texts)
         )
-        view = UniferumView(self.geometry, float(self.data.spacing))
 
         def volumes(split: str) -> _VolumeSource:
-            return _VolumeSource(self.splits[split], boxes, view, self.tasks, self.downsample, self.u)
+            return _VolumeSource(self.splits[split], boxes, views, self.tasks, self.downsample, self.u)
 
         train = volumes("train")
         seg_organs = set(organs) if float(self.uniferum.seg_fraction) > 0 else set()
@@ -344,31 +316,6 @@ class UniferumDataModule(L.LightningDataModule):
     def label_names(self) -> list[str]:
         return [t.name for t in self.tasks if t.kind in CLASSIFICATION_KINDS]
 
-    def _loader(self, dataset: Dataset, sampler: Sampler, collate: Any) -> DataLoader:
-        return seeded_loader(
-            dataset,
-            collate,
-            int(self.data.num_workers),
-            self.seed,
-            sampler=sampler,
-            batch_size=int(self.data.batch_size),
-        )
-
-    def _global_step(self) -> int:
-        return self.trainer.global_step if self.trainer is not None else 0
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        sampler = TrainSampler(len(dataset), int(self.data.batch_size), self.seed, self._global_step)
-        return self._loader(dataset, sampler, self.collate)
-
-    def loader(self, split: str) -> DataLoader:
-        """Every volume of ``val`` or ``test`` once, with targets for every task."""
-        dataset = self.datasets[split]
-        return self._loader(dataset, EvalSampler(len(dataset)), self.eval_collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
+    def collate_for(self, split: str, dataset: Dataset) -> Collate:
+        """Training batches tokenise each sample's task; evaluation batches carry every task."""
+        return self.collate if split == "train" else self.eval_collate

@@ -2,8 +2,8 @@
 
 Uniferum (Sec. 3.5 and its public configs) prepares every CT as follows:
 
-1. HU clipped to +-1000, 1 mm isotropic (here: the ordinary cache at ``data.spacing``, RAS+, with the
-   organ masks beside it; see ``datamodules/preprocess.py``).
+1. HU clipped to +-1000, 1 mm isotropic (here: the ordinary cache at the source's ``spacing``, else
+   ``data.spacing``, RAS+, with the organ masks beside it; see ``datamodules/preprocess.py``).
 2. **Body centre**: the largest connected component of the soft-tissue window (HU > -150) gives
    the centre in x-y. We take the body mask when the cache has one, else that component.
 3. **z limited to the lungs**: slices more than 5 mm above / below the lungs (TotalSegmentator lung
@@ -20,9 +20,10 @@ as ``uniferum_boxes.json`` in the cache folder (:func:`ensure_boxes`). Step 4 is
 ``grid_sample`` per sample from a mmap crop read (:class:`UniferumView`), so rotation, zoom, centre
 crop and resizing cost one interpolation together.
 
-Intensities follow this repository's convention (HU / 1000 in [-1, 1], DESIGN.md), an affine map of
-the paper's ``HU / 2000 + 0.5``; the noise and offset are scaled to match (x2). Axes are the cache's
-(x, y, z) = (R, A, S), so the model input is (B, 1, X, Y, Z).
+Intensities follow this repository's convention (the model input is HU / 1000 in [-1, 1], as in
+every DataModule), an affine map of the paper's ``HU / 2000 + 0.5``; the noise and offset are
+scaled to match (x2). Axes are the cache's (x, y, z) = (R, A, S), so the model input is
+(B, 1, X, Y, Z).
 
 The ``cpu_demo`` profile shrinks this to ``uniferum.input_shape = [64, 64, 32]`` at 6 mm (the same
 fields of view: 6 x 5 x 8 mm voxels).

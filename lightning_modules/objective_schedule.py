@@ -29,10 +29,8 @@ from typing import Any, NamedTuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.batching import IMAGE_ONLY, PAIRED
 from lightning_modules.optim import WarmupDecay
-
-PAIRED = "paired"
-IMAGE_ONLY = "image_only"
 
 
 class ActiveObjectives(NamedTuple):

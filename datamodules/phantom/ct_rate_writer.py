@@ -51,11 +51,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -71,7 +69,7 @@ from datamodules.phantom.scene import (
     sample_chest_case,
     sample_head_case,
 )
-from datamodules.phantom.writing import clear_owned, run_jobs
+from datamodules.phantom.writing import clear_owned, run_jobs, save_nifti
 from datamodules.sources.ct_rate import SPLIT_LAYOUTS
 from datamodules.totalseg import (
     AORTA,
@@ -90,7 +88,7 @@ MANIFEST = "phantom_manifest.json"
 def _generator_version() -> str:
     """Hash of the phantom generator's source: a cached phantom made by other code is rewritten."""
     h = hashlib.sha256()
-    for module in ("geometry", "anatomy", "findings", "scene", "reports", "ct_rate_writer"):
+    for module in ("geometry", "anatomy", "findings", "scene", "reports", "ct_rate_writer", "writing"):
         h.update((Path(__file__).parent / f"{module}.py").read_bytes())
     return h.hexdigest()[:16]
 
@@ -265,18 +263,6 @@ def totalseg_label_maps(masks: dict[str, np.ndarray], grid: Grid) -> dict[str, n
     return {TS_TOTAL: total, TS_BODY: body}
 
 
-def _save_nifti(array: np.ndarray, path: Path, aff: np.ndarray) -> None:
-    img = nib.Nifti1Image(np.ascontiguousarray(array), aff)
-    img.header.set_slope_inter(None, None)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(aff, code=1)
-    img.set_sform(aff, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
-    nib.save(img, tmp)
-    os.replace(tmp, path)
-
-
 def write_volume(job: VolumeJob) -> None:
     """Render and write one volume with the CT-RATE quirks (raw int16, wrong zooms, LPS/RAS), and
     its TotalSegmentator-style label maps stored the same way."""
@@ -287,8 +273,8 @@ def write_volume(job: VolumeJob) -> None:
     label_maps = totalseg_label_maps(rendered.masks, job.grid) if job.seg_paths else {}
     for task, path in job.seg_paths:
         label_map = label_maps[task]
-        _save_nifti(label_map[::-1, ::-1, :] if job.lps else label_map, path, aff)
-    _save_nifti(raw[::-1, ::-1, :] if job.lps else raw, job.path, aff)
+        save_nifti(label_map[::-1, ::-1, :] if job.lps else label_map, path, aff)
+    save_nifti(raw[::-1, ::-1, :] if job.lps else raw, job.path, aff)
 
 
 def _read_manifest(out: Path) -> dict | None:

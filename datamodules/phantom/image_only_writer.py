@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from datamodules.phantom.anatomy import sample_habitus
 from datamodules.phantom.geometry import Grid
@@ -36,7 +37,15 @@ _UID_ROOT = "1.2.826.0.1.3680043.8.498"
 
 def _version() -> str:
     h = hashlib.sha256()
-    for module in ("geometry", "anatomy", "findings", "scene", "merlin_writer", "image_only_writer"):
+    for module in (
+        "geometry",
+        "anatomy",
+        "findings",
+        "scene",
+        "merlin_writer",
+        "image_only_writer",
+        "writing",
+    ):
         h.update((Path(__file__).parent / f"{module}.py").read_bytes())
     return h.hexdigest()[:16]
 
@@ -77,8 +86,6 @@ def write_dicom_series(hu_ras: np.ndarray, grid: Grid, folder: Path, patient: st
     Stored unsigned with Rescale Intercept -1024 / Slope 1 (as scanners do); LPS geometry with
     the true spacing and Image Position of every slice. Written to a temporary folder, then renamed.
     """
-    import SimpleITK as sitk
-
     lps = np.ascontiguousarray(hu_ras[::-1, ::-1, :], dtype=np.float32)
     image = sitk.GetImageFromArray(lps.transpose(2, 1, 0))  # array (z, y, x)
     sx, sy, sz = grid.spacing

@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from datamodules.labels import MERLIN_LABELS
 from datamodules.phantom.abdomen import VISIBLE_FINDINGS, AbdomenCase, render_abdomen, sample_abdomen_case
 from datamodules.phantom.geometry import Grid
-from datamodules.phantom.writing import clear_owned, run_jobs
+from datamodules.phantom.writing import clear_owned, run_jobs, save_nifti
 from datamodules.sources import merlin as layout
 
 MANIFEST = "phantom_manifest.json"
@@ -42,7 +40,7 @@ _S_CASE, _S_GRID, _S_NOISE, _S_REPORT = 11, 12, 13, 14
 
 def _version() -> str:
     h = hashlib.sha256()
-    for module in ("geometry", "abdomen", "merlin_writer"):
+    for module in ("geometry", "abdomen", "merlin_writer", "writing"):
         h.update((Path(__file__).parent / f"{module}.py").read_bytes())
     return h.hexdigest()[:16]
 
@@ -131,16 +129,7 @@ def write_nifti_hu(hu: np.ndarray, grid: Grid, path: Path, lps: bool, offset_sto
         raw = np.clip(np.rint(stored + 1024.0), -32768, 32767).astype(np.int16)
     else:
         raw = np.clip(np.rint(stored), -32768, 32767).astype(np.int16)
-    aff = true_affine(grid, lps)
-    img = nib.Nifti1Image(np.ascontiguousarray(raw), aff)
-    img.header.set_slope_inter(1.0, -1024.0 if offset_storage else 0.0)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(aff, code=1)
-    img.set_sform(aff, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    save_nifti(raw, path, true_affine(grid, lps), (1.0, -1024.0 if offset_storage else 0.0))
 
 
 def write_volume(job: MerlinVolumeJob) -> None:

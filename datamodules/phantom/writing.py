@@ -1,15 +1,18 @@
-"""What every phantom writer shares: clearing its own earlier output, and writing volumes in
-parallel worker processes with a progress bar."""
+"""What every phantom writer shares: clearing its own earlier output, writing NIfTI files
+atomically, and writing volumes in parallel worker processes with a progress bar."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 from tqdm import tqdm
 
 
@@ -22,6 +25,26 @@ def clear_owned(out: Path, owned: Iterable[str]) -> None:
         elif target.exists():
             target.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def save_nifti(
+    array: np.ndarray,
+    path: Path,
+    affine: np.ndarray,
+    slope_inter: tuple[float | None, float | None] = (None, None),
+) -> None:
+    """Save ``array`` as NIfTI at ``path`` (a ``.nii.gz``; parents made, written under a temporary
+    name, then renamed): ``affine`` as qform and sform (code 1), mm units, and the header's
+    scl_slope / scl_inter (``None``: unset)."""
+    img = nib.Nifti1Image(np.ascontiguousarray(array), affine)
+    img.header.set_slope_inter(*slope_inter)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
+    nib.save(img, tmp)
+    os.replace(tmp, path)
 
 
 def run_jobs(

@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import pandas as pd
 
 from datamodules.errors import DataRootError, MissingLabelColumnError
@@ -323,8 +324,6 @@ def _in_plane_size(record: Record, meta: dict[str, str]) -> float:
     if math.isfinite(rows) and math.isfinite(columns) and rows > 0 and columns > 0:
         return rows * columns
     try:
-        import nibabel as nib
-
         shape = nib.load(record.image_path).shape  # header only
         return float(shape[0] * shape[1])
     except Exception:  # an unreadable file loses the tie; preprocessing will quarantine it if kept

@@ -6,12 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from datamodules.batching import IMAGE_ONLY, PAIRED
 from datamodules.labels import SOURCE_LABELS
 from datamodules.sources import ct_rate, image_only, merlin, rad_chestct
 from datamodules.sources.ct_rate import SourceScan
-
-PAIRED = "paired"
-IMAGE_ONLY = "image_only"
 
 
 @dataclass(frozen=True)
@@ -19,7 +17,8 @@ class SourceSpec:
     name: str
     scan: Callable[[Path, list[str]], SourceScan]
     label_names: list[str]
-    # "paired" (volume + report) or "image_only" (no report: MAE / vision-only batches, or labels only)
+    # The kind of its batches: PAIRED (volume + report) or IMAGE_ONLY (no report: MAE / vision-only
+    # batches, or labels only)
     kind: str
     resolve_root: Callable[[Path], Path]
 
