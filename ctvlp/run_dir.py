@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ctvlp.config.errors import ConfigError
+from lightning_modules.registry import module_class
 
 if TYPE_CHECKING:
     from lightning_modules.base import ObjectiveModule
@@ -37,6 +41,11 @@ class RunDir:
         return self.path / "checkpoints"
 
     @property
+    def train_log(self) -> Path:
+        """``ctvlp fit``'s log (progress lines, warnings) while training; a resume appends."""
+        return self.path / "train.log"
+
+    @property
     def last_checkpoint(self) -> Path:
         return self.checkpoints / "last.ckpt"
 
@@ -44,8 +53,6 @@ class RunDir:
         """The checkpoint that stands for this run in an evaluation: like fit's final evaluation,
         the best one (``best-step*.ckpt``) when the run's module selects its model on validation
         (Uniferum), else ``last.ckpt``."""
-        from lightning_modules.registry import module_class  # torch-heavy: only when resolving
-
         module = OmegaConf.load(self.config).get("module") if self.config.is_file() else None
         if module is None or not module_class(str(module)).evaluate_best:
             return self.last_checkpoint
@@ -140,19 +147,33 @@ class Checkpoint:
 
     def restore(self, cfg: DictConfig) -> ObjectiveModule:
         """Its module (``cfg.module``, built from ``cfg``) with the saved weights."""
-        from lightning_modules.registry import module_class  # torch-heavy: only when restoring
-
         module = module_class(str(cfg.module))(OmegaConf.to_container(cfg, resolve=True))
         module.load_state_dict(self.raw["state_dict"])
         return module
 
 
+def load_checkpoint_file(path: Path, *, mmap: bool = False) -> Any:
+    """``torch.load`` of a checkpoint with ``weights_only=True``: unpickling an arbitrary file can
+    run any code, so only tensors and plain data (dict, list, tuple, str, numbers, None) are
+    accepted, and anything else is a ConfigError. Our checkpoints hold nothing else: the module's
+    config is saved as plain containers, the RNG states as tensors and lists
+    (callbacks/rng_state.py), Lightning's loop, optimizer, scheduler and ModelCheckpoint states
+    are plain; so no type is allow-listed. ``mmap``: map the tensors instead of reading them (a
+    cheap check of a large file that is loaded again later; only torch's zip format maps)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        raise ConfigError(
+            f"{path} holds objects other than tensors and plain data, so it was not loaded (unpickling "
+            "them could run code); only checkpoints written by ctvlp fit are accepted"
+        ) from error
+
+
 def read_checkpoint(path: Path) -> Checkpoint:
     """Load a checkpoint file written by ``ctvlp fit`` (once: it may hold gigabytes of state)."""
-    import torch  # only the commands that read checkpoints pay for it
-
-    raw = torch.load(path, map_location="cpu", weights_only=False)
-    saved = raw.get("hyper_parameters", {}).get("config")
+    raw = load_checkpoint_file(path)
+    hyper_parameters = raw.get("hyper_parameters") if isinstance(raw, dict) else None
+    saved = hyper_parameters.get("config") if isinstance(hyper_parameters, dict) else None
     if saved is None:
         raise ConfigError(f"{path} holds no 'config' hyper-parameter: not a checkpoint written by ctvlp fit")
     return Checkpoint(Path(path), saved, raw)

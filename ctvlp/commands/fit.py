@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from ctvlp.config.evaluation_tasks import parse_tasks
 from ctvlp.config.loader import load_experiment
 from ctvlp.model_selection import model_selection
 from ctvlp.results import collect_results, results_table, write_results
-from ctvlp.run_dir import RunDir, new_run_dir, resolve_resume
+from ctvlp.run_dir import RunDir, load_checkpoint_file, new_run_dir, resolve_resume
 from ctvlp.trainer_factory import build_trainer
 from datamodules.datamodule import check_data
 from evaluation.runner import EvalSettings
@@ -48,6 +50,24 @@ def best_checkpoint(trainer: L.Trainer, metric: str) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def log_to_file(path: Path | None) -> Iterator[None]:
+    """What is logged inside the block (progress lines, warnings) also goes to ``path``
+    (appended: a resumed run continues its log); ``None``: nowhere else."""
+    if path is None:
+        yield
+        return
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
 @dataclass
 class FitResult:
     run: RunDir
@@ -62,6 +82,7 @@ def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
     check_data(cfg.data)
     if resume:
         run, ckpt_path = resolve_resume(Path(cfg.runs_dir), cfg.name, resume)
+        load_checkpoint_file(ckpt_path, mmap=True)  # refuse a file that is not plain data, early
         log.info("Resuming %s from %s", run.path, ckpt_path)
     else:
         run, ckpt_path = new_run_dir(Path(cfg.runs_dir), cfg.name), None
@@ -71,7 +92,11 @@ def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
     datamodule = module_cls.build_datamodule(cfg)
     module = module_cls(OmegaConf.to_container(cfg, resolve=True))
     trainer = build_trainer(cfg, run)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    # weights_only: Lightning's own load of the resumed checkpoint unpickles no code either.
+    with log_to_file(run.train_log if trainer.is_global_zero else None):
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True
+        )
 
     results: dict[str, float] = {}
     final_splits = [] if cfg.trainer.fast_dev_run else cfg.evaluation.final_splits
@@ -85,7 +110,7 @@ def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
         else:
             trainer.validate(module, dataloaders=loader, verbose=False, ckpt_path=weights)
         results.update(collect_results(trainer.callback_metrics))
-    if final_splits and module_cls.embeds_text and cfg.evaluation.final_tasks:
+    if final_splits and module_cls.embeds_text() and cfg.evaluation.final_tasks:
         results.update(_final_tasks(cfg, trainer, module, list(final_splits)))
     if trainer.is_global_zero and results:
         # The HParams tab pairs every run's config with its final metrics (sweeps compare here).

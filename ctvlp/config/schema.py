@@ -141,6 +141,10 @@ class TrainerConfig:
     gradient_clip_val: float | None = 1.0
     val_check_interval: int = 5000
     log_every_n_steps: int = 50
+    # When stdout is not a terminal (a SLURM log, `make demo > log`) the tqdm bar is off and a
+    # progress line (step, loss, samples/s, ETA) is logged every N steps instead, also to
+    # <run>/train.log (callbacks/progress_log.py); 0 = no progress lines.
+    progress_every_n_steps: int = 50
     checkpoint_every_n_steps: int = 1000
     limit_val_batches: Any = 1.0
     deterministic: bool = False
@@ -262,7 +266,7 @@ class ObjectivesConfig:
 
 @dataclass
 class UniferumConfig:
-    """Segmentation-conditioned classification (Uniferum; module: uniferum). RECIPES.md."""
+    """Segmentation-conditioned classification (Uniferum; module: uniferum; docs/recipes.md)."""
 
     # Vision encoder: efficientnet_b0 (MONAI 3D EfficientNet-B0, tokens at 1/32) or primus
     # (model.image.size, tokens at 1/primus_patch; the COLIPRI encoder).

