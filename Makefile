@@ -19,6 +19,8 @@ IMAGE_ONLY_DIR ?= data/phantom_image_only
 # COLIPRI-CRM, the paper's final recipe (CLIP + report generation + MAE); DEMO_EXPERIMENT=colipri_c
 # is the CLIP-only demo (about 6.5 min from nothing).
 DEMO_EXPERIMENT ?= colipri_crm
+# TensorBoard (make tb) serves on this machine only; TB_HOST=0.0.0.0 exposes it to the network.
+TB_HOST ?= 127.0.0.1
 
 .PHONY: demo test test-all exp sweep bench-train bench-data tb lint format clean distclean venv
 
@@ -38,10 +40,13 @@ demo: $(STAMP)
 	$(BIN)/ctvlp preprocess --source ct_rate --root $(PHANTOM_DIR) --spacing 6 --workers 2
 	$(BIN)/ctvlp fit $(DEMO_EXPERIMENT) --profile cpu_demo
 
+# The import layers first (seconds; .importlinter), then the default suite.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/pytest -m "not slow" -q
 
 test-all: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 exp: $(STAMP)
@@ -59,9 +64,10 @@ bench-data: $(STAMP)
 	$(BIN)/python -m ctvlp.bench.data $(ARGS)
 
 tb: $(STAMP)
-	$(BIN)/tensorboard --logdir runs --bind_all
+	$(BIN)/tensorboard --logdir runs --host $(TB_HOST)
 
 lint: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -70,7 +76,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf runs cache lightning_logs .pytest_cache .ruff_cache
+	rm -rf runs cache lightning_logs .pytest_cache .ruff_cache .import_linter_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 distclean: clean

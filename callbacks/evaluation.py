@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ctvlp.config.errors import ConfigError
-from ctvlp.config.evaluation_tasks import parse_tasks, supported_tasks
+from ctvlp.config.evaluation_tasks import TASKS, parse_tasks
 from evaluation.runner import (
     EvalSettings,
     EvalSplit,
@@ -112,11 +112,13 @@ def evaluate_splits(
     return evaluator.run(val, evaluated, train).results
 
 
-def evaluation_callback_from_config(cfg: Any, embeds_text: bool = True) -> EvaluationCallback | None:
-    """The callback configured by ``cfg.evaluation`` (every_n_steps, callback_tasks, callback_split).
+def evaluation_callback_from_config(cfg: Any, supported: Sequence[str] = TASKS) -> EvaluationCallback | None:
+    """The callback configured by ``cfg.evaluation`` (every_n_steps, callback_tasks, callback_split),
+    or ``None`` when ``every_n_steps`` is 0.
 
-    A module without report embeddings (``embeds_text`` False: MAE, CapPa) can only be probed; a
-    retrieval or zero-shot task is a config error. On the validation split, when every callback
+    ``supported``: the tasks the module can be measured by (``ObjectiveModule.evaluation_tasks``); a
+    module without report embeddings (MAE, CapPa) can only be probed, and a retrieval or zero-shot
+    task is then a config error. On the validation split, when every callback
     step is also a validation step (``every_n_steps`` a multiple of ``trainer.val_check_interval``),
     retrieval is left to the module's own validation, which logs the same ``val/retrieval/*``
     values one step earlier; a callback left with no task is not built (``None``)."""
@@ -124,7 +126,9 @@ def evaluation_callback_from_config(cfg: Any, embeds_text: bool = True) -> Evalu
         tasks = parse_tasks(list(cfg.evaluation.callback_tasks))
     except ValueError as error:
         raise ConfigError(f"evaluation.callback_tasks: {error}") from error
-    text_tasks = [task for task in tasks if task not in supported_tasks(embeds_text)]
+    if int(cfg.evaluation.every_n_steps) <= 0:
+        return None
+    text_tasks = [task for task in tasks if task not in supported]
     if text_tasks:
         raise ConfigError(
             f"The '{cfg.module}' module has no text encoder, so evaluation.callback_tasks cannot include "

@@ -4,18 +4,20 @@ For the first ``num_volumes`` validation volumes (centre crops, the fixed evalua
 ``lightning_modules/mae_objective.py``), each of the axial, coronal and sagittal middle slices is
 logged as one image of three panels, left to right: the input, the masked input (masked patches
 at the minimum intensity) and the reconstruction (visible patches as they were, masked patches as
-predicted). Tags: ``mae/<i>_<image id>/<view>``. Any module with an ``image_encoder`` and an
-``mae_head`` (MAEModule; ColipriModule with ``objectives.mae.enabled``) is shown.
+predicted). Tags: ``mae/<i>_<image id>/<view>``. The callback knows no module class: modules with
+an MAE head (MAEModule; ColipriModule with ``objectives.mae.enabled``) add it and reconstruct
+(``MAEReconstructor.mae_reconstruction``).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks.volume_preview import orthogonal_slices
-from lightning_modules.mae_objective import evaluation_output
 
 SEPARATOR_WIDTH = 1
 
@@ -37,16 +39,20 @@ def triptych(volumes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+class MAEReconstructor(Protocol):
+    def mae_reconstruction(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked input, reconstruction) of ``images`` under the fixed evaluation masks."""
+        ...
+
+
 class MAEReconstructionCallback(L.Callback):
     def __init__(self, num_volumes: int = 2) -> None:
         self.num_volumes = num_volumes
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: MAEReconstructor) -> None:
         logger = trainer.logger
-        head = getattr(pl_module, "mae_head", None)
         if (
-            head is None
-            or not isinstance(logger, TensorBoardLogger)
+            not isinstance(logger, TensorBoardLogger)
             or trainer.global_rank != 0
             or self.num_volumes <= 0
             or trainer.sanity_checking
@@ -56,10 +62,8 @@ class MAEReconstructionCallback(L.Callback):
         count = min(self.num_volumes, len(dataset))
         samples = [dataset[i] for i in range(count)]
         images = torch.stack([s["image"] for s in samples]).to(pl_module.device)
-        seed = int(pl_module.hparams["config"]["seed"])
         with torch.no_grad():
-            output = evaluation_output(head, pl_module.image_encoder, images, seed, index=0)
-            masked, reconstruction = head.reconstruction(images, output)
+            masked, reconstruction = pl_module.mae_reconstruction(images)
         for i, sample in enumerate(samples):
             volumes = [images[i, 0].cpu(), masked[i, 0].cpu(), reconstruction[i, 0].float().cpu()]
             for view, image in triptych(volumes).items():

@@ -7,19 +7,17 @@ autoregressive) gets its own greedy report, so a user sees what the decoder has 
 about each volume and how it compares with what the radiologist wrote. Every rank decodes the
 same volumes (a sharded model, FSDP, needs all ranks in each forward); global rank 0 logs.
 
-The module must expose ``image_encoder`` (returning ``ImageOutput``), ``rrg_head`` and
-``rrg_targets``, as ``ColipriModule`` with RRG and ``CapPaModule`` do.
+The callback knows no module class: the module decodes (``ReportGenerator.report_samples``), as
+``ColipriModule`` with RRG and ``CapPaModule`` do, and returns each volume's reference and reports.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-
-from lightning_modules import rrg
 
 TAG_PREFIX = "reports"
 
@@ -30,12 +28,17 @@ def _block(title: str, text: str) -> str:
     return f"**{title}**\n\n{body}"
 
 
-class ReportSamplesCallback(L.Callback):
-    def __init__(self, num_volumes: int = 3, parallel_prob: float = 1.0) -> None:
-        self.num_volumes = num_volumes
-        self.modes = rrg.mode_weights(parallel_prob)
+class ReportGenerator(Protocol):
+    def report_samples(self, batch: dict[str, Any]) -> list[dict[str, str]]:
+        """Per volume of a collated batch: ``{"reference": text, "<mode> (greedy)": text, ...}``."""
+        ...
 
-    def generate(self, trainer: L.Trainer, pl_module: Any) -> list[tuple[str, str]]:
+
+class ReportSamplesCallback(L.Callback):
+    def __init__(self, num_volumes: int = 3) -> None:
+        self.num_volumes = num_volumes
+
+    def generate(self, trainer: L.Trainer, pl_module: ReportGenerator) -> list[tuple[str, str]]:
         """``(tag, markdown)`` per logged volume: the reference, then one report per mode."""
         datamodule = trainer.datamodule
         dataset = datamodule.datasets["val"]
@@ -43,22 +46,12 @@ class ReportSamplesCallback(L.Callback):
         if not samples:
             return []
         batch = datamodule.collate(samples)
-        targets = pl_module.rrg_targets
-        orders = [tuple(sections) for sections in batch["sections"]]
-        header_ids = batch["cappa"]["header_ids"].to(pl_module.device)
-        generated: dict[str, list[str]] = {}
         with torch.no_grad(), trainer.precision_plugin.forward_context():
-            tokens = pl_module.image_encoder(batch["image"].to(pl_module.device)).tokens
-            for mode in self.modes:
-                generated[mode] = rrg.generate_reports(
-                    pl_module.rrg_head, targets, tokens, header_ids, orders, causal=mode == "causal"
-                )
+            reports = pl_module.report_samples(batch)
         texts = []
-        for i, sample in enumerate(samples):
-            reference = targets.decode(targets.slot_ids(batch["cappa"]["labels"][i]), orders[i])
-            blocks = [_block("reference", reference)]
-            blocks += [_block(f"{mode} (greedy)", reports[i]) for mode, reports in generated.items()]
-            texts.append((f"{TAG_PREFIX}/{i}_{sample['image_id']}", "\n\n".join(blocks)))
+        for i, (sample, titled) in enumerate(zip(samples, reports, strict=True)):
+            markdown = "\n\n".join(_block(title, text) for title, text in titled.items())
+            texts.append((f"{TAG_PREFIX}/{i}_{sample['image_id']}", markdown))
         return texts
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import lightning as L
 import torch
@@ -10,16 +11,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
-from callbacks.evaluation import evaluation_callback_from_config
-from callbacks.mae_reconstruction import MAEReconstructionCallback
-from callbacks.report_samples import ReportSamplesCallback
+from callbacks.progress_log import ProgressLog
 from callbacks.rng_state import RngStateCallback
 from callbacks.selection_metric_check import SelectionMetricCheck
 from callbacks.volume_preview import VolumePreviewCallback
 from ctvlp.model_selection import model_selection
 from ctvlp.run_dir import RunDir
 from lightning_modules.objective_schedule import ObjectiveSchedule
-from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +45,9 @@ def effective_strategy(cfg: DictConfig) -> str:
 
 
 def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
+    """The trainer with the callbacks every run has (checkpoints, RNG state, previews, model
+    selection); each module adds its own from ``configure_callbacks()``."""
     t = cfg.trainer
-    module_cls = module_class(cfg.module)
     selection = model_selection(cfg)
     logger = TensorBoardLogger(
         save_dir=str(run.path), name="tensorboard", version="", default_hp_metric=False
@@ -68,17 +67,10 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
         auto_insert_metric_name=False,
     )
     callbacks = [last, best, RngStateCallback(), VolumePreviewCallback(int(cfg.evaluation.preview_volumes))]
+    callbacks.append(ProgressLog(int(t.progress_every_n_steps)))  # lines where no tqdm bar is shown
     if selection.configured:
         log.info("Best checkpoint by %s (%s)", selection.metric, selection.mode)
         callbacks.append(SelectionMetricCheck(selection.metric, str(cfg.module)))
-    if int(cfg.evaluation.every_n_steps) > 0 and module_cls.periodic_evaluation:
-        periodic = evaluation_callback_from_config(cfg, embeds_text=module_cls.embeds_text)
-        callbacks += [periodic] if periodic is not None else []
-    if module_cls.rrg_active(cfg):
-        rrg = cfg.objectives.rrg
-        callbacks.append(ReportSamplesCallback(int(rrg.log_reports), float(rrg.parallel_prob)))
-    # Input / masked input / reconstruction slices of modules with an MAE head (a no-op otherwise).
-    callbacks.append(MAEReconstructionCallback(int(cfg.objectives.mae.log_volumes)))
     return L.Trainer(
         default_root_dir=str(run.path),
         max_steps=int(t.max_steps),
@@ -100,4 +92,7 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
         num_sanity_val_steps=0,
         fast_dev_run=bool(t.fast_dev_run),
         enable_model_summary=True,
+        # A bar of carriage returns floods a log file (SLURM, `make demo > log`): ProgressLog's
+        # lines stand in for it there.
+        enable_progress_bar=sys.stdout.isatty(),
     )

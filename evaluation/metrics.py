@@ -16,7 +16,7 @@ Protocol choices:
   comparisons with older papers.
 - **Guard:** a label with no positive or no negative among its known values in a split has no
   defined AUROC. torchmetrics returns 0 for it, which silently drags macro averages down
-  (PITFALLS.md). Such a label gets NaN for every metric and is excluded from the macro averages,
+  (docs/evaluation.md). Such a label gets NaN for every metric and is excluded from the macro averages,
   with a warning naming it; it is never counted as 0. Non-finite scores exclude a label the same
   way (e.g. a native zero-shot prompt without training reports).
 """

@@ -5,7 +5,7 @@ Pure torch: given a frozen model, loaders and settings it returns the flat resul
 per-label values and the probe-selection details. ``ctvlp eval`` and ``EvaluationCallback``
 only build the inputs and write the outputs.
 
-Protocol (RECIPES.md "Evaluation protocols", COLIPRI App. C):
+Protocol (COLIPRI App. C; docs/evaluation.md):
 
 - Every volume is encoded once per split (centre crop; the loaders provide it); all tasks reuse
   those features.
@@ -16,8 +16,8 @@ Protocol (RECIPES.md "Evaluation protocols", COLIPRI App. C):
   they are matched by name to the model's label space, and only those columns are scored.
   Retrieval runs only on splits with reports.
 - CIs: percentile bootstrap over the volumes of the evaluated split (real resampling,
-  ``bootstrap_resamples`` draws, seeded), thresholds and the chosen probe frozen.
-  Retrieval is reported without CIs.
+  ``bootstrap_resamples`` draws, seeded), thresholds and the chosen probe frozen. Retrieval
+  resamples the image queries against the split's fixed report gallery (R@K intervals).
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.evaluation import evaluation_callback_from_config
+from ctvlp.config.evaluation_tasks import TASKS
+from ctvlp.config.loader import config_from_sections
 from datamodules.datamodule import CTDataModule
 from lightning_modules.nets.image_encoder import ImageEncoder, build_image_encoder
 from lightning_modules.nets.primus_encoder import set_activation_checkpointing
@@ -46,12 +49,11 @@ class ObjectiveModule(L.LightningModule):
     # better (trainer.best_metric / best_mode override them: ctvlp/model_selection.py).
     best_metric: str = "val/retrieval/R@5"
     best_mode: str = "max"
-    # Whether evaluation.every_n_steps > 0 adds the EvaluationCallback (evaluation.callback_tasks on
-    # the current weights; it needs the module's image_encoder).
-    periodic_evaluation: bool = True
-    # Whether the module embeds reports (encode_text): retrieval, zero-shot and ctvlp fit's
-    # evaluation.final_tasks need it; probes need only the image encoder.
-    embeds_text: bool = True
+    # What `ctvlp eval` and the periodic evaluation (evaluation.callback_tasks) can measure this
+    # module's image encoder by. Retrieval and zero-shot need report embeddings (encode_text);
+    # probes need only the image encoder. Empty: the module has no image-encoder evaluation
+    # (Uniferum is evaluated on its task texts instead).
+    evaluation_tasks: tuple[str, ...] = TASKS
     # Whether the final evaluation of `ctvlp fit` uses the best checkpoint (model selection on
     # validation) instead of the final weights.
     evaluate_best: bool = False
@@ -62,6 +64,24 @@ class ObjectiveModule(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.cfg: DictConfig = OmegaConf.create(config)
         self.nonfinite = NonFiniteGuard(int(self.cfg.optim.max_consecutive_nonfinite))
+
+    @classmethod
+    def embeds_text(cls) -> bool:
+        """Whether the module embeds reports, so retrieval and zero-shot can measure it."""
+        return "retrieval" in cls.evaluation_tasks
+
+    @classmethod
+    def from_sections(cls, **sections: Any) -> ObjectiveModule:
+        """The module built from the schema's defaults with ``sections`` merged over them (e.g.
+        ``model={"image": {"size": "tiny"}}, data={"crop_size": 32}``): no experiment files."""
+        return cls(config_from_sections(sections))
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The callbacks this module needs beside the trainer's own: the periodic evaluation of its
+        image encoder (``evaluation.every_n_steps``). Modules with more to show extend the list."""
+        tasks = type(self).evaluation_tasks
+        periodic = evaluation_callback_from_config(self.cfg, tasks) if tasks else None
+        return [periodic] if periodic is not None else []
 
     @classmethod
     def build_datamodule(cls, cfg: DictConfig) -> L.LightningDataModule:

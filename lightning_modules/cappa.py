@@ -15,20 +15,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 import torch
 from einops import rearrange
 from omegaconf import DictConfig
 
+from callbacks.report_samples import ReportSamplesCallback
+from ctvlp.config.evaluation_tasks import IMAGE_ONLY_TASKS
 from lightning_modules import rrg
 from lightning_modules.base import ObjectiveModule, image_encoder_from_config
 
 
-class CapPaModule(ObjectiveModule):
+class CapPaModule(rrg.ReportSamples, ObjectiveModule):
     best_metric = "val/rrg/loss"
     best_mode = "min"
     # No text encoder: no retrieval or zero-shot; the periodic evaluation runs the probe grid
     # (evaluation.callback_tasks), validation logs the RRG loss and generated reports.
-    embeds_text = False
+    evaluation_tasks = IMAGE_ONLY_TASKS
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
@@ -43,6 +46,13 @@ class CapPaModule(ObjectiveModule):
     @classmethod
     def rrg_active(cls, cfg: DictConfig) -> bool:
         return True
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The periodic probes, plus greedy report samples at every validation."""
+        return [
+            *super().configure_callbacks(),
+            ReportSamplesCallback(int(self.cfg.objectives.rrg.log_reports)),
+        ]
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) → projected tokens (B, N, proj_dim), without the pooler."""

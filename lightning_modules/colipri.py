@@ -21,8 +21,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from callbacks.mae_reconstruction import MAEReconstructionCallback
+from callbacks.report_samples import ReportSamplesCallback
+from datamodules.batching import IMAGE_ONLY
 from datamodules.mixing import data_sources
-from datamodules.sources.registry import IMAGE_ONLY
 from evaluation.retrieval import retrieval_metrics
 from lightning_modules import mae_objective, rrg
 from lightning_modules.base import ObjectiveModule, image_encoder_from_config
@@ -34,7 +36,7 @@ from lightning_modules.optim import param_groups_with_lrs
 from lightning_modules.window_means import WindowMeans
 
 
-class ColipriModule(ObjectiveModule):
+class ColipriModule(rrg.ReportSamples, mae_objective.MAEReconstructions, ObjectiveModule):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         cfg = self.cfg
@@ -57,7 +59,7 @@ class ColipriModule(ObjectiveModule):
             if self.rrg_targets is not None
             else None
         )
-        # >>> MAE objective and schedule (issue #6): COLIPRI-CM/CRM.
+        # COLIPRI-CM/CRM: the MAE head, and the schedule that alternates it with CLIP (+ RRG).
         self.objective_schedule = ObjectiveSchedule.from_config(cfg)
         self.mae_head = (
             mae_objective.build_head(cfg, self.image_encoder) if mae_objective.mae_enabled(cfg) else None
@@ -68,10 +70,8 @@ class ColipriModule(ObjectiveModule):
             "mae": float(cfg.objectives.mae.weight) if self.mae_head is not None else 0.0,
         }
         self._window_means = WindowMeans()
-        # <<< MAE objective and schedule
         self._eval_embeddings: dict[str, list[torch.Tensor]] = {"image": [], "text": [], "index": []}
 
-    # >>> MAE objective and schedule (issue #6)
     @classmethod
     def build_datamodule(cls, cfg: DictConfig) -> L.LightningDataModule:
         """The base DataModule, drawing each step's batch kind from the objective schedule."""
@@ -85,6 +85,15 @@ class ColipriModule(ObjectiveModule):
         datamodule = super().build_datamodule(cfg)
         datamodule.kind_plan = schedule.batch_kind
         return datamodule
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The periodic evaluation, plus report samples with RRG and reconstructions with MAE."""
+        callbacks = super().configure_callbacks()
+        if self.rrg_head is not None:
+            callbacks.append(ReportSamplesCallback(int(self.cfg.objectives.rrg.log_reports)))
+        if self.mae_head is not None:
+            callbacks.append(MAEReconstructionCallback(int(self.cfg.objectives.mae.log_volumes)))
+        return callbacks
 
     def optimizer_groups(self) -> list[dict[str, Any]] | None:
         """The MAE decoder at ``objectives.mae.decoder_lr_factor`` times ``optim.lr``."""
@@ -105,8 +114,6 @@ class ColipriModule(ObjectiveModule):
             )
         return optimizers
 
-    # <<< MAE objective and schedule
-
     # ----------------------------------------------------------------------------- encoding
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_encoder(images).pooled
@@ -115,8 +122,7 @@ class ColipriModule(ObjectiveModule):
         return self.text_encoder(input_ids, attention_mask).pooled
 
     # ----------------------------------------------------------------------------- training
-    # >>> MAE objective and schedule (issue #6): the CLIP (+ RRG) part of the former training_step,
-    # run only on vision-language steps.
+    # The CLIP (+ RRG) losses, run only on vision-language steps.
     def _vision_language_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = self.image_encoder(batch["image"])
         text_emb = self.encode_text(batch["input_ids"], batch["attention_mask"])
@@ -127,23 +133,20 @@ class ColipriModule(ObjectiveModule):
             losses["rrg"] = self.rrg_head.caption_loss(image.tokens, batch["cappa"], causal=causal)
         return losses
 
-    # <<< MAE objective and schedule
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        # >>> MAE objective and schedule (issue #6): the schedule picks the objectives of this step.
+        # The schedule picks the objectives of this step.
         kind = batch["kind"][0]
         active = self.objective_schedule.active(self.global_step, kind)
         losses = self._vision_language_losses(batch) if active.vision_language else {}
         if active.mae:
             losses["mae"] = self.mae_head(self.image_encoder.backbone, batch["image"]).loss
         loss = sum(self.loss_weights[name] * value for name, value in losses.items())
-        # <<< MAE objective and schedule
         batch_size = batch["image"].shape[0]
         self.guard_loss(loss)
         # Mean over ranks: equals the single-process loss on the global batch.
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
-        # >>> MAE objective and schedule (issue #6): objectives alternate between steps, so each
-        # scalar is logged as its mean over the logging window (lightning_modules/window_means.py).
+        # Objectives alternate between steps, so each scalar is logged as its mean over the
+        # logging window (lightning_modules/window_means.py).
         scalars = {f"train/loss_{name}": float(value.detach()) for name, value in losses.items()}
         scalars["train/objective/vision_language"] = float(active.vision_language)
         scalars["train/objective/mae"] = float(active.mae)
@@ -151,7 +154,6 @@ class ColipriModule(ObjectiveModule):
         every = int(self.trainer.log_every_n_steps)
         for name, value in self._window_means.update(self.global_step, every, scalars).items():
             self.log(name, value, batch_size=batch_size, sync_dist=name.startswith("train/loss_"))
-        # <<< MAE objective and schedule
         self.log("train/temperature", self.clip_loss.temperature, batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
         if self.mae_head is not None:  # objectives.mae.decoder_lr_factor times train/lr
@@ -189,14 +191,12 @@ class ColipriModule(ObjectiveModule):
         for name, value in metrics.items():
             self.log(f"{prefix}/retrieval/{name}", value)
 
-    # >>> MAE objective and schedule (issue #6)
     def _log_mae_loss(self, prefix: str, batch: dict[str, Any], batch_idx: int) -> None:
         if self.mae_head is not None:
             mae_objective.log_evaluation(
                 self, prefix, self.mae_head, self.image_encoder, batch["image"], batch_idx
             )
 
-    # <<< MAE objective and schedule
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._log_rrg_loss("val", self._collect(batch), batch)
         self._log_mae_loss("val", batch, batch_idx)

@@ -17,17 +17,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from callbacks.mae_reconstruction import MAEReconstructionCallback
+from ctvlp.config.evaluation_tasks import IMAGE_ONLY_TASKS
+from datamodules.batching import IMAGE_ONLY
 from lightning_modules import mae_objective
 from lightning_modules.base import ObjectiveModule, image_encoder_from_config
 
 
-class MAEModule(ObjectiveModule):
+class MAEModule(mae_objective.MAEReconstructions, ObjectiveModule):
     best_metric = "val/mae/loss"
     best_mode = "min"
-    embeds_text = False  # periodic evaluation: the probe grid only (evaluation.callback_tasks)
+    evaluation_tasks = IMAGE_ONLY_TASKS  # no text encoder: the probe grid only
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
@@ -41,6 +45,13 @@ class MAEModule(ObjectiveModule):
     def rrg_active(cls, cfg: DictConfig) -> bool:
         return False
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The periodic probes, plus reconstructions at every validation."""
+        return [
+            *super().configure_callbacks(),
+            MAEReconstructionCallback(int(self.cfg.objectives.mae.log_volumes)),
+        ]
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_encoder(images).pooled
 
@@ -51,7 +62,7 @@ class MAEModule(ObjectiveModule):
         batch_size = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log("train/loss_mae", loss, batch_size=batch_size)
-        self.log("train/image_only_batch", float(batch["kind"][0] == "image_only"), batch_size=batch_size)
+        self.log("train/image_only_batch", float(batch["kind"][0] == IMAGE_ONLY), batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
         return loss
 

@@ -80,3 +80,13 @@ def log_evaluation(
     baseline = mean_predictor_loss(output.target, output.mask.masked)
     module.log(f"{prefix}/mae/loss_mean_predictor", baseline, batch_size=batch_size, sync_dist=True)
     return output
+
+
+class MAEReconstructions:
+    """Mixin for modules with an MAE head (``mae_head``, ``image_encoder``): the reconstructions
+    that ``callbacks.mae_reconstruction.MAEReconstructionCallback`` shows."""
+
+    def mae_reconstruction(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked input, reconstruction) of ``images`` under the fixed masks of evaluation batch 0."""
+        output = evaluation_output(self.mae_head, self.image_encoder, images, int(self.cfg.seed), index=0)
+        return self.mae_head.reconstruction(images, output)

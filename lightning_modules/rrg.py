@@ -16,6 +16,7 @@ only reads the config and holds the few rules shared by ``ColipriModule`` (COLIP
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,3 +105,27 @@ def generate_reports(
         image_tokens, header_ids, targets.num_slots, causal=causal, start_id=targets.start_id
     )
     return [targets.decode(row, order) for row, order in zip(slots.tolist(), orders, strict=True)]
+
+
+class ReportSamples:
+    """Mixin for modules that generate reports (``rrg_head``, ``rrg_targets``, ``image_encoder``):
+    the greedy samples that ``callbacks.report_samples.ReportSamplesCallback`` logs."""
+
+    def report_samples(self, batch: dict[str, Any]) -> list[dict[str, str]]:
+        """Per volume of a collated batch: the reference, then one greedy report per trained mode."""
+        targets = self.rrg_targets
+        orders = [tuple(sections) for sections in batch["sections"]]
+        header_ids = batch["cappa"]["header_ids"].to(self.device)
+        tokens = self.image_encoder(batch["image"].to(self.device)).tokens
+        modes = mode_weights(float(self.cfg.objectives.rrg.parallel_prob))
+        generated = {
+            mode: generate_reports(
+                self.rrg_head, targets, tokens, header_ids, orders, causal=mode == "causal"
+            )
+            for mode in modes
+        }
+        samples = []
+        for i, order in enumerate(orders):
+            reference = targets.decode(targets.slot_ids(batch["cappa"]["labels"][i]), order)
+            samples.append({"reference": reference, **{f"{m} (greedy)": r[i] for m, r in generated.items()}})
+        return samples

@@ -1,4 +1,4 @@
-"""UniferumModule: Uniferum, segmentation-conditioned classification (RECIPES.md, Uniferum).
+"""UniferumModule: Uniferum, segmentation-conditioned classification.
 
 One model f(x, t) for every task: a 3D vision encoder, the task text, a fusion transformer
 initialised from a text model's first layers, and two heads (``nets/seg_conditioned_head.py``).
@@ -72,10 +72,10 @@ def task_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
 class UniferumModule(ObjectiveModule):
     best_metric = "val/diagnosis/auroc_mean"
     best_mode = "max"
-    # The periodic EvaluationCallback needs an image_encoder and CT-RATE-style batches; this module
-    # evaluates its tasks in its own validation loop (trainer.val_check_interval).
-    periodic_evaluation = False
-    embeds_text = False
+    # No image-encoder evaluation (retrieval, zero-shot, probes need an image_encoder and CT-RATE
+    # style batches): this module evaluates its tasks in its own validation loop
+    # (trainer.val_check_interval) and `ctvlp eval --task-text`.
+    evaluation_tasks = ()
     # "Models were selected based on the best average AUROC across validation tasks."
     evaluate_best = True
 

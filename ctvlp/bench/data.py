@@ -12,6 +12,9 @@ rendered from the phantom chest scene. Each measurement runs in a fresh subproce
 batches / s of a one-worker DataLoader with batch size 1, and the cache-format comparison (one 160^3
 crop from the same cached volume stored as uncompressed ``.npy`` read through mmap, the whole
 ``.npy`` loaded, compressed ``.npz``, and ``.nii.gz``). No pass/fail: the numbers are reported.
+
+The imports of torch, torchio and ``datamodules`` sit inside the measured functions on purpose:
+each measurement's subprocess loads only what it uses, so the peak RSS figures compare.
 """
 
 from __future__ import annotations

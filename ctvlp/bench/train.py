@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_modules.nets.image_encoder import build_image_encoder
+from lightning_modules.nets.primus_encoder import set_activation_checkpointing
 
 # Dense bf16 peak FLOP/s of common cards, for MFU.
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -82,8 +83,6 @@ def measure(case: Case) -> Measurement:
         case.size, case.input_size, patch_size=8, proj_dim=768, pool_heads=12, drop_path=0.0
     )
     if case.checkpointing:
-        from lightning_modules.nets.primus_encoder import set_activation_checkpointing
-
         set_activation_checkpointing(encoder.backbone, True)
     encoder.to(device).train()
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-4)

@@ -28,7 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ctvlp.commands.eval_tasks import is_task_checkpoint, run_task_eval
 from ctvlp.config.errors import ConfigError
-from ctvlp.config.evaluation_tasks import parse_tasks, supported_tasks
+from ctvlp.config.evaluation_tasks import parse_tasks
 from ctvlp.config.loader import checkpoint_config, load_experiment
 from ctvlp.results import results_table, write_results
 from ctvlp.run_dir import Checkpoint, RunDir, new_run_dir, read_checkpoint, resolve_checkpoint
@@ -81,7 +81,7 @@ def load_checkpoint(
 def _restore(checkpoint: Checkpoint, overrides: list[str]) -> tuple[DictConfig, ObjectiveModule]:
     cfg = checkpoint_config(checkpoint.config, overrides)
     module = checkpoint.restore(cfg)
-    if not hasattr(module, "image_encoder"):
+    if not type(module).evaluation_tasks:
         raise ConfigError(
             f"{checkpoint.path}: a '{cfg.module}' checkpoint has no image encoder to evaluate here"
         )
@@ -91,9 +91,9 @@ def _restore(checkpoint: Checkpoint, overrides: list[str]) -> tuple[DictConfig, 
 def tasks_for(module: ObjectiveModule, module_name: str, spec: str | None) -> list[str]:
     """The tasks to run: ``spec`` (comma-separated), or by default every task the module supports
     (all for a vision-language model, probes for an image-only one)."""
-    supported = supported_tasks(module.embeds_text)
+    supported = type(module).evaluation_tasks
     if spec is None:
-        if not module.embeds_text:
+        if not module.embeds_text():
             log.info("The '%s' module has no text encoder: evaluating probes only", module_name)
         return list(supported)
     tasks = _parse_tasks(spec)

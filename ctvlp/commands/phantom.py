@@ -6,6 +6,11 @@ import argparse
 import time
 from pathlib import Path
 
+from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate
+from datamodules.phantom.image_only_writer import write_phantom_image_only
+from datamodules.phantom.merlin_writer import write_phantom_merlin
+from datamodules.phantom.rad_chestct_writer import write_phantom_rad_chestct
+
 PHANTOM_SOURCES = ("ct_rate", "merlin", "rad_chestct", "image_only")
 
 
@@ -55,8 +60,6 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     progress = not args.no_progress
     if args.source == "ct_rate":
-        from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate
-
         s = write_phantom_ct_rate(args.out, args.n, seed=args.seed, workers=args.workers, progress=progress)
         what = (
             f"phantom CT-RATE at {s.root}: {s.n_scans} scans, {s.n_volumes} volumes "
@@ -64,14 +67,10 @@ def run(args: argparse.Namespace) -> int:
             f"{s.n_patients} patients"
         )
     elif args.source == "merlin":
-        from datamodules.phantom.merlin_writer import write_phantom_merlin
-
         m = write_phantom_merlin(args.out, args.n, seed=args.seed, workers=args.workers, progress=progress)
         what = f"phantom Merlin at {m.root}: {m.n_studies} studies ({m.n_train} train / {m.n_val} val / {m.n_test} test)"
         s = m
     elif args.source == "rad_chestct":
-        from datamodules.phantom.rad_chestct_writer import write_phantom_rad_chestct
-
         r = write_phantom_rad_chestct(
             args.out, args.n, seed=args.seed, scale=args.scale, workers=args.workers, progress=progress
         )
@@ -81,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
         )
         s = r
     else:
-        from datamodules.phantom.image_only_writer import write_phantom_image_only
-
         i = write_phantom_image_only(
             args.out, args.n, seed=args.seed, n_dicom=args.dicom, workers=args.workers, progress=progress
         )

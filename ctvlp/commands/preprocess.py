@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--root",
         type=Path,
         required=True,
-        help="data root of the source (CT-RATE: the folder with train_fixed/ ...; see README, Data)",
+        help="data root of the source (CT-RATE: the folder with train_fixed/ ...; see docs/data.md)",
     )
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="default: ./cache")
     parser.add_argument(

@@ -15,11 +15,6 @@ CLASSIFICATION_TASKS = ("zeroshot_native", "zeroshot_short", "probe")
 IMAGE_ONLY_TASKS = ("probe",)
 
 
-def supported_tasks(embeds_text: bool) -> tuple[str, ...]:
-    """The tasks a module supports: all with report embeddings, else :data:`IMAGE_ONLY_TASKS`."""
-    return TASKS if embeds_text else IMAGE_ONLY_TASKS
-
-
 def parse_tasks(tasks: str | Iterable[str]) -> list[str]:
     """``"retrieval,zeroshot,probe"`` (or a list) -> task names in canonical order.
 

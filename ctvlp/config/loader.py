@@ -224,6 +224,20 @@ def checkpoint_config(saved: dict[str, Any], overrides: Sequence[str] = ()) -> D
     return validate(OmegaConf.merge(cfg, override_cfg))
 
 
+def config_from_sections(sections: dict[str, Any]) -> dict[str, Any]:
+    """The schema's defaults with ``sections`` (plain nested dicts) merged over them, checked for
+    unknown keys, types and choices, as the plain dict a module takes: a module built in a few
+    lines, with no experiment file. Required paths left unset (``data.root``) stay ``"???"``."""
+    _check_unknown_keys(OmegaConf.create(sections), _schema_keys(ExperimentConfig))
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), sections)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"Invalid configuration: {error}") from error
+    cfg.module = current_module_name(str(cfg.module))
+    _check_choices(cfg)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
 def load_experiment(
     experiment: str,
     profile: str | None = None,

@@ -69,7 +69,7 @@ def launch_slurm(
 ) -> dict[str, str]:
     """Submit one SLURM job per unfinished run through submitit."""
     try:
-        import submitit
+        import submitit  # optional: only the slurm launcher needs it
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise RuntimeError("The slurm launcher needs submitit: pip install submitit") from error
     executor = submitit.AutoExecutor(folder=sweep_dir / "slurm")

@@ -94,7 +94,7 @@ def test_native_zero_shot_finds_the_phantom_abnormalities(evaluated: tuple[Path,
 
 @pytest.mark.xfail(
     strict=False,
-    reason="issue #4 acceptance, blocked at CPU scale: the probe reaches 0.58 test AUROC on the "
+    reason="The COLIPRI probe target, blocked at CPU scale: the probe reaches 0.58 test AUROC on the "
     "400-step fixture (0.59 after the 600-step demo on 800 scans, 0.64 after 2400 steps; cardiomegaly, "
     "pericardial and pleural effusion learned, most small findings at chance). Even direct supervision "
     "stays below the target in a CPU budget on these voxels (a multi-label 3D CNN: 0.733 after 5 min). "

@@ -114,12 +114,12 @@ def test_segmentation_and_an_unseen_task_text_are_learned(
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="issue #7 acceptance, blocked at CPU scale: mean diagnosis AUROC 0.51-0.57 on the phantom "
+    reason="The Uniferum diagnosis target, blocked at CPU scale: mean diagnosis AUROC 0.51-0.57 on the phantom "
     "test split after 1200 steps (cardiomegaly / pleural effusion ~0.75-0.9, the rest at chance; 9,600 "
     "one-task samples against the paper's 1.6 M). The fusion learns no task-conditioned readout within "
     "a CPU budget; a mean-pooled readout, a 3D ResNet vision encoder and 3 extra tasks per volume did "
     "not change that. Trained on one task alone (Consolidation), the same 1200 steps reach 0.887 "
-    "(issue #7 notes)",
+    "(README, docs/recipes.md)",
 )
 def test_mean_diagnosis_auroc_reaches_the_target(learning_run: tuple[dict[str, float], float]) -> None:
     results, _ = learning_run
