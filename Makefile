@@ -22,7 +22,7 @@ DEMO_EXPERIMENT ?= colipri_crm
 # TensorBoard (make tb) serves on this machine only; TB_HOST=0.0.0.0 exposes it to the network.
 TB_HOST ?= 127.0.0.1
 
-.PHONY: demo test test-all exp sweep bench-train bench-data tb lint format clean distclean venv
+.PHONY: demo test test-all exp sweep bench-train bench-data bench-annotate tb lint format clean distclean venv
 
 venv: $(STAMP)
 
@@ -62,6 +62,11 @@ bench-train: $(STAMP)
 # 512x512x300 NIfTI phantoms, in the same run (ARGS="--volumes 5" etc., see --help).
 bench-data: $(STAMP)
 	$(BIN)/python -m ctvlp.bench.data $(ARGS)
+
+# LLM annotation: reports/s against a local OpenAI-compatible server with 200 ms latency, at
+# concurrency 1 and 32 (ARGS="--latency 0.5 --reports 128" etc., see --help).
+bench-annotate: $(STAMP)
+	$(BIN)/python -m ctvlp.bench.annotate $(ARGS)
 
 tb: $(STAMP)
 	$(BIN)/tensorboard --logdir runs --host $(TB_HOST)

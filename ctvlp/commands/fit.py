@@ -14,13 +14,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.evaluation import evaluate_splits
+from ctvlp.config.errors import ConfigError
 from ctvlp.config.evaluation_tasks import parse_tasks
 from ctvlp.config.loader import load_experiment
 from ctvlp.model_selection import model_selection
 from ctvlp.results import collect_results, results_table, write_results
 from ctvlp.run_dir import RunDir, load_checkpoint_file, new_run_dir, resolve_resume
 from ctvlp.trainer_factory import build_trainer
-from datamodules.datamodule import check_data
+from datamodules.annotation.coverage import sidecar_coverage
+from datamodules.datamodule import SHORTENED_FINDINGS_FILE, STRUCTURED_FINDINGS_FILE, check_data
+from datamodules.mixing import data_sources
 from evaluation.runner import EvalSettings
 from lightning_modules.registry import module_class
 
@@ -74,12 +77,41 @@ class FitResult:
     results: dict[str, float]
 
 
+def check_text_sidecars(cfg: DictConfig) -> None:
+    """Stop before any compute when the experiment needs an LLM sidecar that misses volumes of the
+    primary source, unless the config accepts the fallback (then log the coverage)."""
+    text = cfg.data.text
+    primary = data_sources(cfg.data)[0]
+    needs = []
+    if cfg.module == "colipri" and float(text.shorten_p) > 0:
+        path = text.shortened_findings_json or Path(primary.root) / SHORTENED_FINDINGS_FILE
+        needs.append(("shorten", path, "allow_missing_shortened", f"data.text.shorten_p={text.shorten_p}"))
+    if cfg.module == "cappa" or (cfg.module == "colipri" and cfg.objectives.rrg.enabled):
+        path = text.get("structured_findings_json") or Path(primary.root) / STRUCTURED_FINDINGS_FILE
+        needs.append(("sections", path, "allow_keyword_sections", "report generation (CapPa sections)"))
+    for task, path, opt_out, why in needs:
+        coverage = sidecar_coverage(primary.name, primary.root, path, task)
+        if coverage is None:
+            continue
+        counts = f"{coverage.sidecar} covers {coverage.covered} of {coverage.total} report volumes"
+        if not coverage.complete and not text.get(opt_out):
+            raise ConfigError(
+                f"{why} needs the {task} sidecar, but {counts}. Write it with `ctvlp annotate --source "
+                f"{primary.name} --root {primary.root} --tasks {task} --llm URL|DIR`, or set "
+                f"data.text.{opt_out}=true to accept the fallback for the uncovered volumes."
+            )
+        log.info(
+            "%s sidecar: %s%s", task, counts, "" if coverage.complete else f" (data.text.{opt_out}=true)"
+        )
+
+
 def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
     """Train ``cfg`` (already validated) in a new or resumed run directory."""
     L.seed_everything(int(cfg.seed), workers=True)
     # Fail on a wrong data root before any model is built. The cache is built in the
     # DataModule's prepare_data (one process per node), not here on every DDP rank.
     check_data(cfg.data)
+    check_text_sidecars(cfg)
     if resume:
         run, ckpt_path = resolve_resume(Path(cfg.runs_dir), cfg.name, resume)
         load_checkpoint_file(ckpt_path, mmap=True)  # refuse a file that is not plain data, early

@@ -27,6 +27,12 @@ class TextDataConfig:
     # The eight CapPa report sections per volume (sidecar JSON, see datamodules/report_sections.py;
     # default <data.root>/structured_findings.json); volumes without an entry use the keyword rules.
     structured_findings_json: str | None = None
+    # `ctvlp fit` stops when an experiment needs a sidecar (shortened findings: shorten_p > 0;
+    # CapPa sections: objectives.rrg.enabled or module cappa) that misses volumes of the primary
+    # source (`ctvlp annotate` writes them). These accept the fallback instead (reports kept whole;
+    # keyword-rule sections) and log the coverage.
+    allow_missing_shortened: bool = False
+    allow_keyword_sections: bool = False
 
 
 @dataclass
