@@ -15,6 +15,12 @@ Two levels, both cheap:
   file in its top two levels (the tables: reports, labels, metadata, sidecars). A complete cache is
   used without rescanning the dataset only while this stamp matches; otherwise the dataset is
   rescanned and the build runs, reusing every volume whose signature still matches.
+  A label table that replaces the source's labels (``data.labels``: ``ctvlp annotate``'s
+  ``llm_labels.csv``, wherever it lives) is stamped too, by path, size and modification time: a
+  re-annotated table, or a switch to or from one, is a changed dataset like a changed report.
+
+The annotation sidecars (shortened findings, CapPa sections) are not cached: they are read at every
+setup, so a new sidecar takes effect at the next run without a rebuild.
 """
 
 from __future__ import annotations
@@ -70,8 +76,17 @@ def signature_is_current(cache_root: Path, record: Record) -> bool:
     return saved == source_signature(record)
 
 
-def dataset_stamp(root: Path) -> dict[str, Any]:
-    """The dataset root and (size, mtime) of every file in its top two levels."""
+def _file_stamp(path: Path) -> list[Any]:
+    path = Path(path).absolute()
+    try:
+        stat = path.stat()
+    except OSError:
+        return [str(path), None]
+    return [str(path), [stat.st_size, stat.st_mtime_ns]]
+
+
+def dataset_stamp(root: Path, label_table: Path | None = None) -> dict[str, Any]:
+    """The dataset root, (size, mtime) of every file in its top two levels, and the label table."""
     root = Path(root).absolute()
     files: dict[str, list[int]] = {}
 
@@ -88,22 +103,25 @@ def dataset_stamp(root: Path) -> dict[str, Any]:
                 walk(Path(entry.path), depth + 1)
 
     walk(root, 1)
-    return {"root": str(root), "files": dict(sorted(files.items()))}
+    stamp: dict[str, Any] = {"root": str(root), "files": dict(sorted(files.items()))}
+    if label_table is not None:
+        stamp["label_table"] = _file_stamp(label_table)
+    return stamp
 
 
-def write_dataset_stamp(cache_root: Path, root: Path) -> None:
-    write_json_atomic(cache_root / STAMP_NAME, dataset_stamp(root))
+def write_dataset_stamp(cache_root: Path, root: Path, label_table: Path | None = None) -> None:
+    write_json_atomic(cache_root / STAMP_NAME, dataset_stamp(root, label_table))
 
 
-def dataset_stamp_matches(cache_root: Path, root: Path) -> bool:
+def dataset_stamp_matches(cache_root: Path, root: Path, label_table: Path | None = None) -> bool:
     try:
         saved = json.loads((cache_root / STAMP_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return saved == dataset_stamp(root)
+    return saved == dataset_stamp(root, label_table)
 
 
-def reusable_index(cache_root: Path, root: Path) -> CacheIndex | None:
+def reusable_index(cache_root: Path, root: Path, label_table: Path | None = None) -> CacheIndex | None:
     """The cache index at ``cache_root`` when it can serve the dataset at ``root`` without a build:
     it exists, every entry's volume is complete and the dataset stamp matches. Otherwise ``None``,
     with a warning saying why when an index exists (the caller rescans and builds, which reuses
@@ -121,9 +139,10 @@ def reusable_index(cache_root: Path, root: Path) -> CacheIndex | None:
             missing[0].file,
         )
         return None
-    if not dataset_stamp_matches(cache_root, root):
+    if not dataset_stamp_matches(cache_root, root, label_table):
         log.warning(
-            "%s was built from another dataset, or %s changed since; rescanning it and rebuilding what changed",
+            "%s was built from another dataset or label table, or %s changed since; rescanning it and "
+            "rebuilding what changed",
             cache_root,
             root,
         )

@@ -17,6 +17,7 @@ from datamodules.cache_provenance import reusable_index
 from datamodules.collate import PairedCollator
 from datamodules.dataset import PairedVolumeDataset
 from datamodules.image_dataset import ImageOnlyVolumeDataset
+from datamodules.label_tables import apply_label_table
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.loaders import Collate, SplitDataModule
 from datamodules.mixing import DataSource, KindCollator, MixedDataset, data_sources, project_entries
@@ -69,11 +70,14 @@ def ensure_source_cache(
     ``masks``: the organ masks are needed too, so a cache built without them is completed when
     the source has masks (its volumes are reused)."""
     cache_root = source_cache_root(data, source)
-    index = reusable_index(cache_root, Path(source.root))
+    label_table = Path(source.labels) if source.labels else None
+    index = reusable_index(cache_root, Path(source.root), label_table)
     if index is not None and (not masks or any(e.masks for e in index.entries)):
         return index
     label_names = list(source.spec.label_names)
     scan = source.spec.scan(Path(source.root), label_names)
+    if label_table is not None:
+        scan.records = apply_label_table(scan.records, label_table, label_names)
     if index is not None and not any(r.masks for r in scan.records):
         return index  # the source has no organ masks: nothing to add
     log.info(
@@ -93,6 +97,7 @@ def ensure_source_cache(
         progress=progress,
         rejected=scan.rejected,
         source_root=Path(source.root),
+        label_table=label_table,
     )
 
 

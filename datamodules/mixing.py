@@ -33,6 +33,8 @@ class DataSource:
     spec: SourceSpec
     # The source's cache spacing in mm; None: data.spacing.
     spacing: float | None = None
+    # A label table replacing the source's own labels (datamodules/label_tables.py); None: its own.
+    labels: str | None = None
 
     @property
     def kind(self) -> str:
@@ -43,13 +45,23 @@ def data_sources(data: DictConfig) -> list[DataSource]:
     """The configured sources, primary first (``data.sources``, or the ``data.source`` shorthand)."""
     listed = list(data.get("sources") or [])
     if not listed:
-        return [DataSource(str(data.source), str(data.root), 1.0, get_source(str(data.source)))]
+        labels = data.get("labels")
+        return [
+            DataSource(
+                str(data.source),
+                str(data.root),
+                1.0,
+                get_source(str(data.source)),
+                labels=str(labels) if labels else None,
+            )
+        ]
     sources = []
     for item in listed:
         weight = float(item.get("weight", 1.0))
         if not weight > 0:
             raise ValueError(f"data.sources: weight of {item.name!r} must be positive, not {weight}")
         spacing = item.get("spacing")
+        labels = item.get("labels")
         sources.append(
             DataSource(
                 str(item.name),
@@ -57,6 +69,7 @@ def data_sources(data: DictConfig) -> list[DataSource]:
                 weight,
                 get_source(str(item.name)),
                 float(spacing) if spacing is not None else None,
+                str(labels) if labels else None,
             )
         )
     names = [s.name for s in sources]

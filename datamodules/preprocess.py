@@ -211,6 +211,7 @@ def build_cache(
     progress: bool = True,
     rejected: Sequence[tuple[str, str, str]] = (),
     source_root: Path | None = None,
+    label_table: Path | None = None,
 ) -> CacheIndex:
     """Convert every record into ``<cache_root>/volumes/<id>.npy`` and write the index.
 
@@ -218,7 +219,8 @@ def build_cache(
     earlier run is reused when it was built from the same inputs: ``datamodules.cache_provenance``),
     atomic (temp file + ``os.replace``; ``index.json`` last). Bad volumes and ``rejected`` go to
     ``quarantine.csv``; they never raise. With ``source_root`` (the dataset the records were scanned
-    from) the dataset's stamp is written last, so a later complete-cache check can trust the index.
+    from) the dataset's stamp is written last, so a later complete-cache check can trust the index;
+    ``label_table`` (a table the records' labels were taken from) is part of that stamp.
     """
     if interpolation not in INTERPOLATION_SETTINGS:
         raise ValueError(
@@ -302,7 +304,7 @@ def build_cache(
     )
     index.save()
     if source_root is not None:
-        write_dataset_stamp(cache_root, source_root)
+        write_dataset_stamp(cache_root, source_root, label_table)
     built = len(shapes) - reused
     log.info(
         "cache %s: %d entries (%d reused, %d built in %.1f s), %d quarantined",

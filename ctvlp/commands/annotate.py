@@ -69,6 +69,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+# How an experiment picks each output up (the sidecars are found in data.root by default).
+USE_HINTS = {
+    "labels": "  (train on it with data.labels={path})",
+    "sections": "  (read from data.root, or set data.text.structured_findings_json={path})",
+    "shorten": "  (read from data.root, or set data.text.shortened_findings_json={path})",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     if args.compare_labels:
         a, b = args.compare_labels
@@ -107,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     counts, written = annotate(options)
     for task, path in written.items():
-        print(f"{task}: {path}")
+        print(f"{task}: {path}{USE_HINTS.get(task, '').format(path=path)}")
     print(f"annotate: {counts.line()} in {time.perf_counter() - start:.1f} s")
     if counts.failed:
         review = (args.out or args.root) / "annotate_review.jsonl"

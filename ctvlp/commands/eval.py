@@ -178,8 +178,12 @@ def prepare_evaluation(
     datamodule.setup("validate")
     settings = EvalSettings.from_config(cfg, tasks)
     settings.feature_cache_dir = out / FEATURES_DIR
+    # The index file is rewritten whenever the cache is rebuilt (a changed report, label or label
+    # table), so its identity keeps cached features from serving stale labels or reports.
     settings.model_key = fingerprint(
-        weights_identity, str(resolve_cache_root(cfg.data)), OmegaConf.to_container(cfg.data)
+        weights_identity,
+        checkpoint_identity(resolve_cache_root(cfg.data) / "index.json"),
+        OmegaConf.to_container(cfg.data),
     )
     evaluator = Evaluator(
         module.to(device).eval(),

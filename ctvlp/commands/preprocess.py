@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from datamodules.cache import INTERPOLATIONS, cache_path
+from datamodules.label_tables import apply_label_table
 from datamodules.preprocess import build_cache, read_quarantine
 from datamodules.sources.registry import SOURCES
 
@@ -42,6 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=min(8, os.cpu_count() or 1),
         help="parallel processes (each needs ~2 GB for a 512x512x300 CT); default: min(8, cores)",
     )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        help="a label table replacing the source's own labels (as data.labels: e.g. ctvlp annotate's "
+        "llm_labels.csv; -1 and empty are unknown)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -50,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     source = SOURCES[args.source]
     label_names = list(source.label_names)
     scan = source.scan(Path(args.root), label_names)
+    if args.labels is not None:
+        scan.records = apply_label_table(scan.records, args.labels, label_names)
     print(f"{args.source}: {len(scan.records)} volumes, {len(scan.rejected)} rejected by the source")
     for spacing in args.spacing or [2.0]:
         root = cache_path(Path(args.cache_dir), args.source, spacing, args.interpolation)
@@ -63,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             rejected=scan.rejected,
             source_root=Path(args.root),
+            label_table=args.labels,
         )
         counts = Counter(e.split for e in index.entries)
         splits = ", ".join(f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (s != "train", s)))

@@ -52,6 +52,9 @@ class SourceConfig:
     # Cache spacing of this source (mm); None: data.spacing. A finer spacing than data.spacing
     # gives sub-crops of data.crop_size voxels at a higher resolution (COLIPRI's 1 mm MAE data).
     spacing: float | None = None
+    # A label table in the source's own layout replacing its labels (`ctvlp annotate`'s
+    # llm_labels.csv); -1 and empty cells are unknown (NaN, masked). None: the dataset's own labels.
+    labels: str | None = None
 
 
 @dataclass
@@ -61,6 +64,8 @@ class DataConfig:
     # Several sources mixed with weights, the primary first (its label space and its val/test
     # splits are the common ones). Empty: the single source data.source at data.root.
     sources: list[SourceConfig] = field(default_factory=list)
+    # The label table of the data.source shorthand (as data.sources[].labels).
+    labels: str | None = None
     cache_dir: str = "cache"
     spacing: float = 2.0
     # paper: antialiasing + B-spline; colipri_inference: linear, no antialiasing.

@@ -2,6 +2,8 @@
 
 Volumes that share one report (CT-RATE's reconstructions of one scan) are annotated once: an
 :class:`Item` holds the report text and every volume id it belongs to; its id is the first of them.
+CT-RATE's head CTs (its ``no_chest_*.txt`` lists) are left out, as the data layer leaves them out:
+their reports would cost LLM calls and never be read.
 """
 
 from __future__ import annotations
@@ -41,13 +43,18 @@ def _ct_rate_rows(root: Path) -> list[tuple[str, str, str]]:
     tables = [root / layout.reports for layout in ct_rate.SPLIT_LAYOUTS if (root / layout.reports).is_file()]
     if not tables:
         raise DataRootError(f"no CT-RATE report table under {root}.\n{ct_rate.EXPECTED_LAYOUT}")
+    no_chest = {v for layout in ct_rate.SPLIT_LAYOUTS for v in ct_rate.read_no_chest(root, layout.no_chest)}
     for table in tables:
         df = pd.read_csv(table, dtype=str).fillna("")
         if "VolumeName" not in df or "Findings_EN" not in df:
             raise DataRootError(f"{table} lacks VolumeName / Findings_EN.\n{ct_rate.EXPECTED_LAYOUT}")
         impressions = df["Impressions_EN"] if "Impressions_EN" in df else [""] * len(df)
         rows += zip(df["VolumeName"], df["Findings_EN"], impressions, strict=True)
-    return [(str(name).strip(), f.strip(), i.strip()) for name, f, i in rows]
+    return [
+        (str(name).strip(), f.strip(), i.strip())
+        for name, f, i in rows
+        if ct_rate.volume_id(str(name)) not in no_chest
+    ]
 
 
 def _merlin_rows(root: Path) -> list[tuple[str, str, str]]:

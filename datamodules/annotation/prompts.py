@@ -4,7 +4,9 @@ Every task asks the model for one JSON object and validates it against a fixed s
 that fails is retried and, after the last retry, listed for manual review with the reason.
 
 - ``sections``: the eight CapPa sections of ``datamodules.report_sections`` (exactly those
-  names as keys, each a list of sentences copied from the Findings).
+  names as keys, each a list of sentences copied from the Findings). The copy is checked: every
+  sentence must occur verbatim in the Findings (whitespace aside), and together they must hold
+  the Findings' text exactly once (nothing dropped, nothing repeated).
 - ``shorten``: ``{"positive": [...], "negative": [...]}``, one short sentence per finding.
 - ``labels``: ``{"labels": {name: 1 | 0 | -1}}`` with exactly the source's K label names
   (1 present, 0 absent, -1 uncertain or not mentioned); a list of exactly K such values, in the
@@ -100,11 +102,15 @@ class Task:
             raise ValueError(f"unknown task {self.name!r}; valid: {', '.join(TASKS)}")
         return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
 
-    def validate(self, reply: str) -> dict:
-        """The reply's JSON object, checked against the task's schema; ``ValidationError`` otherwise."""
+    def validate(self, reply: str, findings: str | None = None) -> dict:
+        """The reply's JSON object, checked against the task's schema (and, for ``sections`` with
+        ``findings`` given, against the Findings it must copy); ``ValidationError`` otherwise."""
         data = parse_json_object(reply)
         if self.name == "sections":
-            return _validate_sections(data)
+            sections = _validate_sections(data)
+            if findings is not None:
+                check_verbatim_copy(sections, findings)
+            return sections
         if self.name == "shorten":
             return _validate_shorten(data)
         return _validate_labels(data, self.label_names)
@@ -141,6 +147,30 @@ def _validate_sections(data: dict) -> dict[str, list[str]]:
             f"section names must be exactly the eight; missing {missing}, unexpected {extra}"
         )
     return {name: _string_list(data[name], f"section {name!r}") for name in SECTION_NAMES}
+
+
+def _squeeze(text: str) -> str:
+    return " ".join(text.split())
+
+
+def check_verbatim_copy(sections: dict[str, list[str]], findings: str) -> None:
+    """Every sentence occurs verbatim in ``findings``, and the sentences hold its text exactly
+    once: their characters (blanks aside) add up to the Findings' own, so a dropped sentence falls
+    short and a repeated one runs over. Sentence boundaries are the model's to choose."""
+    text = _squeeze(findings)
+    for name, sentences in sections.items():
+        for sentence in sentences:
+            if _squeeze(sentence) not in text:
+                raise ValidationError(
+                    f"section {name!r}: not copied verbatim from the Findings: {sentence[:80]!r}"
+                )
+    copied = sum(len(s.replace(" ", "")) for ss in sections.values() for s in map(_squeeze, ss))
+    total = len(text.replace(" ", ""))
+    if copied != total:
+        what = "dropped" if copied < total else "repeated"
+        raise ValidationError(
+            f"sentences {what}: the sections hold {copied} of the Findings' {total} non-blank characters"
+        )
 
 
 def _validate_shorten(data: dict) -> dict[str, list[str]]:

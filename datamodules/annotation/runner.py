@@ -125,7 +125,7 @@ class Runner:
             still_open = []
             for j, reply in zip(open_jobs, outputs, strict=True):
                 try:
-                    result = jobs[j][1].validate(reply)
+                    result = jobs[j][1].validate(reply, jobs[j][0].findings)
                 except ValidationError as error:
                     reasons[j], replies[j] = str(error), reply
                     still_open.append(j)

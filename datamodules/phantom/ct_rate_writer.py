@@ -11,6 +11,8 @@ Layout under ``out/`` (the role of CT-RATE's ``dataset/`` folder)::
     ts_seg/ts_total/{train,valid}_fixed/...     TotalSegmentator-style label maps, one per volume
     ts_seg/ts_body/{train,valid}_fixed/...      (same relative path and voxel grid as the volume)
     shortened_findings.json                      ({VolumeName: {"positive": [...], "negative": [...]}})
+    structured_findings.json                     ({VolumeName: {CapPa section: [sentence, ...]}},
+                                                  chest CTs; the truth `ctvlp annotate` must match)
     phantom_manifest.json                        (written last: marks a complete phantom)
 
 Geometry and intensity conventions (what a correct reader must do)
@@ -151,6 +153,7 @@ _OWNED = [
     "no_chest_train.txt",
     "no_chest_valid.txt",
     "shortened_findings.json",
+    "structured_findings.json",
     TS_SEG_DIR,
     MANIFEST,
 ]
@@ -464,6 +467,8 @@ def _write_tables(out: Path, scans: list[_Scan]) -> None:
         for name, _, _ in s.volumes
     }
     (out / "shortened_findings.json").write_text(json.dumps(short, indent=1))
+    sections = {name: s.report.sections for s in scans if not s.head for name, _, _ in s.volumes}
+    (out / "structured_findings.json").write_text(json.dumps(sections, indent=1))
 
 
 def write_phantom_ct_rate(

@@ -5,6 +5,8 @@ pleura, upper abdomen, bones), with several phrasings per finding. Present findi
 with the attributes that were drawn (side, zone, size, count, device, ...); a random subset of
 the absent labels get a negative sentence. The shortened findings (the sidecar JSON) hold one
 short positive sentence per present finding and one short negative per absent label mentioned.
+Each sentence is also assigned one of COLIPRI's eight CapPa sections as it is written
+(``Report.sections``): the ground truth that ``ctvlp annotate``'s sections task must reproduce.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.phantom.findings import Finding
+from datamodules.report_sections import SECTION_NAMES
 
 
 @dataclass
@@ -27,6 +30,8 @@ class Report:
     impressions: str
     positive: list[str] = field(default_factory=list)  # shortened positive findings
     negative: list[str] = field(default_factory=list)  # shortened negative findings
+    # The eight CapPa sections -> the Findings sentences in each, in report order.
+    sections: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
@@ -434,6 +439,28 @@ _DEVICE_SECTION = {
 }
 assert sorted(_NEGATIVE) == sorted(CT_RATE_LABELS)
 
+# The CapPa section each label's sentences belong to (COLIPRI App. E.2's eight sections).
+_LABEL_SECTION = {
+    "Medical material": "Tubes Lines and Devices",
+    "Arterial wall calcification": "Cardiovascular Structures",
+    "Cardiomegaly": "Cardiovascular Structures",
+    "Pericardial effusion": "Cardiovascular Structures",
+    "Coronary artery wall calcification": "Cardiovascular Structures",
+    "Hiatal hernia": "Mediastinum and Hila",
+    "Lymphadenopathy": "Mediastinum and Hila",
+    "Pleural effusion": "Pleura",
+    **{label: "Lungs and Airways" for label in _SECTIONS[3][1]},
+}
+assert sorted(_LABEL_SECTION) == sorted(CT_RATE_LABELS)
+assert set(_LABEL_SECTION.values()) <= set(SECTION_NAMES)
+_BOILERPLATE_SECTION = {
+    "airways": "Lungs and Airways",
+    "mediastinum": "Cardiovascular Structures",  # "Calibration of the thoracic main vascular structures"
+    "abdomen": "Upper Abdomen",
+    "bones": "Bones and Soft Tissues",
+}
+_NON_CONTRAST = "Mediastinal structures cannot be evaluated optimally in non-contrast examination."
+
 _BOILERPLATE = {
     "airways": [
         "Trachea and both main bronchi are open.",
@@ -475,38 +502,48 @@ def chest_report(
 ) -> Report:
     """Report of a chest case: findings sentences, impressions and the shortened findings."""
     present = {f.label: f for f in findings}
-    by_section: dict[str, list[str]] = {name: [] for name, _ in _SECTIONS}
+    # phantom section -> [(sentence, CapPa section)]
+    by_section: dict[str, list[tuple[str, str]]] = {name: [] for name, _ in _SECTIONS}
     positive, negative, impressions = [], [], []
-    by_section["airways"].append(_pick(rng, _BOILERPLATE["airways"]))
+
+    def boilerplate(section: str) -> None:
+        by_section[section].append((_pick(rng, _BOILERPLATE[section]), _BOILERPLATE_SECTION[section]))
+
+    boilerplate("airways")
     if not contrast and rng.random() < 0.7:
-        by_section["mediastinum"].append(
-            "Mediastinal structures cannot be evaluated optimally in non-contrast examination."
-        )
+        by_section["mediastinum"].append((_NON_CONTRAST, "Image Quality"))
     elif rng.random() < 0.5:
-        by_section["mediastinum"].append(_BOILERPLATE["mediastinum"][0])
+        text = _BOILERPLATE["mediastinum"][0]
+        by_section["mediastinum"].append((text, _BOILERPLATE_SECTION["mediastinum"]))
     for section, labels in _SECTIONS:
         for label in labels:
             if label in present:
                 text, short, imp = _POSITIVE[label](present[label].attrs, rng)
-                by_section[section].append(text)
+                by_section[section].append((text, _LABEL_SECTION[label]))
                 positive.append(short)
                 impressions.append(imp)
             elif rng.random() < 0.55:
                 options, short = _NEGATIVE[label]
-                by_section[section].append(_pick(rng, options))
+                by_section[section].append((_pick(rng, options), _LABEL_SECTION[label]))
                 negative.append(short)
         if section == "mediastinum" and "Medical material" not in present and rng.random() < 0.3:
             options, short = _NEGATIVE["Medical material"]
-            by_section[section].append(_pick(rng, options))
+            by_section[section].append((_pick(rng, options), _LABEL_SECTION["Medical material"]))
             negative.append(short)
     if "Medical material" in present:
         text, short, imp = _device(present["Medical material"].attrs, rng)
-        by_section[_DEVICE_SECTION[present["Medical material"].attrs["device"]]].append(text)
+        by_section[_DEVICE_SECTION[present["Medical material"].attrs["device"]]].append(
+            (text, _LABEL_SECTION["Medical material"])
+        )
         positive.append(short)
         impressions.append(imp)
     for section in ("abdomen", "bones"):
-        by_section[section].append(_pick(rng, _BOILERPLATE[section]))
-    findings_text = " ".join(s for name, _ in _SECTIONS for s in by_section[name])
+        boilerplate(section)
+    sentences = [pair for name, _ in _SECTIONS for pair in by_section[name]]
+    findings_text = " ".join(text for text, _ in sentences)
+    sections: dict[str, list[str]] = {name: [] for name in SECTION_NAMES}
+    for text, name in sentences:
+        sections[name].append(text)
     if impressions:
         impressions_text = " ".join(_cap(s) + "." for s in impressions)
     else:
@@ -531,7 +568,7 @@ def chest_report(
                 f"Non-contrast thorax CT, axial sections of {thick} mm in mediastinal and parenchymal windows.",
             ],
         )
-    return Report(clinical, technique, findings_text, impressions_text, positive, negative)
+    return Report(clinical, technique, findings_text, impressions_text, positive, negative, sections)
 
 
 def head_report(rng: np.random.Generator) -> Report:

@@ -172,7 +172,7 @@ def _scan_split(
         )
     labels, label_dups = _rows_by_id(labels_df, layout.labels)
     metadata, meta_dups = _rows_by_id(_read_csv(root / layout.metadata, METADATA_COLUMNS), layout.metadata)
-    no_chest = _read_no_chest(root, layout.no_chest)
+    no_chest = read_no_chest(root, layout.no_chest)
 
     tables = {layout.reports: reports, layout.labels: labels, layout.metadata: metadata}
     duplicates = {layout.reports: report_dups, layout.labels: label_dups, layout.metadata: meta_dups}
@@ -258,7 +258,8 @@ def _rows_by_id(df: pd.DataFrame, csv_name: str) -> tuple[dict[str, dict[str, st
     return rows_by_id(df, "VolumeName", csv_name, normalise=volume_id)
 
 
-def _read_no_chest(root: Path, name: str) -> set[str]:
+def read_no_chest(root: Path, name: str) -> set[str]:
+    """The volume ids a ``no_chest_*.txt`` list names (head CTs; beside the tables or in metadata/)."""
     for path in (root / name, root / "metadata" / name):
         if path.is_file():
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()

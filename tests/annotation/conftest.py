@@ -14,31 +14,35 @@ import pytest
 from datamodules.annotation.fake_server import FakeChatServer, tagged_text
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.phantom.ct_rate_writer import _plan, _write_tables
-from datamodules.report_sections import assign_sections
 from datamodules.sources.ct_rate import SPLIT_LAYOUTS
 
 N_SCANS = 12
 
 
 class GroundTruth:
-    """The phantom's truth per findings text: sections (the keyword rules the phantom's sentences
-    follow), shortened findings (the phantom's sidecar) and labels (its label CSVs)."""
+    """The phantom's truth per findings text: sections and shortened findings (the phantom writer's
+    own sidecars, recorded as it wrote each sentence) and labels (its label CSVs). Head CTs (the
+    no_chest lists) are not annotated."""
 
     def __init__(self, root: Path):
         self.root = root
         reports = pd.concat([pd.read_csv(root / lay.reports, dtype=str).fillna("") for lay in SPLIT_LAYOUTS])
         labels = pd.concat([pd.read_csv(root / lay.labels) for lay in SPLIT_LAYOUTS])
         shortened = json.loads((root / "shortened_findings.json").read_text())
+        heads = {line for lay in SPLIT_LAYOUTS for line in (root / lay.no_chest).read_text().split()}
+        reports = reports[~reports["VolumeName"].isin(heads)]
+        labels = labels[~labels["VolumeName"].isin(heads)]
         self.volumes = list(reports["VolumeName"])
         self.findings = dict(zip(reports["VolumeName"], reports["Findings_EN"], strict=True))
         self.labels = {
             row["VolumeName"]: {n: int(row[n]) for n in CT_RATE_LABELS} for _, row in labels.iterrows()
         }
         self.shortened = shortened
+        self.structured = json.loads((root / "structured_findings.json").read_text())
         self.by_findings = {f: v for v, f in self.findings.items()}
 
     def sections(self, volume: str) -> dict[str, list[str]]:
-        return assign_sections(self.findings[volume])
+        return self.structured[volume]
 
     def answer(self, messages: list[dict[str, str]]) -> str:
         prompt = messages[-1]["content"]

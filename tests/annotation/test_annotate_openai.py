@@ -205,3 +205,57 @@ def test_a_server_without_json_mode_is_asked_without_it(annotate_root, chat_serv
     n_items = len(read_items("ct_rate", annotate_root))
     assert f"done {n_items}, retried 1, failed 0" in capsys.readouterr().out
     assert server.requests == n_items + 1  # one rejected request, then none asks for JSON mode
+
+
+def test_sections_must_copy_the_findings_verbatim():
+    from datamodules.annotation.prompts import Task, ValidationError
+    from datamodules.report_sections import SECTION_NAMES
+
+    findings = "Trachea is open.  No pleural effusion. Heart is enlarged."
+    task = Task("sections")
+
+    def reply(**sections: list[str]) -> str:
+        answer = dict.fromkeys(SECTION_NAMES, [])
+        answer.update({name.replace("_", " "): value for name, value in sections.items()})
+        return json.dumps(answer)
+
+    good = reply(Lungs_and_Airways=["Trachea is open."], Pleura=["No pleural effusion."],
+                 Cardiovascular_Structures=["Heart is enlarged."])  # fmt: skip
+    assert task.validate(good, findings)["Pleura"] == ["No pleural effusion."]
+    # the model may cut sentences differently, as long as it copies them
+    merged = reply(
+        Lungs_and_Airways=["Trachea is open. No pleural effusion."], Upper_Abdomen=["Heart is enlarged."]
+    )
+    assert task.validate(merged, findings)["Lungs and Airways"] == ["Trachea is open. No pleural effusion."]
+    cases = {
+        "not copied verbatim": reply(Lungs_and_Airways=["Trachea is open."], Pleura=["No pleural effusion."],
+                                     Cardiovascular_Structures=["The heart is enlarged."]),
+        "sentences dropped": reply(Lungs_and_Airways=["Trachea is open."], Pleura=["No pleural effusion."]),
+        "sentences repeated": reply(Lungs_and_Airways=["Trachea is open.", "Trachea is open."],
+                                    Pleura=["No pleural effusion."], Cardiovascular_Structures=["Heart is enlarged."]),
+    }  # fmt: skip
+    for reason, bad in cases.items():
+        with pytest.raises(ValidationError, match=reason):
+            task.validate(bad, findings)
+        task.validate(bad)  # without the Findings only the schema is checked
+
+
+def test_paraphrased_sections_are_listed_for_review(annotate_root, truth, chat_server, tmp_path):
+    bad_volume = truth.volumes[0]
+
+    def answer(messages):
+        reply = json.loads(truth.answer(messages))
+        if (
+            messages[-1]["content"].startswith("Sort every sentence")
+            and tagged_text(messages) == truth.findings[bad_volume]
+        ):
+            reply["Lungs and Airways"] = [s.replace(".", " seen.") for s in reply["Lungs and Airways"]]
+        return json.dumps(reply)
+
+    server = chat_server(answer=answer)
+    out = tmp_path / "out"
+    assert main(_cli(annotate_root, out, server.url, "--tasks", "sections", "--retries", "1")) == 0
+    review = [json.loads(line) for line in (out / "annotate_review.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["task"]) for r in review] == [(bad_volume, "sections")]
+    assert "not copied verbatim" in review[0]["reason"]
+    assert volume_key(bad_volume) not in load_structured_sections(out / "structured_findings.json")

@@ -40,7 +40,7 @@ def test_fit_without_shortened_findings_stops(bare_root, tmp_path, capsys):
 
 
 def test_fit_without_sections_stops_unless_keyword_sections_are_accepted(bare_root, tmp_path, capsys):
-    assert _fit("cappa", bare_root, tmp_path, "data.text.allow_keyword_sections=false") == 2
+    assert _fit("cappa", bare_root, tmp_path) == 2
     err = capsys.readouterr().err
     assert (
         "ctvlp annotate" in err
@@ -51,7 +51,13 @@ def test_fit_without_sections_stops_unless_keyword_sections_are_accepted(bare_ro
 
 def test_opt_outs_log_the_coverage(bare_root, caplog):
     cfg = load_experiment(
-        "colipri_cr", "cpu_demo", [f"data.root={bare_root}", "data.text.allow_missing_shortened=true"]
+        "colipri_cr",
+        "cpu_demo",
+        [
+            f"data.root={bare_root}",
+            "data.text.allow_missing_shortened=true",
+            "data.text.allow_keyword_sections=true",
+        ],
     )
     total = sum(len(item.volumes) for item in read_items("ct_rate", bare_root))
     with caplog.at_level(logging.INFO, logger="ctvlp.commands.fit"):

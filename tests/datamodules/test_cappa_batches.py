@@ -10,7 +10,7 @@ import torch
 
 from ctvlp.config.loader import load_experiment
 from datamodules.cappa_targets import IGNORE_INDEX
-from datamodules.report_sections import SECTION_NAMES, report_sections
+from datamodules.report_sections import SECTION_NAMES, load_structured_sections, report_sections
 from lightning_modules.base import ObjectiveModule
 
 
@@ -26,10 +26,13 @@ def datamodule(phantom_overrides):
     return _datamodule(phantom_overrides)
 
 
-def test_training_order_is_shuffled_per_sample_as_a_function_of_seed_epoch_index(datamodule):
+def test_training_order_is_shuffled_per_sample_as_a_function_of_seed_epoch_index(datamodule, phantom_root):
     train = datamodule.datasets["train"]
     entry = train.entries[0]
-    expected = report_sections(entry.id, entry.sections["findings"])
+    # the phantom writes its own sections sidecar (what `ctvlp annotate` would), read in place of the rules
+    structured = load_structured_sections(phantom_root / "structured_findings.json")
+    expected = report_sections(entry.id, entry.sections["findings"], structured)
+    assert entry.id in structured
     orders = set()
     for epoch in range(6):
         sample = train[(0, epoch)]
@@ -84,7 +87,9 @@ def test_structured_sidecar_overrides_the_keyword_rules(phantom_overrides, tmp_p
     sections = structured.datasets["val"][0]["sections"]
     assert sections["Tubes Lines and Devices"] == ["A port."]
     assert sections["Lungs and Airways"] == []
-    assert plain.datasets["val"][0]["sections"]["Lungs and Airways"]  # the rules fill it otherwise
+    assert plain.datasets["val"][0]["sections"][
+        "Lungs and Airways"
+    ]  # the phantom's own sidecar fills it otherwise
     with pytest.raises(FileNotFoundError, match="structured_findings_json"):
         _datamodule(
             phantom_overrides, "colipri_c", (f"data.text.structured_findings_json={tmp_path}/none.json",)
