@@ -1,7 +1,7 @@
 """``make bench-annotate``: ``ctvlp annotate`` throughput against a local OpenAI-compatible server
 with a simulated latency, at concurrency 1 and 32 (``--concurrency``), and their ratio.
 
-The server (``datamodules.annotation.fake_server``) answers every request with a valid
+The server (``ctvlp.bench.chat_server``) answers every request with a valid
 shortened-findings object after ``--latency`` seconds, so the numbers measure the client: requests
 in flight, the progress log and the sidecar writes. No pass/fail: the numbers are reported.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from datamodules.annotation.fake_server import FakeChatServer
+from ctvlp.bench.chat_server import FakeChatServer
 from datamodules.annotation.pipeline import AnnotateOptions, annotate
 
 ANSWER = json.dumps({"positive": ["Right upper lobe nodule."], "negative": ["No pleural effusion."]})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from datamodules.annotation.fake_server import FakeChatServer, tagged_text
+from ctvlp.bench.chat_server import FakeChatServer, tagged_text
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.phantom.ct_rate_writer import _plan, _write_tables
 from datamodules.sources.ct_rate import SPLIT_LAYOUTS
