@@ -3,6 +3,7 @@
 Layout of one cache (one source at one spacing and interpolation)::
 
     <cache_dir>/<source>/<spacing>mm-<interpolation>/      e.g. cache/ct_rate/2mm-paper
+                                                           (anisotropic: 1.5x1.5x3mm-paper, x y z)
         index.json        written last, atomically: its presence means the build finished
         quarantine.csv    id, path, reason of every record that is not in the index
         build.json        the build parameters, written first (guards resuming with other parameters)
@@ -13,7 +14,8 @@ Layout of one cache (one source at one spacing and interpolation)::
         sources/<id>.json what each volume was built from; source.json: the dataset it was built
                           from (``datamodules.cache_provenance``: a changed dataset is rebuilt)
 
-The model input is ``HU / 1000`` in [-1, 1]; the dataset does that division, the cache stores HU.
+The model input is HU mapped to [-1, 1] through ``data.hu_window`` (default [-1000, 1000], i.e.
+``HU / 1000``); the dataset does that mapping, the cache stores HU.
 """
 
 from __future__ import annotations
@@ -43,13 +45,66 @@ class CacheMissingError(FileNotFoundError):
     """No finished cache at the expected place."""
 
 
-def spacing_tag(spacing: float) -> str:
-    """2.0 -> ``"2mm"``, 0.5 -> ``"0.5mm"``, 1.5 -> ``"1.5mm"``."""
-    return f"{float(spacing):g}mm"
+Spacing = float | tuple[float, float, float]
+"""A cache spacing in mm: one number (isotropic) or (x, y, z) in the cache's RAS axis order."""
 
 
-def cache_path(cache_dir: Path, source: str, spacing: float, interpolation: str) -> Path:
-    """Where the cache of ``source`` at ``spacing`` mm with ``interpolation`` lives."""
+def as_spacing(value: Any) -> Spacing:
+    """A configured spacing as a :data:`Spacing`: a number -> float; three numbers (a sequence, or a
+    string ``"1.5,1.5,3"``) -> a tuple of 3 floats, or a float when they are equal (``[2, 2, 2]`` is
+    the ``2mm`` cache). ``ValueError`` unless one or three positive, finite numbers."""
+    problem = f"spacing must be a number or 3 numbers (x, y, z) in mm, not {value!r}"
+    if isinstance(value, str):
+        items: list[Any] = [v for v in value.replace("x", ",").split(",") if v.strip()]
+    elif isinstance(value, int | float | np.number) and not isinstance(value, bool):
+        items = [value]
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            raise ValueError(problem) from None
+    try:
+        values = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise ValueError(problem) from None
+    if len(values) not in (1, 3) or (
+        len(values) == 1 and not isinstance(value, str | int | float | np.number)
+    ):
+        raise ValueError(problem)
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing must be positive and finite, not {value!r}")
+    if len(set(values)) == 1:
+        return values[0]
+    return (values[0], values[1], values[2])
+
+
+def spacing_triplet(spacing: Any) -> tuple[float, float, float]:
+    """The spacing (x, y, z) in mm of an isotropic or anisotropic :data:`Spacing`."""
+    s = as_spacing(spacing)
+    return (s, s, s) if isinstance(s, float) else s
+
+
+def is_isotropic(spacing: Any) -> bool:
+    return isinstance(as_spacing(spacing), float)
+
+
+def spacing_json(spacing: Any) -> float | list[float]:
+    """The spacing as written in ``index.json`` / ``build.json``: a number, or a list of 3."""
+    s = as_spacing(spacing)
+    return s if isinstance(s, float) else list(s)
+
+
+def spacing_tag(spacing: Any) -> str:
+    """2.0 -> ``"2mm"``, 0.5 -> ``"0.5mm"``, 1.5 -> ``"1.5mm"``; (1.5, 1.5, 3) -> ``"1.5x1.5x3mm"``."""
+    s = as_spacing(spacing)
+    if isinstance(s, float):
+        return f"{s:g}mm"
+    return "x".join(f"{v:g}" for v in s) + "mm"
+
+
+def cache_path(cache_dir: Path, source: str, spacing: Any, interpolation: str) -> Path:
+    """Where the cache of ``source`` at ``spacing`` mm (a number, or (x, y, z)) with ``interpolation``
+    lives: ``<cache_dir>/<source>/2mm-paper``, ``.../1.5x1.5x3mm-paper``."""
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, not {interpolation!r}")
     return Path(cache_dir) / source / f"{spacing_tag(spacing)}-{interpolation}"
@@ -153,7 +208,7 @@ class CacheIndex:
     """The index of one finished cache (``index.json``)."""
 
     root: Path
-    spacing: float
+    spacing: Spacing  # mm; (x, y, z) for an anisotropic cache
     interpolation: str
     label_names: list[str]
     entries: list[CacheEntry]
@@ -179,7 +234,7 @@ class CacheIndex:
         root = cache_root.absolute()
         return cls(
             root=root,
-            spacing=float(data["spacing"]),
+            spacing=as_spacing(data["spacing"]),
             interpolation=str(data["interpolation"]),
             label_names=[str(n) for n in data["label_names"]],
             entries=[CacheEntry.from_json(e, root) for e in data["entries"]],
@@ -189,7 +244,7 @@ class CacheIndex:
     def to_json(self) -> dict[str, Any]:
         return {
             "format": self.format,
-            "spacing": self.spacing,
+            "spacing": spacing_json(self.spacing),
             "interpolation": self.interpolation,
             "label_names": list(self.label_names),
             "entries": [e.to_json(self.root) for e in self.entries],

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from datamodules.batching import IMAGE_ONLY, PAIRED, stack_samples
-from datamodules.cache import CacheEntry, CacheIndex, cache_path
+from datamodules.cache import CacheEntry, CacheIndex, Spacing, as_spacing, cache_path
 from datamodules.cache_provenance import reusable_index
 from datamodules.collate import PairedCollator
 from datamodules.dataset import PairedVolumeDataset
@@ -21,12 +21,14 @@ from datamodules.label_tables import apply_label_table
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.loaders import Collate, SplitDataModule
 from datamodules.mixing import DataSource, KindCollator, MixedDataset, data_sources, project_entries
+from datamodules.organ_classes import has_every_organ
 from datamodules.preprocess import build_cache
 from datamodules.report_sections import load_structured_sections
 from datamodules.samplers import MixedBatchSampler
 from datamodules.splits import assign_splits
 from datamodules.text import ReportTransform, load_shortened_findings
-from datamodules.transforms import AUGMENTATION_LEVELS
+from datamodules.totalseg import ORGANS
+from datamodules.transforms import AUGMENTATION_LEVELS, CACHE_HU_RANGE, Size3, as_size3
 
 if TYPE_CHECKING:
     from datamodules.cappa_targets import CapPaTargetBuilder
@@ -37,9 +39,19 @@ SHORTENED_FINDINGS_FILE = "shortened_findings.json"
 STRUCTURED_FINDINGS_FILE = "structured_findings.json"
 
 
-def source_spacing(data: DictConfig, source: DataSource) -> float:
-    """The cache spacing of one source: its own ``spacing`` if set, else ``data.spacing``."""
-    return float(source.spacing) if source.spacing is not None else float(data.spacing)
+def source_spacing(data: DictConfig, source: DataSource) -> Spacing:
+    """The cache spacing of one source: its own ``spacing`` if set, else ``data.spacing``; a float
+    (isotropic) or (x, y, z) mm."""
+    return source.spacing if source.spacing is not None else as_spacing(data.spacing)
+
+
+def crop_settings(data: DictConfig) -> tuple[Size3, Size3 | None, tuple[float, float]]:
+    """``(crop_size, crop_field, hu_window)`` of a data config: (x, y, z) voxels, the centred field
+    the crops are drawn in (None: the whole volume) and the HU window mapped to [-1, 1]."""
+    field = data.get("crop_field")
+    window = data.get("hu_window")
+    lo, hi = (float(window[0]), float(window[1])) if window is not None else CACHE_HU_RANGE
+    return as_size3(data.crop_size), None if field is None else as_size3(field, "crop_field"), (lo, hi)
 
 
 def source_cache_root(data: DictConfig, source: DataSource) -> Path:
@@ -104,7 +116,8 @@ def ensure_source_cache(
 def ensure_cache(data: DictConfig, progress: bool = True) -> CacheIndex:
     """Build the cache of every configured source unless complete; return the primary's index."""
     sources = data_sources(data)
-    indexes = [ensure_source_cache(data, source, progress) for source in sources]
+    masks = bool(data.get("organ_masks", False))
+    indexes = [ensure_source_cache(data, source, progress, masks=masks) for source in sources]
     return indexes[0]
 
 
@@ -126,6 +139,8 @@ class CTDataModule(SplitDataModule):
         self.collate = PairedCollator(tokenizer, max_length, cappa_targets)
         self.splits: dict[str, list[CacheEntry]] = {}
         self.label_names: list[str] = list(CT_RATE_LABELS)
+        # data.organ_masks: samples carry their crop's organ class map (GreenRFM's L_seg)
+        self.organ_masks = bool(data.get("organ_masks", False))
 
     def prepare_data(self) -> None:
         # Runs on one process per node only: the cache build is not repeated by every rank.
@@ -159,6 +174,7 @@ class CTDataModule(SplitDataModule):
         sources = data_sources(self.data)
         if len(sources) > 1 or sources[0].kind != PAIRED:
             self._setup_mixed(sources)
+            self._log_organ_coverage()
             return
         index = CacheIndex.load(resolve_cache_root(self.data))
         self.label_names = list(index.label_names)
@@ -166,17 +182,48 @@ class CTDataModule(SplitDataModule):
         transform = self._report_transform(self.data.root)
         structured = self._structured_sections(self.data.root)
         augmentation = AUGMENTATION_LEVELS[self.data.augmentation.level]
-        crop = int(self.data.crop_size)
+        crop, field, window = crop_settings(self.data)
+        crop_kwargs = {"crop_field": field, "hu_window": window, "organ_masks": self.organ_masks}
         self.datasets = {
             "train": PairedVolumeDataset(
-                self.splits["train"], crop, transform, True, augmentation, self.seed, structured
+                self.splits["train"],
+                crop,
+                transform,
+                True,
+                augmentation,
+                self.seed,
+                structured,
+                **crop_kwargs,
             ),
-            "val": PairedVolumeDataset(self.splits["val"], crop, transform, False, structured=structured),
-            "test": PairedVolumeDataset(self.splits["test"], crop, transform, False, structured=structured),
+            "val": PairedVolumeDataset(
+                self.splits["val"], crop, transform, False, structured=structured, **crop_kwargs
+            ),
+            "test": PairedVolumeDataset(
+                self.splits["test"], crop, transform, False, structured=structured, **crop_kwargs
+            ),
         }
         for name, dataset in self.datasets.items():
             if len(dataset) == 0:
                 raise ValueError(f"The '{name}' split is empty; check data.root and data.val_patients")
+        self._log_organ_coverage()
+
+    def _log_organ_coverage(self) -> None:
+        """With ``data.organ_masks``: how many volumes per split have every organ's mask (only
+        those get a segmentation target); a warning when some do not."""
+        if not self.organ_masks:
+            return
+        counts = {name: sum(has_every_organ(e.masks) for e in self.splits[name]) for name in self.splits}
+        totals = {name: len(self.splits[name]) for name in self.splits}
+        text = ", ".join(f"{name} {counts[name]}/{totals[name]}" for name in self.splits)
+        if counts != totals:
+            log.warning(
+                "data.organ_masks: only some volumes have every organ mask (%s; %s); the others get "
+                "no segmentation target",
+                text,
+                ", ".join(ORGANS),
+            )
+        else:
+            log.info("data.organ_masks: every volume has organ masks (%s)", text)
 
     # ---------------------------------------------------------------- several sources (mixing.py)
     mixed_train: MixedDataset | None = None
@@ -188,13 +235,16 @@ class CTDataModule(SplitDataModule):
     def _source_dataset(
         self, source: DataSource, entries: list[CacheEntry], train: bool, primary: bool, seed: int = 0
     ) -> PairedVolumeDataset | ImageOnlyVolumeDataset:
-        crop = int(self.data.crop_size)
+        crop, field, window = crop_settings(self.data)
         augmentation = AUGMENTATION_LEVELS[self.data.augmentation.level] if train else None
+        masks = self.organ_masks
         if source.kind == PAIRED:
             transform = self._report_transform(source.root, primary)
             structured = self._structured_sections(source.root, primary)
-            return PairedVolumeDataset(entries, crop, transform, train, augmentation, seed, structured)
-        return ImageOnlyVolumeDataset(entries, crop, train, augmentation, seed)
+            return PairedVolumeDataset(
+                entries, crop, transform, train, augmentation, seed, structured, field, window, masks
+            )
+        return ImageOnlyVolumeDataset(entries, crop, train, augmentation, seed, field, window, masks)
 
     def _setup_mixed(self, sources: list[DataSource]) -> None:
         """Several sources (or one image-only source): the primary (first) gives the label space

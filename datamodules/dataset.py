@@ -4,7 +4,7 @@ structure the Findings into the eight CapPa sections."""
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from datamodules.batching import PAIRED
@@ -12,7 +12,7 @@ from datamodules.cache import CacheEntry
 from datamodules.image_dataset import CroppedVolumeDataset
 from datamodules.report_sections import SECTION_NAMES, report_sections
 from datamodules.text import ReportTransform
-from datamodules.transforms import IntensityAugmentation
+from datamodules.transforms import CACHE_HU_RANGE, IntensityAugmentation
 
 
 class PairedVolumeDataset(CroppedVolumeDataset):
@@ -30,24 +30,28 @@ class PairedVolumeDataset(CroppedVolumeDataset):
     def __init__(
         self,
         entries: list[CacheEntry],
-        crop_size: int,
+        crop_size: int | Sequence[int],
         report_transform: ReportTransform,
         train: bool,
         augmentation: IntensityAugmentation | None = None,
         seed: int = 0,
         structured: Mapping[str, dict[str, list[str]]] | None = None,
+        crop_field: Sequence[int] | None = None,
+        hu_window: Sequence[float] = CACHE_HU_RANGE,
+        organ_masks: bool = False,
     ) -> None:
-        super().__init__(entries, crop_size, train, augmentation, seed)
+        super().__init__(entries, crop_size, train, augmentation, seed, crop_field, hu_window, organ_masks)
         self.report_transform = report_transform
         self.structured = structured
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, entry, image, rng = self._crop(key)
+        crop = self._crop(key)
+        entry, rng = crop.entry, crop.rng
         text_rng = random.Random(int(rng.integers(2**63))) if rng is not None else None
         # Drawn after the earlier draws, so adding it left crops, augmentation and text unchanged.
         section_rng = random.Random(int(rng.integers(2**63))) if rng is not None else None
         return {
-            **self._sample(index, entry, image),
+            **self._sample(crop),
             "report": self.report_transform(entry.id, entry.sections, text_rng),
             "sections": self._sections(entry, section_rng),
         }

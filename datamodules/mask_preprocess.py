@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torchio as tio
 
-from datamodules.cache import MASK_DTYPE, mask_relpath, npy_shape
+from datamodules.cache import MASK_DTYPE, Spacing, as_spacing, mask_relpath, npy_shape
 from datamodules.records import Record
 from datamodules.totalseg import ORGANS
 
@@ -72,12 +73,13 @@ def organ_bits(record: Record) -> tuple[np.ndarray, np.ndarray]:
     return bits, affine
 
 
-def resample_masks(record: Record, spacing: float) -> np.ndarray:
-    """The record's organ bit field, RAS+, nearest-neighbour resampled to ``spacing`` mm."""
+def resample_masks(record: Record, spacing: Spacing | Sequence[float]) -> np.ndarray:
+    """The record's organ bit field, RAS+, nearest-neighbour resampled to ``spacing`` mm (a number:
+    isotropic; or (x, y, z), the image's grid rule)."""
     bits, affine = organ_bits(record)
     label_map = tio.LabelMap(tensor=torch.from_numpy(bits.astype(np.int16))[None], affine=affine)
     steps = tio.Compose(
-        [tio.ToOrientation("RAS", copy=False), tio.Resample(float(spacing), copy=False)], copy=False
+        [tio.ToOrientation("RAS", copy=False), tio.Resample(as_spacing(spacing), copy=False)], copy=False
     )
     out = steps(label_map)
     return np.ascontiguousarray(out.data[0].numpy().astype(MASK_DTYPE))
@@ -97,7 +99,9 @@ def cached_mask_organs(record: Record, cache_root: Path, shape: tuple[int, ...])
     return [organ for organ in ORGANS if organ in record.masks]
 
 
-def write_masks(record: Record, cache_root: Path, spacing: float, shape: tuple[int, ...]) -> bool:
+def write_masks(
+    record: Record, cache_root: Path, spacing: Spacing | Sequence[float], shape: tuple[int, ...]
+) -> bool:
     """Convert and atomically write ``masks/<id>.npy``; ``False`` (with a warning) when the masks are
     unusable or do not match the cached image grid ``shape``."""
     try:

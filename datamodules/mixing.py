@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from datamodules.cache import CacheEntry
+from datamodules.cache import CacheEntry, Spacing, as_spacing
 from datamodules.labels import label_projection, project_labels
 from datamodules.sources.registry import SourceSpec, get_source
 
@@ -31,8 +31,9 @@ class DataSource:
     root: str
     weight: float
     spec: SourceSpec
-    # The source's cache spacing in mm; None: data.spacing.
-    spacing: float | None = None
+    # The source's cache spacing in mm (a number, or (x, y, z) for an anisotropic cache); None:
+    # data.spacing.
+    spacing: Spacing | None = None
     # A label table replacing the source's own labels (datamodules/label_tables.py); None: its own.
     labels: str | None = None
 
@@ -68,7 +69,7 @@ def data_sources(data: DictConfig) -> list[DataSource]:
                 str(item.root),
                 weight,
                 get_source(str(item.name)),
-                float(spacing) if spacing is not None else None,
+                _source_spacing(item.name, spacing),
                 str(labels) if labels else None,
             )
         )
@@ -76,6 +77,15 @@ def data_sources(data: DictConfig) -> list[DataSource]:
     if len(set(names)) != len(names):
         raise ValueError(f"data.sources names a source twice: {names}")
     return sources
+
+
+def _source_spacing(name: str, spacing: Any) -> Spacing | None:
+    if spacing is None:
+        return None
+    try:
+        return as_spacing(spacing)
+    except ValueError as error:
+        raise ValueError(f"data.sources: {name!r}: {error}") from None
 
 
 def project_entries(

@@ -1,8 +1,10 @@
 """One-time cache build: one record -> a canonical int16 volume, and the parallel, resumable builder.
 
-Conversion follows COLIPRI: HU from the record's rescale, RAS+ orientation, isotropic resampling with
-torchio (B-spline + antialiasing for ``"paper"``; linear without antialiasing for
-``"colipri_inference"``, exactly the released ``colipri`` processor), clamp to [-1000, 1000], int16.
+Conversion follows COLIPRI: HU from the record's rescale, RAS+ orientation, resampling with torchio
+to an isotropic spacing (or an anisotropic (x, y, z) one, e.g. GreenRFM's 1.5 x 1.5 x 3 mm)
+(B-spline + antialiasing for ``"paper"``, the antialiasing filter per axis as torchio sizes it;
+linear without antialiasing for ``"colipri_inference"``, exactly the released ``colipri``
+processor), clamp to [-1000, 1000], int16.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import multiprocessing
 import os
 import re
@@ -35,7 +36,11 @@ from datamodules.cache import (
     VOLUMES_DIR,
     CacheEntry,
     CacheIndex,
+    Spacing,
+    as_spacing,
     npy_shape,
+    spacing_json,
+    spacing_triplet,
     volume_relpath,
     write_json_atomic,
 )
@@ -156,21 +161,23 @@ def _stored_pixdim(path: Path, image: nib.spatialimages.SpatialImage) -> np.ndar
 
 
 def preprocess_volume_with_affine(
-    record: Record, spacing: float, interpolation: str = "paper"
+    record: Record, spacing: Spacing | Sequence[float], interpolation: str = "paper"
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`preprocess_volume` plus the RAS+ affine (voxel index -> world mm) of the result."""
     if interpolation not in INTERPOLATION_SETTINGS:
         raise ValueError(
             f"interpolation must be one of {list(INTERPOLATION_SETTINGS)}, not {interpolation!r}"
         )
-    if not (math.isfinite(spacing) and spacing > 0):
-        raise ValueError(f"target spacing must be positive, not {spacing}")
+    try:
+        target = as_spacing(spacing)
+    except ValueError as error:
+        raise ValueError(f"target {error}") from None
     image_interpolation, antialias, clamp_first = INTERPOLATION_SETTINGS[interpolation]
     hu, affine = load_hu(record)
     extent = np.array(hu.shape) * np.linalg.norm(affine[:3, :3], axis=0)
-    if (extent < spacing).any():
+    if (extent < np.array(spacing_triplet(target))).any():
         raise BadVolumeError(
-            f"field of view {extent.round(2).tolist()} mm is smaller than one {spacing} mm voxel"
+            f"field of view {extent.round(2).tolist()} mm is smaller than one {spacing_json(target)} mm voxel"
         )
     image = tio.ScalarImage(tensor=torch.from_numpy(hu)[None], affine=affine)
     del hu
@@ -179,9 +186,8 @@ def preprocess_volume_with_affine(
     if clamp_first:
         steps.append(tio.Clamp(out_min=-HU_MAX, out_max=HU_MAX, copy=False))
     steps += [
-        tio.Resample(
-            float(spacing), image_interpolation=image_interpolation, antialias=antialias, copy=False
-        ),
+        # torchio takes a number (isotropic, as always) or an (x, y, z) tuple.
+        tio.Resample(target, image_interpolation=image_interpolation, antialias=antialias, copy=False),
         tio.Clamp(out_min=-HU_MAX, out_max=HU_MAX, copy=False),
     ]
     out = tio.Compose(steps, copy=False)(image)
@@ -189,11 +195,15 @@ def preprocess_volume_with_affine(
     return np.ascontiguousarray(volume), np.asarray(out.affine, dtype=np.float64)
 
 
-def preprocess_volume(record: Record, spacing: float, interpolation: str = "paper") -> np.ndarray:
-    """One record -> int16 HU in [-1000, 1000], RAS+, isotropic ``spacing`` mm, shape (X, Y, Z).
+def preprocess_volume(
+    record: Record, spacing: Spacing | Sequence[float], interpolation: str = "paper"
+) -> np.ndarray:
+    """One record -> int16 HU in [-1000, 1000], RAS+, ``spacing`` mm (a number: isotropic; or
+    (x, y, z)), shape (X, Y, Z).
 
     The output grid is torchio's: centred on the input's field of view, ``floor(n * s / spacing)``
-    voxels per axis, axes along R, A, S. Raises :class:`BadVolumeError` for unusable inputs.
+    voxels per axis (each axis at its own spacing), axes along R, A, S. Raises
+    :class:`BadVolumeError` for unusable inputs.
     """
     return preprocess_volume_with_affine(record, spacing, interpolation)[0]
 
@@ -204,7 +214,7 @@ def preprocess_volume(record: Record, spacing: float, interpolation: str = "pape
 def build_cache(
     records: list[Record],
     cache_root: Path,
-    spacing: float,
+    spacing: Spacing | Sequence[float],
     interpolation: str = "paper",
     label_names: list[str] = CT_RATE_LABELS,
     workers: int = 2,
@@ -230,7 +240,8 @@ def build_cache(
     volumes_dir = cache_root / VOLUMES_DIR
     volumes_dir.mkdir(parents=True, exist_ok=True)
     (cache_root / SOURCES_DIR).mkdir(exist_ok=True)
-    _claim_build(cache_root, float(spacing), interpolation)
+    spacing = as_spacing(spacing)  # a number, or (x, y, z) mm; [s, s, s] is the isotropic s
+    _claim_build(cache_root, spacing, interpolation)
     _remove_stale_tmp(volumes_dir)
 
     quarantine: list[tuple[str, str, str]] = [(str(i), str(p), str(r)) for i, p, r in rejected]
@@ -270,7 +281,7 @@ def build_cache(
     start = time.perf_counter()
     bar = tqdm(total=len(todo), disable=not progress, desc=f"preprocess {cache_root.name}", unit="vol")
     with bar:
-        for record, shape, reason in _convert_all(todo, cache_root, float(spacing), interpolation, workers):
+        for record, shape, reason in _convert_all(todo, cache_root, spacing, interpolation, workers):
             bar.update(1)
             if shape is None:
                 quarantine.append((record.id, str(record.image_path), reason))
@@ -297,7 +308,7 @@ def build_cache(
     _write_quarantine(cache_root / QUARANTINE_NAME, quarantine)
     index = CacheIndex(
         root=cache_root,
-        spacing=float(spacing),
+        spacing=spacing,
         interpolation=interpolation,
         label_names=list(label_names),
         entries=entries,
@@ -330,9 +341,10 @@ def read_quarantine(cache_root: Path) -> list[tuple[str, str, str]]:
 # ----------------------------------------------------------------------------------------- internals
 
 
-def _claim_build(cache_root: Path, spacing: float, interpolation: str) -> None:
+def _claim_build(cache_root: Path, spacing: Spacing, interpolation: str) -> None:
     """Refuse to resume a cache folder that was started with other parameters."""
-    params = {"format": FORMAT, "spacing": spacing, "interpolation": interpolation}
+    # An isotropic spacing is written as the number it always was (existing caches are resumed).
+    params = {"format": FORMAT, "spacing": spacing_json(spacing), "interpolation": interpolation}
     path = cache_root / BUILD_NAME
     if path.is_file():
         with open(path, encoding="utf-8") as f:
@@ -380,7 +392,7 @@ def _convert_one(
     record: Record,
     cached: tuple[int, int, int] | None,
     cache_root: Path,
-    spacing: float,
+    spacing: Spacing,
     interpolation: str,
 ) -> tuple[tuple[int, int, int] | None, str]:
     """Runs in a worker: returns (shape, "") or (None, reason). Errors writing the cache do raise.
@@ -418,7 +430,7 @@ def _init_worker(threads: int) -> None:
 def _convert_all(
     todo: list[tuple[Record, tuple[int, int, int] | None]],
     cache_root: Path,
-    spacing: float,
+    spacing: Spacing,
     interpolation: str,
     workers: int,
 ) -> Iterator[tuple[Record, tuple[int, int, int] | None, str]]:

@@ -7,32 +7,96 @@ and we need every sample to be a pure function of (seed, epoch, index) for exact
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 HU_SCALE = 1000.0
+# The HU range the cache stores (datamodules/preprocess.py clamps to it) and the default window:
+# with it the model input is HU / 1000 clipped to [-1, 1] (COLIPRI), bit for bit.
+CACHE_HU_RANGE = (-1000.0, 1000.0)
+
+Size3 = tuple[int, int, int]
 
 
-def random_crop_start(shape: tuple[int, ...], size: int, rng: np.random.Generator) -> tuple[int, ...]:
-    """Uniform crop start per axis; when the volume is smaller than the crop, it is placed
-    at a random offset inside the (padded) crop."""
+def as_size3(value: Any, name: str = "crop_size") -> Size3:
+    """A crop size as (x, y, z) voxels: an int is a cube; a sequence must hold 3 positive ints."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        items = [value] * 3
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            raise ValueError(f"{name} must be an int or 3 ints [x, y, z], not {value!r}") from None
+    if len(items) != 3 or not all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0 for v in items
+    ):
+        raise ValueError(f"{name} must be a positive int or 3 positive ints [x, y, z], not {value!r}")
+    return (int(items[0]), int(items[1]), int(items[2]))
+
+
+def _per_axis(shape: Sequence[int], size: int | Sequence[int]) -> list[int]:
+    sizes = [int(size)] * len(shape) if isinstance(size, int | np.integer) else [int(s) for s in size]
+    if len(sizes) != len(shape):
+        raise ValueError(f"crop size {size} does not match the volume's {len(shape)} axes")
+    return sizes
+
+
+def random_crop_start(
+    shape: tuple[int, ...], size: int | Sequence[int], rng: np.random.Generator
+) -> tuple[int, ...]:
+    """Uniform crop start per axis (``size``: an edge, or one per axis); when the volume is smaller
+    than the crop, it is placed at a random offset inside the (padded) crop."""
     starts = []
-    for extent in shape:
-        low, high = min(0, extent - size), max(0, extent - size)
+    for extent, edge in zip(shape, _per_axis(shape, size), strict=True):
+        low, high = min(0, extent - edge), max(0, extent - edge)
         starts.append(int(rng.integers(low, high + 1)))
     return tuple(starts)
 
 
-def centre_crop_start(shape: tuple[int, ...], size: int) -> tuple[int, ...]:
-    return tuple((extent - size) // 2 for extent in shape)
+def centre_crop_start(shape: tuple[int, ...], size: int | Sequence[int]) -> tuple[int, ...]:
+    return tuple((extent - edge) // 2 for extent, edge in zip(shape, _per_axis(shape, size), strict=True))
 
 
-def hu_to_input(volume_hu: np.ndarray) -> torch.Tensor:
-    """int16 HU -> float32 model input HU/1000 clipped to [-1, 1], with a channel axis."""
+def crop_start(
+    shape: tuple[int, ...],
+    size: int | Sequence[int],
+    field: Sequence[int] | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[int, ...]:
+    """Where a crop of ``size`` starts in a volume of ``shape``: random with ``rng`` (training),
+    else centred (evaluation).
+
+    ``field`` (``data.crop_field``): the centred region every volume is first padded (air) or
+    cropped to; the crop is drawn inside it and the centre crop is its centre. ``None``: the whole
+    volume, exactly as before the field existed (same draws from ``rng``)."""
+    if field is None:
+        return random_crop_start(shape, size, rng) if rng is not None else centre_crop_start(shape, size)
+    field = tuple(int(f) for f in field)
+    origin = centre_crop_start(shape, field)
+    inner = random_crop_start(field, size, rng) if rng is not None else centre_crop_start(field, size)
+    return tuple(o + i for o, i in zip(origin, inner, strict=True))
+
+
+def hu_to_input(
+    volume_hu: np.ndarray, window: tuple[float, float] | Sequence[float] = CACHE_HU_RANGE
+) -> torch.Tensor:
+    """int16 HU -> float32 model input with a channel axis: HU clipped to ``window`` = [lo, hi] and
+    mapped linearly to [-1, 1], ``(clip(HU, lo, hi) - lo) / (hi - lo) * 2 - 1``.
+
+    Computed as ``(HU - centre) / half-width`` clamped to [-1, 1] (the same map), so the default
+    window [-1000, 1000] is exactly the former ``HU / 1000`` clipped to [-1, 1], bit for bit."""
+    lo, hi = float(window[0]), float(window[1])
+    if not lo < hi:
+        raise ValueError(f"HU window must have lo < hi, not {list(window)}")
+    centre, half = (lo + hi) / 2.0, (hi - lo) / 2.0
     tensor = torch.from_numpy(np.array(volume_hu, dtype=np.float32, order="C"))  # a fresh copy
-    return tensor.mul_(1.0 / HU_SCALE).clamp_(-1.0, 1.0).unsqueeze(0)
+    if centre != 0.0:
+        tensor.sub_(centre)
+    return tensor.mul_(1.0 / half).clamp_(-1.0, 1.0).unsqueeze(0)
 
 
 @dataclass(frozen=True)

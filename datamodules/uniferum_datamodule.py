@@ -37,9 +37,10 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from ctvlp.config.errors import ConfigError
 from datamodules.batching import TASK, VOLUME, stack_samples
 from datamodules.cache import CacheEntry, CacheIndex
-from datamodules.datamodule import ensure_source_cache, source_cache_root
+from datamodules.datamodule import ensure_source_cache, source_cache_root, source_spacing
 from datamodules.loaders import Collate, SplitDataModule
 from datamodules.mixing import data_sources
 from datamodules.seg_targets import seg_target
@@ -254,6 +255,14 @@ class UniferumDataModule(SplitDataModule):
         self.downsample = int(downsample)
         self.u = int(cfg.uniferum.u)
         self.geometry = geometry_from_config(cfg.uniferum)
+        for source in data_sources(self.data):  # Uniferum resamples from an isotropic cache only
+            spacing = source_spacing(self.data, source)
+            if not isinstance(spacing, float):
+                raise ConfigError(
+                    f"Uniferum reads an isotropic cache, but source {source.name!r} has the anisotropic "
+                    f"spacing {list(spacing)} mm; set data.spacing (or data.sources[].spacing) to one "
+                    "number, e.g. data.spacing=1.5"
+                )
         self.collate = TaskCollator(tokenizer, self.max_length)
         self.splits: dict[str, list[CacheEntry]] = {}
         self.tasks: list[Task] = []

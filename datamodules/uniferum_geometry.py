@@ -177,6 +177,8 @@ class UniferumView:
 
     def __init__(self, geometry: UniferumGeometry, spacing: float) -> None:
         self.geometry = geometry
+        if not isinstance(spacing, int | float):
+            raise ValueError(f"Uniferum reads an isotropic cache, not one at {list(spacing)} mm (x, y, z)")
         self.spacing = float(spacing)
 
     def _read_size(self, field_mm: Sequence[float]) -> tuple[int, int, int]:

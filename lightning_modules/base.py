@@ -13,6 +13,7 @@ from callbacks.evaluation import evaluation_callback_from_config
 from ctvlp.config.evaluation_tasks import TASKS
 from ctvlp.config.loader import config_from_sections
 from datamodules.datamodule import CTDataModule
+from datamodules.transforms import as_size3
 from lightning_modules.nets.image_encoder import ImageEncoder, build_image_encoder
 from lightning_modules.nets.primus_encoder import set_activation_checkpointing
 from lightning_modules.nets.text_encoder import load_tokenizer
@@ -22,11 +23,12 @@ from lightning_modules.rrg import target_builder
 
 
 def image_encoder_from_config(cfg: DictConfig) -> ImageEncoder:
-    """The ``model.image`` encoder (Primus + projector + pooler) for ``data.crop_size`` inputs."""
+    """The ``model.image`` encoder (Primus + projector + pooler) for ``data.crop_size`` inputs (a
+    cube or (x, y, z): Primus' RoPE is built for exactly that shape)."""
     image = cfg.model.image
     encoder = build_image_encoder(
         size=image.size,
-        input_size=int(cfg.data.crop_size),
+        input_size=as_size3(cfg.data.crop_size),
         patch_size=int(image.patch_size),
         proj_dim=int(cfg.model.proj_dim),
         pool_heads=int(cfg.model.pool_heads),
@@ -54,6 +56,9 @@ class ObjectiveModule(L.LightningModule):
     # probes need only the image encoder. Empty: the module has no image-encoder evaluation
     # (Uniferum is evaluated on its task texts instead).
     evaluation_tasks: tuple[str, ...] = TASKS
+    # How image and report embeddings are compared in retrieval and zero-shot: "cosine" (CLIP) or
+    # "dot" (raw dot products, no normalisation or temperature: GreenRFM).
+    embedding_similarity: str = "cosine"
     # Whether the final evaluation of `ctvlp fit` uses the best checkpoint (model selection on
     # validation) instead of the final weights.
     evaluate_best: bool = False

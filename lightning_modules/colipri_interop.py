@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
+from datamodules.transforms import as_size3
 from lightning_modules.colipri import ColipriModule
 from lightning_modules.nets.attention_pool import AttentionPool1D, MultiLearnedQueryAttentionPool1D
 from lightning_modules.nets.text_encoder import TextEncoder, _needs_remote_code
@@ -99,7 +100,7 @@ def colipri_model_config(module: ColipriModule) -> dict[str, Any]:
     """The colipri ``model`` config (Hydra ``_target_`` tree) that rebuilds this architecture."""
     cfg = module.cfg
     backbone = module.image_encoder.backbone
-    image_size = int(cfg.data.crop_size)
+    image_shape = [int(c) for c in as_size3(cfg.data.crop_size)]  # (x, y, z); a cube as before
     patch = [int(p) for p in module.image_encoder.patch_size]
     text = module.text_encoder
     return {
@@ -114,7 +115,7 @@ def colipri_model_config(module: ColipriModule) -> dict[str, Any]:
                 "eva_depth": len(backbone.eva.blocks),
                 "eva_numheads": int(backbone.eva.blocks[0].attn.num_heads),
                 "patch_embed_size": patch,
-                "input_shape": [image_size] * 3,
+                "input_shape": image_shape,
                 "use_rot_pos_emb": True,
                 "use_abs_pos_embed": bool(cfg.model.image.use_abs_pos_embed),
                 "drop_path_rate": float(cfg.model.image.drop_path),

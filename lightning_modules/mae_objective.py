@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.transforms import as_size3
 from lightning_modules.nets.image_encoder import ImageEncoder
 from lightning_modules.nets.mae_head import MAEHead, MAEOutput, mean_predictor_loss
 
@@ -38,11 +39,11 @@ def build_head(cfg: DictConfig, encoder: ImageEncoder) -> MAEHead:
             f"objectives.mae.decoder_width={mae.decoder_width} must be divisible by "
             f"objectives.mae.decoder_heads={mae.decoder_heads}"
         )
-    crop = int(cfg.data.crop_size)
+    crop = as_size3(cfg.data.crop_size)  # (x, y, z); the patch grid is per axis
     patch = encoder.patch_size
     return MAEHead(
         encoder_dim=encoder.embed_dim,
-        grid=tuple(crop // p for p in patch),
+        grid=tuple(c // p for c, p in zip(crop, patch, strict=True)),
         patch_size=patch,
         in_channels=1,
         ratio=float(mae.ratio),

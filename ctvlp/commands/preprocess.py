@@ -7,7 +7,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from datamodules.cache import INTERPOLATIONS, cache_path
+from datamodules.cache import INTERPOLATIONS, Spacing, as_spacing, cache_path
 from datamodules.label_tables import apply_label_table
 from datamodules.preprocess import build_cache, read_quarantine
 from datamodules.sources.registry import SOURCES
@@ -16,7 +16,7 @@ from datamodules.sources.registry import SOURCES
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "preprocess",
-        help="build the preprocessed volume cache (RAS+, HU int16, isotropic spacing)",
+        help="build the preprocessed volume cache (RAS+, HU int16, isotropic or (x, y, z) spacing)",
         description=(
             "Convert a dataset once into <cache-dir>/<source>/<spacing>mm-<interpolation>/ "
             "(volumes/<id>.npy, index.json, quarantine.csv). Resumable: rerun to finish an interrupted build."
@@ -32,9 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="default: ./cache")
     parser.add_argument(
         "--spacing",
-        type=float,
+        type=_spacing,
         action="append",
-        help="isotropic target spacing in mm; repeat for several caches (default: 2)",
+        help="target spacing in mm: one number (isotropic, e.g. 2) or x,y,z in the cache's RAS order "
+        "(e.g. 1.5,1.5,3 -> <source>/1.5x1.5x3mm-<interpolation>); repeat for several caches (default: 2)",
     )
     parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="paper")
     parser.add_argument(
@@ -51,6 +52,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
+
+
+def _spacing(text: str) -> Spacing:
+    """``--spacing 2`` or ``--spacing 1.5,1.5,3`` (x, y, z mm)."""
+    try:
+        return as_spacing(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run(args: argparse.Namespace) -> int:

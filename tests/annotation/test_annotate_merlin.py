@@ -7,8 +7,8 @@ import re
 
 import pandas as pd
 
-from ctvlp.cli import main
 from ctvlp.bench.chat_server import tagged_text
+from ctvlp.cli import main
 from datamodules.labels import MERLIN_LABELS
 from datamodules.phantom.merlin_writer import write_phantom_merlin
 from datamodules.sources.common import split_report

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ctvlp.cli import main
 from ctvlp.bench.chat_server import tagged_text
+from ctvlp.cli import main
 from datamodules.annotation.inputs import read_items
 from datamodules.annotation.pipeline import AnnotateOptions, annotate
 from datamodules.annotation.runner import read_progress

@@ -12,11 +12,9 @@ import pytest
 from ctvlp.commands import preprocess as preprocess_command
 from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate
 from datamodules.phantom.image_only_writer import write_phantom_image_only
-from datamodules.phantom.merlin_writer import write_phantom_merlin
 from datamodules.phantom.rad_chestct_writer import write_phantom_rad_chestct
 
 SPACING = 6.0
-MERLIN_N = 10
 RAD_N = 5
 RAD_SCALE = 0.2
 IMAGE_ONLY_PATIENTS = 2
@@ -33,13 +31,6 @@ def _run_preprocess(source: str, root: Path, cache_dir: Path, *spacings: float) 
     # One process: starting worker processes costs more than these small volumes do.
     args = parser.parse_args([*argv, "--workers", "1", "--no-progress"])
     assert args.handler(args) == 0
-
-
-@pytest.fixture(scope="session")
-def merlin_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("phantoms") / "merlin"
-    write_phantom_merlin(root, MERLIN_N, seed=0, workers=2, progress=False)
-    return root
 
 
 @pytest.fixture(scope="session")
