@@ -12,6 +12,8 @@ Protocol choices:
   script does) inflates every thresholded metric.
 - **Balanced accuracy** reuses the F1 threshold (the paper does), even though another
   threshold might give a higher BA.
+- **ACC, precision, sensitivity, specificity** at the same threshold: GreenRFM's table reports
+  them (its Table 1); ACC is plain accuracy, which the many negatives dominate.
 - **Macro F1** is the headline F1; **weighted F1** (support = positives) is only for
   comparisons with older papers.
 - **Guard:** a label with no positive or no negative among its known values in a split has no
@@ -32,16 +34,14 @@ import torch
 from torchmetrics.functional.classification import (
     binary_auroc,
     binary_average_precision,
-    binary_f1_score,
     binary_precision_recall_curve,
-    binary_recall,
-    binary_specificity,
+    binary_stat_scores,
 )
 
 log = logging.getLogger(__name__)
 
 RANKING_METRICS = ("AUROC", "AUPRC")
-THRESHOLD_METRICS = ("BA", "F1")
+THRESHOLD_METRICS = ("BA", "F1", "ACC", "precision", "sensitivity", "specificity")
 MACRO_METRICS = (*RANKING_METRICS, *THRESHOLD_METRICS, "F1_weighted")
 
 
@@ -132,11 +132,23 @@ def per_label_metrics(
         if thresholds is None or math.isnan(float(thresholds[k])):
             continue
         decisions = (preds >= thresholds[k]).long()
-        sensitivity = binary_recall(decisions, target, validate_args=False)
-        specificity = binary_specificity(decisions, target, validate_args=False)
+        # One confusion count for all thresholded metrics (torchmetrics' stat scores), rather
+        # than a torchmetrics call per metric: the bootstrap runs this 1000 times per split.
+        tp, fp, tn, fn, _ = binary_stat_scores(decisions, target, validate_args=False).double().tolist()
+        sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
         out["BA"][k] = (sensitivity + specificity) / 2
-        out["F1"][k] = binary_f1_score(decisions, target, validate_args=False)
+        out["F1"][k] = _ratio(2 * tp, 2 * tp + fp + fn, zero=0.0)
+        out["ACC"][k] = _ratio(tp + tn, tp + tn + fp + fn)
+        out["precision"][k] = _ratio(tp, tp + fp, zero=0.0)
+        out["sensitivity"][k], out["specificity"][k] = sensitivity, specificity
     return out
+
+
+def _ratio(numerator: float, denominator: float, zero: float = math.nan) -> float:
+    """``numerator / denominator``, ``zero`` when nothing is counted (torchmetrics' 0 for F1 and
+    precision without positive decisions; a valid label always has both classes, so the others
+    never divide by zero)."""
+    return numerator / denominator if denominator else zero
 
 
 def _nanmean(values: torch.Tensor) -> float:

@@ -51,6 +51,7 @@ from evaluation.features import (
 from evaluation.metrics import classification_metrics, f1_optimal_thresholds
 from evaluation.probe_grid import AGGREGATORS, PAPER_LEARNING_RATES, POOLED_AGGREGATORS, ProbeGrid
 from evaluation.probes import ProbeTraining, predict_probe_grid, select_probe, train_probe_grid
+from evaluation.prompt_zero_shot import PROMPT_KEYS, zero_shot_prompt_scores
 from evaluation.retrieval import recall_from_ranks, retrieval_metrics, true_report_ranks
 from evaluation.zero_shot import (
     TEMPERATURE,
@@ -121,7 +122,8 @@ class EvalSettings:
     bootstrap_seed: int = 0
     zeroshot_reports_per_class: int = 50
     zeroshot_temperature: float = TEMPERATURE
-    input_size: int = 160  # centre-crop edge, for the token-cache size estimate
+    # Centre-crop edge, or (x, y, z) for a non-cubic data.crop_size: the token-cache size estimate.
+    input_size: int | tuple[int, ...] = 160
     feature_cache_dir: Path | None = None  # None: features stay in memory
     feature_cache_bytes: int = 64 * 2**30
     model_key: str | None = None  # identity of the weights; enables reuse of cached features
@@ -140,10 +142,18 @@ class EvalSettings:
             bootstrap_resamples=int(evaluation.bootstrap_resamples),
             bootstrap_seed=int(evaluation.bootstrap_seed),
             zeroshot_reports_per_class=int(evaluation.zeroshot_reports_per_class),
-            input_size=int(cfg.data.crop_size),
+            input_size=_input_size(cfg.data.crop_size),
             feature_cache_bytes=int(float(evaluation.feature_cache_gb) * 2**30),
             seed=int(cfg.seed),
         )
+
+
+def _input_size(crop_size: Any) -> int | tuple[int, ...]:
+    """``data.crop_size`` as an int (a cube, as always) or an (x, y, z) tuple."""
+    if isinstance(crop_size, int):
+        return int(crop_size)
+    size = tuple(int(c) for c in crop_size)
+    return size[0] if len(set(size)) == 1 else size
 
 
 @dataclass
@@ -179,6 +189,10 @@ class Evaluator:
     ) -> None:
         self.model = model
         self.vl_model: VisionLanguageModel = model  # type: ignore[assignment]
+        # "cosine" (CLIP models) or "dot" (GreenRFM: raw dot products, as it was trained)
+        self.similarity = str(getattr(model, "embedding_similarity", "cosine"))
+        if self.similarity not in ("cosine", "dot"):
+            raise ValueError(f"embedding_similarity must be cosine or dot, not {self.similarity!r}")
         self.tokenize = tokenize
         self.label_names = list(label_names)
         self.settings = settings
@@ -225,16 +239,21 @@ class Evaluator:
             for split in splits:
                 if split.has_reports:
                     self._retrieval(split.name, features[split.name])
+        normalise = self.similarity == "cosine"
+        temperature = self.settings.zeroshot_temperature if normalise else 1.0
         prompt_styles = [t for t in ("zeroshot_native", "zeroshot_short") if t in self.tasks]
         for task in prompt_styles:
             with _timed(f"{task} prompts"):
                 prompts = self._prompts(task, train)
             scores = {
-                name: zero_shot_scores(f.image, prompts, self.settings.zeroshot_temperature)
+                name: zero_shot_scores(f.image, prompts, temperature, normalise)
                 for name, f in features.items()
             }
             assert val is not None
             self._classification(task, val, splits, features, scores)
+        if "zeroshot_prompts" in self.tasks:
+            assert val is not None
+            self._prompt_pairs(val, splits, features, normalise, temperature)
         if "probe" in self.tasks:
             assert train is not None and train.loader is not None and val is not None
             train_split = EvalSplit("train", train.loader, train.volumes, has_reports=False)
@@ -259,7 +278,11 @@ class Evaluator:
     ) -> TokenMode:
         """Full fp16 tokens if every split the probes touch fits the disk budget, else pooled-only."""
         encoder = self.model.image_encoder
-        per_volume = tokens_per_volume(encoder.patch_size, self.settings.input_size)
+        size = self.settings.input_size
+        if isinstance(size, int):
+            per_volume = tokens_per_volume(encoder.patch_size, size)
+        else:  # per axis
+            per_volume = math.prod(int(s) // int(p) for s, p in zip(size, encoder.patch_size, strict=True))
         names = {s.name: s.volumes for s in [*splits, *([val] if val else [])]}
         volumes = sum(names.values()) + (train.volumes if train else 0)
         needed = token_cache_bytes(volumes, per_volume, int(encoder.proj_dim))
@@ -304,10 +327,14 @@ class Evaluator:
 
     # -------------------------------------------------------------------------- retrieval
     def _retrieval(self, split: str, features: SplitFeatures) -> None:
-        """Image -> report recall over the whole split. Cosine similarity: the trained logit
-        scale (and a sigmoid bias) do not change rankings."""
+        """Image -> report recall over the whole split. Cosine similarity for CLIP models (the
+        trained logit scale and a sigmoid bias do not change rankings), the raw dot product for
+        models trained on it."""
         assert features.text is not None
-        similarity = F.normalize(features.image, dim=-1) @ F.normalize(features.text, dim=-1).T
+        if self.similarity == "dot":
+            similarity = features.image @ features.text.T
+        else:
+            similarity = F.normalize(features.image, dim=-1) @ F.normalize(features.text, dim=-1).T
         ks = list(self.settings.recall_ks)
         prefix = f"{split}/retrieval"
         for name, value in retrieval_metrics(similarity, ks).items():
@@ -330,8 +357,9 @@ class Evaluator:
         return encode_texts(self.vl_model, self.tokenize, texts, self.device, autocast=self.autocast)
 
     def _prompts(self, task: str, train: TrainSplit | None) -> ClassPrompts:
+        normalise = self.similarity == "cosine"
         if task == "zeroshot_short":
-            return short_class_prompts(self.label_names, self._encode_texts)
+            return short_class_prompts(self.label_names, self._encode_texts, normalise)
         assert train is not None
         return native_class_prompts(
             train.reports,
@@ -340,7 +368,40 @@ class Evaluator:
             self._encode_texts,
             per_class=self.settings.zeroshot_reports_per_class,
             seed=self.settings.seed,
+            normalise=normalise,
         )
+
+    def _prompt_pairs(
+        self,
+        val: EvalSplit,
+        splits: Sequence[EvalSplit],
+        features: dict[str, SplitFeatures],
+        normalise: bool,
+        temperature: float,
+    ) -> None:
+        """GreenRFM's five prompt pairs (``zeroshot_prompt_p1`` .. ``_p5``) and the mean of their
+        scores (``zeroshot_prompt_mean``), each with its own validation thresholds. A cosine model
+        is scored on unit vectors at the zero-shot temperature, as its other prompts are."""
+        encoded: dict[tuple[str, ...], torch.Tensor] = {}
+
+        def encode(texts: list[str]) -> torch.Tensor:  # the same prompts for every split: once
+            if tuple(texts) not in encoded:
+                embeddings = self._encode_texts(texts)
+                encoded[tuple(texts)] = F.normalize(embeddings, dim=-1) if normalise else embeddings
+            return encoded[tuple(texts)]
+
+        with _timed("zeroshot_prompts prompts"):
+            per_split = {
+                name: zero_shot_prompt_scores(
+                    F.normalize(f.image, dim=-1) / temperature if normalise else f.image,
+                    encode,
+                    self.label_names,
+                )
+                for name, f in features.items()
+            }
+        for key in (*PROMPT_KEYS, "mean"):
+            scores = {name: values[key] for name, values in per_split.items()}
+            self._classification(f"zeroshot_prompt_{key}", val, splits, features, scores)
 
     # ----------------------------------------------------------------------------- probes
     def _probe_scores(

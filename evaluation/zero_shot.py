@@ -15,6 +15,10 @@ Scores feed the same metrics and validation-fitted thresholds as the probes.
 
 Report embeddings are L2-normalised before averaging (as ``colipri``'s ``encode_text`` returns
 them), so every report weighs the same whatever its embedding norm.
+
+A model trained on raw dot products (GreenRFM) is scored the way it was trained
+(``normalise=False``): no normalisation anywhere, temperature 1, native prompts the plain mean of
+the report embeddings.
 """
 
 from __future__ import annotations
@@ -51,9 +55,15 @@ def short_prompts(label_names: Sequence[str]) -> tuple[list[str], list[str]]:
     return [positive.format(label=n) for n in label_names], [negative.format(label=n) for n in label_names]
 
 
-def short_class_prompts(label_names: Sequence[str], encode: TextEncoderFn) -> ClassPrompts:
+def _unit(embeddings: torch.Tensor, normalise: bool) -> torch.Tensor:
+    return F.normalize(embeddings.float(), dim=-1) if normalise else embeddings.float()
+
+
+def short_class_prompts(
+    label_names: Sequence[str], encode: TextEncoderFn, normalise: bool = True
+) -> ClassPrompts:
     positive, negative = short_prompts(label_names)
-    embeddings = F.normalize(encode([*positive, *negative]).float(), dim=-1)
+    embeddings = _unit(encode([*positive, *negative]), normalise)
     return ClassPrompts(embeddings[: len(positive)], embeddings[len(positive) :])
 
 
@@ -90,9 +100,9 @@ def sample_native_reports(
     return chosen
 
 
-def _group_means(embeddings: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
+def _group_means(embeddings: torch.Tensor, groups: list[list[int]], normalise: bool) -> torch.Tensor:
     rows = [embeddings[g].mean(dim=0) if g else torch.full((embeddings.shape[1],), math.nan) for g in groups]
-    return F.normalize(torch.stack(rows), dim=-1)
+    return _unit(torch.stack(rows), normalise)
 
 
 def native_class_prompts(
@@ -102,6 +112,7 @@ def native_class_prompts(
     encode: TextEncoderFn,
     per_class: int = 50,
     seed: int = 0,
+    normalise: bool = True,
 ) -> ClassPrompts:
     """Mean unit-norm embeddings of the sampled training reports (each report encoded once)."""
     chosen = sample_native_reports(reports, labels, label_names, per_class, seed)
@@ -109,16 +120,20 @@ def native_class_prompts(
     row = {report_index: r for r, report_index in enumerate(used)}
     if not used:
         raise ValueError("Native zero-shot needs training reports with known labels; none were found")
-    embeddings = F.normalize(encode([reports[i] for i in used]).float(), dim=-1)
-    positive = _group_means(embeddings, [[row[i] for i in pos] for pos, _ in chosen])
-    negative = _group_means(embeddings, [[row[i] for i in neg] for _, neg in chosen])
+    embeddings = _unit(encode([reports[i] for i in used]), normalise)
+    positive = _group_means(embeddings, [[row[i] for i in pos] for pos, _ in chosen], normalise)
+    negative = _group_means(embeddings, [[row[i] for i in neg] for _, neg in chosen], normalise)
     return ClassPrompts(positive, negative)
 
 
 def zero_shot_scores(
-    image_embeddings: torch.Tensor, prompts: ClassPrompts, temperature: float = TEMPERATURE
+    image_embeddings: torch.Tensor,
+    prompts: ClassPrompts,
+    temperature: float = TEMPERATURE,
+    normalise: bool = True,
 ) -> torch.Tensor:
-    """(N, K) probability of "present": softmax over (cos(img, present), cos(img, absent)) / T."""
-    image = F.normalize(image_embeddings.float(), dim=-1)
+    """(N, K) probability of "present": softmax over (cos(img, present), cos(img, absent)) / T
+    (raw dot products with ``normalise=False``: pass ``temperature=1``)."""
+    image = _unit(image_embeddings, normalise)
     logits = torch.stack([image @ prompts.positive.T, image @ prompts.negative.T], dim=-1) / temperature
     return logits.softmax(dim=-1)[..., 0]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-TASKS = ("retrieval", "zeroshot_native", "zeroshot_short", "probe")
+# zeroshot_prompts: GreenRFM's five prompt pairs, each and their mean (evaluation/prompt_zero_shot.py).
+TASKS = ("retrieval", "zeroshot_native", "zeroshot_short", "zeroshot_prompts", "probe")
 TASK_GROUPS = {"zeroshot": ("zeroshot_native", "zeroshot_short")}
-CLASSIFICATION_TASKS = ("zeroshot_native", "zeroshot_short", "probe")
+CLASSIFICATION_TASKS = ("zeroshot_native", "zeroshot_short", "zeroshot_prompts", "probe")
 # What an encoder without report embeddings (MAE, CapPa) can be evaluated by.
 IMAGE_ONLY_TASKS = ("probe",)
 
@@ -18,7 +19,7 @@ IMAGE_ONLY_TASKS = ("probe",)
 def parse_tasks(tasks: str | Iterable[str]) -> list[str]:
     """``"retrieval,zeroshot,probe"`` (or a list) -> task names in canonical order.
 
-    ``zeroshot`` stands for both prompt styles. Unknown names raise ``ValueError`` listing the
+    ``zeroshot`` stands for COLIPRI's two prompt styles (native and short). Unknown names raise ``ValueError`` listing the
     valid ones.
     """
     names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]

@@ -43,6 +43,10 @@ def test_frozen_threshold_gives_hand_computed_ba_f1_auroc_auprc_on_test() -> Non
     # Decisions [0, 1, 0, 1, 1]: TP 2, FN 1, TN 1, FP 1.
     assert metrics.macro["BA"] == pytest.approx((2 / 3 + 1 / 2) / 2)
     assert metrics.macro["F1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert metrics.macro["ACC"] == pytest.approx(3 / 5)
+    assert metrics.macro["precision"] == pytest.approx(2 / 3)
+    assert metrics.macro["sensitivity"] == pytest.approx(2 / 3)
+    assert metrics.macro["specificity"] == pytest.approx(1 / 2)
     # Positive/negative pairs ranked correctly: 0.3>0.2, 0.9>both, 0.36>0.2 -> 4 of 6.
     assert metrics.macro["AUROC"] == pytest.approx(4 / 6)
     # Ranked 0.9(P) 0.5(N) 0.36(P) 0.3(P): AP = (1 + 2/3 + 3/4) / 3.

@@ -20,7 +20,8 @@ def test_parse_tasks_expands_zeroshot_and_lists_valid_names() -> None:
     assert parse_tasks("probe,zeroshot") == ["zeroshot_native", "zeroshot_short", "probe"]
     assert parse_tasks(["retrieval", "zeroshot_short"]) == ["retrieval", "zeroshot_short"]
     with pytest.raises(
-        ValueError, match="valid tasks: retrieval, zeroshot_native, zeroshot_short, probe, zeroshot"
+        ValueError,
+        match="valid tasks: retrieval, zeroshot_native, zeroshot_short, zeroshot_prompts, probe, zeroshot",
     ):
         parse_tasks("retrieval,probes")
 
