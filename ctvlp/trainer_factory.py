@@ -37,9 +37,11 @@ def effective_precision(trainer_cfg: DictConfig) -> str:
 
 def effective_strategy(cfg: DictConfig) -> str:
     """``trainer.strategy``, with DDP's unused-parameter search when the objective schedule leaves
-    some parameters without gradient on some steps (MAE steps skip the text side)."""
+    some parameters without gradient on some steps (MAE steps skip the text side; GreenRFM's two
+    stages train different heads)."""
     strategy = str(cfg.trainer.strategy)
-    if strategy == "ddp" and ObjectiveSchedule.from_config(cfg).skips_parameters():
+    skips = cfg.module == "greenrfm" or ObjectiveSchedule.from_config(cfg).skips_parameters()
+    if strategy == "ddp" and skips:
         return "ddp_find_unused_parameters_true"
     return strategy
 

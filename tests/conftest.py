@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 from datamodules.cache import cache_path  # noqa: E402
 from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate  # noqa: E402
 from datamodules.phantom.image_only_writer import write_phantom_image_only  # noqa: E402
+from datamodules.phantom.merlin_writer import write_phantom_merlin  # noqa: E402
 from datamodules.preprocess import build_cache  # noqa: E402
 from datamodules.sources.ct_rate import scan_ct_rate  # noqa: E402
 
@@ -23,6 +24,7 @@ from datamodules.sources.ct_rate import scan_ct_rate  # noqa: E402
 # memorises its training pairs (the training loss falls, validation retrieval does not move).
 PHANTOM_SCANS = 300
 PHANTOM_IMAGE_ONLY_PATIENTS = 6
+MERLIN_N = 10
 DEMO_SPACING = 6.0
 # 400 steps: the contrastive loss sits at ln(batch) for the first ~200 (cpu_demo.yaml), so a
 # shorter run has learned nothing to assert on. About 3 min on 2 idle cores.
@@ -31,6 +33,14 @@ TRAINED_RUN_OVERRIDES = [
     "trainer.val_check_interval=100",
     "evaluation.every_n_steps=200",
 ]
+
+
+@pytest.fixture(scope="session")
+def merlin_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small phantom Merlin (abdominal CT, 30 labels with -1), for the Merlin sources and recipes."""
+    root = tmp_path_factory.mktemp("phantoms") / "merlin"
+    write_phantom_merlin(root, MERLIN_N, seed=0, workers=2, progress=False)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ctvlp.config.errors import ConfigError, did_you_mean
 from ctvlp.config.evaluation_tasks import CLASSIFICATION_TASKS, parse_tasks
-from ctvlp.config.modules import current_module_name
+from ctvlp.config.modules import MODULES, RENAMED_MODULES, current_module_name
 from ctvlp.config.schema import CHOICES, ExperimentConfig
 
 DEFAULTS_KEY = "defaults"
@@ -159,10 +160,123 @@ def _check_consistency(cfg: DictConfig) -> None:
             f"trainer.best_mode={cfg.trainer.best_mode} needs trainer.best_metric: the module's own "
             "metric comes with its own mode"
         )
-    if cfg.data.crop_size % cfg.model.image.patch_size:
+    _check_data_geometry(cfg)
+    _check_image_model(cfg)
+    if cfg.module == "greenrfm":
+        _check_greenrfm(cfg)
+
+
+def _check_image_model(cfg: DictConfig) -> None:
+    """The image architecture fits the module, and a weights file exists (nothing is downloaded)."""
+    image = cfg.model.image
+    if (image.arch == "r3d_18") != (cfg.module == "greenrfm"):
         raise ConfigError(
-            f"data.crop_size={cfg.data.crop_size} must be a multiple of "
-            f"model.image.patch_size={cfg.model.image.patch_size}"
+            f"model.image.arch={image.arch} with module {cfg.module}: GreenRFM trains r3d_18 "
+            "(model.image.arch=r3d_18), every other module a Primus (model.image.arch=primus)"
+        )
+    if image.stem not in (2, 4):
+        raise ConfigError(f"model.image.stem={image.stem}: 2 (GreenRFM) or 4 (GreenRFM-Lite)")
+    if image.weights is not None and not Path(str(image.weights)).expanduser().is_file():
+        raise ConfigError(
+            f"model.image.weights={image.weights} does not exist. Download torchvision's r3d_18 "
+            "KINETICS400_V1 weights (r3d_18-b3b3357e.pth) on a machine with internet and point "
+            "model.image.weights at the file, or set model.image.weights=null for a random initialisation"
+        )
+
+
+def _check_greenrfm(cfg: DictConfig) -> None:
+    """The coarse segmentation term has its organ masks and whole cells."""
+    g = cfg.greenrfm
+    if float(g.seg_weight) <= 0:
+        return
+    if not cfg.data.organ_masks:
+        raise ConfigError(
+            f"greenrfm.seg_weight={g.seg_weight} needs the organ masks: set data.organ_masks=true "
+            "(or greenrfm.seg_weight=0 to train without the segmentation term)"
+        )
+    crop = _plain(cfg.data.crop_size)
+    sides = [crop] * 3 if _is_number(crop) else list(crop)
+    if int(g.seg_cell) < 1 or any(int(side) % int(g.seg_cell) for side in sides):
+        raise ConfigError(
+            f"greenrfm.seg_cell={g.seg_cell} must divide every side of data.crop_size={crop}: the "
+            "segmentation target is one class mix per seg_cell^3 voxels"
+        )
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig | DictConfig) else value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_spacing(key: str, value: Any) -> bool:
+    """A cache spacing: one positive number (isotropic) or 3 (x, y, z) in mm. Returns whether it is
+    anisotropic."""
+    value = _plain(value)
+    values = [value] if _is_number(value) else value if isinstance(value, list) and len(value) == 3 else None
+    if values is None or not all(_is_number(v) for v in values):
+        raise ConfigError(
+            f"{key}={value!r} must be a number (isotropic, mm) or a list of 3 numbers [x, y, z] in mm "
+            f"(e.g. {key}=2 or '{key}=[1.5,1.5,3]')"
+        )
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"{key}={value!r}: every spacing must be a positive number of mm")
+    return len(set(values)) > 1
+
+
+def _voxels(key: str, value: Any, allow_int: bool = True) -> tuple[int, int, int]:
+    """A size in voxels: an int (a cube, where ``allow_int``) or a list of 3 ints [x, y, z], positive."""
+    value = _plain(value)
+    values = [value] * 3 if allow_int and isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(values, list)
+        or len(values) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    ):
+        kind = "an int (a cube) or a list of 3 ints [x, y, z]" if allow_int else "a list of 3 ints [x, y, z]"
+        raise ConfigError(f"{key}={value!r} must be {kind} in voxels")
+    if not all(v > 0 for v in values):
+        raise ConfigError(f"{key}={value!r}: sizes must be positive")
+    return (values[0], values[1], values[2])
+
+
+def _check_data_geometry(cfg: DictConfig) -> None:
+    """Spacing, crop size, crop field and HU window (datamodules/transforms.py, datamodules/cache.py)."""
+    data = cfg.data
+    spacings = {"data.spacing": data.spacing, "data.image_only_spacing": data.image_only_spacing}
+    spacings.update({f"data.sources[{i}].spacing": item.spacing for i, item in enumerate(data.sources)})
+    for key, value in spacings.items():
+        if value is not None and _check_spacing(key, value) and cfg.module == "uniferum":
+            raise ConfigError(
+                f"{key}={_plain(value)}: Uniferum reads an isotropic cache; give one number "
+                "(e.g. data.spacing=1.5)"
+            )
+    crop = _voxels("data.crop_size", data.crop_size)
+    patch = int(cfg.model.image.patch_size)
+    if any(c % patch for c in crop):
+        raise ConfigError(
+            f"data.crop_size={_plain(data.crop_size)} must be a multiple of model.image.patch_size={patch}"
+            + (" on every axis" if len(set(crop)) > 1 else "")
+        )
+    if data.crop_field is not None:
+        field = _voxels("data.crop_field", data.crop_field, allow_int=False)
+        if any(c > f for c, f in zip(crop, field, strict=True)):
+            raise ConfigError(
+                f"data.crop_size={list(crop)} is larger than data.crop_field={list(field)} on some axis: "
+                "the crop is drawn inside the field"
+            )
+    window = _plain(data.hu_window)
+    if not isinstance(window, list) or len(window) != 2 or not all(_is_number(v) for v in window):
+        raise ConfigError(f"data.hu_window={window!r} must be two numbers [lo, hi] in HU, e.g. [-1000, 200]")
+    lo, hi = window
+    if not lo < hi:
+        raise ConfigError(f"data.hu_window={window}: lo must be below hi")
+    if lo < -1000 or hi > 1000:
+        raise ConfigError(
+            f"data.hu_window={window} reaches outside [-1000, 1000]: the cache stores HU clipped to "
+            "[-1000, 1000], so no voxel lies beyond; choose a window inside it"
         )
 
 
@@ -238,6 +352,19 @@ def config_from_sections(sections: dict[str, Any]) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def _overlay_profile(cfg: DictConfig, overlay: DictConfig, path: Path) -> DictConfig:
+    """The profile's keys over the experiment's, then its ``per_module.<module>`` section (what a
+    profile changes for one module only, e.g. cpu_demo's GreenRFM steps) over those."""
+    per_module = overlay.pop("per_module", None) or {}
+    unknown = sorted(set(per_module) - set(MODULES))
+    if unknown:
+        raise ConfigError(f"{path}: per_module names {unknown}, which are not modules ({', '.join(MODULES)})")
+    cfg = OmegaConf.merge(cfg, overlay)
+    module = str(cfg.get("module", ""))
+    module = RENAMED_MODULES.get(module, module)
+    return OmegaConf.merge(cfg, per_module[module]) if module in per_module else cfg
+
+
 def load_experiment(
     experiment: str,
     profile: str | None = None,
@@ -252,7 +379,7 @@ def load_experiment(
         cfg.name = path.stem
     if profile:
         profile_path = _resolve_file(profile, root / "profiles", "profile", available_profiles(root))
-        cfg = OmegaConf.merge(cfg, _load_composed(profile_path, root))
+        cfg = _overlay_profile(cfg, _load_composed(profile_path, root), profile_path)
     if overrides:
         cfg = OmegaConf.merge(cfg, _dotlist(overrides, example="optim.lr=3e-4"))
     return validate(cfg)

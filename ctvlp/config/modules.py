@@ -16,6 +16,7 @@ MODULES: dict[str, str] = {
     "uniferum": "lightning_modules.uniferum:UniferumModule",
     "cappa": "lightning_modules.cappa:CapPaModule",
     "mae": "lightning_modules.mae:MAEModule",
+    "greenrfm": "lightning_modules.greenrfm:GreenRFMModule",
 }
 
 # Names written by earlier versions of ctvlp (experiment YAMLs, checkpoints) -> today's name.

@@ -49,9 +49,10 @@ class SourceConfig:
     root: str = MISSING
     # Share of training samples, relative to the other sources' weights.
     weight: float = 1.0
-    # Cache spacing of this source (mm); None: data.spacing. A finer spacing than data.spacing
-    # gives sub-crops of data.crop_size voxels at a higher resolution (COLIPRI's 1 mm MAE data).
-    spacing: float | None = None
+    # Cache spacing of this source (mm): a number (isotropic) or [x, y, z] (as data.spacing); None:
+    # data.spacing. A finer spacing than data.spacing gives sub-crops of data.crop_size voxels at a
+    # higher resolution (COLIPRI's 1 mm MAE data).
+    spacing: Any = None
     # A label table in the source's own layout replacing its labels (`ctvlp annotate`'s
     # llm_labels.csv); -1 and empty cells are unknown (NaN, masked). None: the dataset's own labels.
     labels: str | None = None
@@ -67,10 +68,24 @@ class DataConfig:
     # The label table of the data.source shorthand (as data.sources[].labels).
     labels: str | None = None
     cache_dir: str = "cache"
-    spacing: float = 2.0
+    # Cache spacing in mm: a number (isotropic, cache folder <source>/2mm-<interpolation>) or
+    # [x, y, z] in the cache's RAS axis order (GreenRFM: [1.5, 1.5, 3], folder 1.5x1.5x3mm-...).
+    spacing: Any = 2.0
     # paper: antialiasing + B-spline; colipri_inference: linear, no antialiasing.
     interpolation: str = "paper"
-    crop_size: int = 160
+    # Training (random) and evaluation (centre) crop in voxels: an int (a cube) or [x, y, z]; each
+    # axis a multiple of model.image.patch_size.
+    crop_size: Any = 160
+    # [x, y, z] voxels: the centred region every volume is padded (air) or cropped to before the
+    # crop is drawn: training crops lie inside it, the evaluation crop is its centre (GreenRFM:
+    # [240, 240, 120] around [192, 192, 96] crops). None: the whole volume.
+    crop_field: list[int] | None = None
+    # [lo, hi] HU mapped to the model input [-1, 1]: (clip(HU, lo, hi) - lo) / (hi - lo) * 2 - 1.
+    # Within the cache's [-1000, 1000]; the default is COLIPRI's HU / 1000 (GreenRFM: [-1000, 200]).
+    hu_window: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
+    # Each sample also carries its crop's organ class map (the cache then holds the organ masks of
+    # the sources that have them): GreenRFM's coarse segmentation target (greenrfm.seg_weight).
+    organ_masks: bool = False
     # Per device; the CLIP loss gathers across ranks, so the contrastive batch is global.
     batch_size: int = 16
     num_workers: int = 8
@@ -81,14 +96,19 @@ class DataConfig:
     # experiments that mix it in: their data.sources entry reads ${data.image_only_root} and
     # ${data.image_only_spacing}, so a profile or the command line can move it.
     image_only_root: str = "data/nlst"
-    image_only_spacing: float | None = None
+    image_only_spacing: Any = None  # a number or [x, y, z] mm, as data.spacing
     text: TextDataConfig = field(default_factory=TextDataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
 
 @dataclass
 class ImageModelConfig:
+    # primus (COLIPRI and the other recipes) or r3d_18 (GreenRFM: torchvision's 3D ResNet-18).
     arch: str = "primus"
+    # r3d_18 only: its 1-channel stem's kernel = stride (2 GreenRFM, 4 GreenRFM-Lite), and a local
+    # torchvision r3d_18 Kinetics-400 state dict every other layer loads from (null: random init).
+    stem: int = 2
+    weights: str | None = None
     size: str = "M"
     patch_size: int = 8
     drop_path: float = 0.2
@@ -316,6 +336,31 @@ class UniferumConfig:
     augment: bool = True
 
 
+@dataclass
+class GreenRFMConfig:
+    """GreenRFM's two stages in one run (module: greenrfm; lightning_modules/greenrfm.py)."""
+
+    # Share of trainer.max_steps in stage 1 (unimodal supervision); the rest aligns. The paper:
+    # 5 + 5 epochs, equal halves.
+    stage1_fraction: float = 0.5
+    # Stage 1: AdamW, each lr cosine-annealed to stage1_min_lr over the stage (the public code).
+    lr_image: float = 1.0e-4
+    lr_text: float = 1.0e-5
+    stage1_weight_decay: float = 1.0e-4
+    stage1_min_lr: float = 1.0e-6
+    # Stage 2: one lr for everything, no schedule, no weight decay, gradient norm clipped (code).
+    lr_align: float = 1.0e-5
+    align_weight_decay: float = 0.0
+    align_grad_clip: float = 0.5
+    # lambda of L_CLIP + lambda (BCE_img + BCE_txt); the paper does not give it, the code uses 0.5.
+    cls_weight: float = 0.5
+    # Stage 1's optional coarse anatomical segmentation: L_vision = L_BCE + seg_weight * L_seg
+    # (the paper: weight 1, masks from TotalSegmentator; the public code has no decoder). Needs
+    # data.organ_masks; 0 switches it off. Targets: class fractions in seg_cell^3-voxel cells.
+    seg_weight: float = 1.0
+    seg_cell: int = 8
+
+
 # Keys whose value must come from a fixed set; checked with the schema.
 CHOICES: dict[str, tuple[str, ...]] = {
     "uniferum.vision": ("efficientnet_b0", "primus"),
@@ -325,7 +370,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.interpolation": ("paper", "colipri_inference"),
     "data.text.section": ("findings", "impressions", "both"),
     "data.augmentation.level": ("none", "low", "high"),
-    "model.image.arch": ("primus",),
+    "model.image.arch": ("primus", "r3d_18"),
     "model.image.size": ("tiny", "S", "B", "M", "L"),
     "model.image.pooler": ("attention", "multi_query", "mean", "max"),
     "objectives.mae.style": ("random", "block", "inverse_block"),
@@ -352,3 +397,4 @@ class ExperimentConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     uniferum: UniferumConfig = field(default_factory=UniferumConfig)
+    greenrfm: GreenRFMConfig = field(default_factory=GreenRFMConfig)

@@ -75,3 +75,29 @@ def dot_product_clip_loss(image: torch.Tensor, text: torch.Tensor, gather: bool 
         return 0.5 * (
             F.cross_entropy(image @ all_text.T, targets) + F.cross_entropy(text @ all_image.T, targets)
         )
+
+
+def coarse_seg_cross_entropy(
+    logits: torch.Tensor, classes: torch.Tensor, cell: int, unknown: int = 255
+) -> torch.Tensor:
+    """Cross-entropy of coarse organ logits against the class fractions of each cell.
+
+    ``logits`` (B, K, x, y, z): one prediction per ``cell``³ block of the crop; ``classes``
+    (B, X, Y, Z) integer class maps with X = x · cell (etc.), or every voxel ``unknown`` for a
+    sample without a target. The target of a cell is the fraction of its voxels in each class
+    (one-hot, average-pooled by ``cell``): a soft target, so a cell on an organ boundary asks for
+    the mix it holds. Mean over the cells of the samples with a target; a zero still connected to
+    ``logits`` when no sample has one.
+    """
+    if classes.shape[0] != logits.shape[0] or any(
+        s != c * cell for s, c in zip(classes.shape[1:], logits.shape[2:], strict=True)
+    ):
+        raise ValueError(
+            f"class maps {tuple(classes.shape)} are not logits {tuple(logits.shape)} x cell {cell}"
+        )
+    known = (classes != unknown).flatten(1).all(dim=1)
+    if not known.any():
+        return logits.float().sum() * 0.0
+    one_hot = F.one_hot(classes[known].long(), logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    fractions = F.avg_pool3d(one_hot, kernel_size=cell) if cell > 1 else one_hot
+    return F.cross_entropy(logits[known].float(), fractions)

@@ -92,8 +92,25 @@ def load_tokenizer(
     return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
+def load_text_backbone(
+    name_or_path: str | Path | None, trust_remote_code: bool | None = None
+) -> tuple[nn.Module, str]:
+    """The Hugging Face encoder of a local text model and its directory: CXR-BERT's wrapper is
+    unwrapped to its ``BertModel`` (as colipri does) and BERT's own [CLS] pooler is dropped (the
+    encoders built on it pool for themselves)."""
+    path = resolve_text_model_path(name_or_path)
+    if trust_remote_code is None:
+        trust_remote_code = _needs_remote_code(path)
+    backbone = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if hasattr(backbone, "bert"):  # CXR-BERT wraps a BertModel, as unwrapped by colipri
+        backbone = backbone.bert
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+    return backbone, path
+
+
 @contextlib.contextmanager
-def _eval_mode(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+def eval_mode(module: nn.Module, enabled: bool = True) -> Iterator[None]:
     """``module`` in eval mode inside the block, then back in the mode it was in."""
     if not enabled or not module.training:
         yield
@@ -131,14 +148,7 @@ class TextEncoder(nn.Module):
         trust_remote_code: bool | None = None,
     ) -> None:
         super().__init__()
-        path = resolve_text_model_path(name_or_path)
-        if trust_remote_code is None:
-            trust_remote_code = _needs_remote_code(path)
-        backbone = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if hasattr(backbone, "bert"):  # CXR-BERT wraps a BertModel, as unwrapped by colipri
-            backbone = backbone.bert
-        if getattr(backbone, "pooler", None) is not None:
-            backbone.pooler = None  # our own pooler replaces BERT's CLS pooler
+        backbone, path = load_text_backbone(name_or_path, trust_remote_code)
         self.model_path = path
         # from_pretrained returns eval mode: the backbone's mode follows this module's like any
         # fresh module's (a frozen one runs in eval mode all the same: forward)
@@ -154,7 +164,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TextOutput:
         frozen = self.freeze_backbone
-        with torch.no_grad() if frozen else contextlib.nullcontext(), _eval_mode(self.backbone, frozen):
+        with torch.no_grad() if frozen else contextlib.nullcontext(), eval_mode(self.backbone, frozen):
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         tokens = self.projection(hidden) if hasattr(self, "projection") else hidden
         return TextOutput(tokens=tokens, pooled=self.pooler(tokens, attention_mask))

@@ -18,6 +18,7 @@ def test_colipri_c_has_the_paper_settings() -> None:
     assert cfg.model.image.size == "M" and cfg.model.image.patch_size == 8
     assert cfg.model.image.use_abs_pos_embed is False
     assert cfg.data.crop_size == 160 and cfg.data.spacing == 2.0
+    assert cfg.data.crop_field is None and list(cfg.data.hu_window) == [-1000, 1000]  # HU / 1000
     assert cfg.data.batch_size == 16
     assert cfg.optim.lr == pytest.approx(6e-4) and cfg.optim.warmup_steps == 6250
     assert cfg.optim.schedule == "poly" and cfg.trainer.max_steps == 125_000
@@ -31,6 +32,23 @@ def test_profile_then_overrides_win() -> None:
     assert cfg.model.image.size == "tiny"  # from the profile
     assert cfg.optim.lr == pytest.approx(1e-3)  # override beats profile
     assert cfg.optim.warmup_steps == 30  # profile beats experiment
+
+
+def test_profile_per_module_section_applies_to_that_module_only() -> None:
+    green = load_experiment("greenrfm", "cpu_demo", ["trainer.val_check_interval=50"])
+    assert green.trainer.max_steps == 300 and green.model.image.stem == 4  # per_module.greenrfm
+    assert green.greenrfm.lr_text == pytest.approx(1e-3) and green.data.crop_size == 48  # + profile
+    assert green.trainer.val_check_interval == 50  # the command line still wins
+    colipri = load_experiment("colipri_c", "cpu_demo")
+    assert colipri.trainer.max_steps == 600 and "per_module" not in colipri
+
+
+def test_profile_per_module_names_must_be_modules(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "base.yaml").write_text("name: base\nmodule: colipri\ndata:\n  root: /x\n")
+    (tmp_path / "profiles" / "small.yaml").write_text("per_module:\n  greenfm:\n    seed: 1\n")
+    with pytest.raises(ConfigError, match=r"per_module names \['greenfm'\], which are not modules"):
+        load_experiment("base", "small", root=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -127,3 +145,43 @@ def test_a_checkpoint_config_drops_keys_that_were_removed_and_checks_overrides_s
         checkpoint_config(saved, ["optim.lrr=1e-4"])
     with pytest.raises(ConfigError, match="must look like key=value"):
         checkpoint_config(saved, ["optim.lr"])
+
+
+def test_greenrfm_has_the_paper_and_code_settings() -> None:
+    cfg = load_experiment("greenrfm", None, ["data.root=/data/ct_rate"])
+    assert cfg.module == "greenrfm" and cfg.model.image.arch == "r3d_18" and cfg.model.image.stem == 2
+    assert list(cfg.data.spacing) == [1.5, 1.5, 3.0] and list(cfg.data.hu_window) == [-1000, 200]
+    assert list(cfg.data.crop_field) == [240, 240, 120] and list(cfg.data.crop_size) == [192, 192, 96]
+    assert (cfg.greenrfm.lr_image, cfg.greenrfm.lr_text, cfg.greenrfm.lr_align) == (1e-4, 1e-5, 1e-5)
+    assert cfg.greenrfm.cls_weight == 0.5 and cfg.greenrfm.stage1_fraction == 0.5
+    assert load_experiment("greenrfm_lite", None, ["data.root=/x"]).model.image.stem == 4
+    assert cfg.data.organ_masks and (cfg.greenrfm.seg_weight, cfg.greenrfm.seg_cell) == (1.0, 8)
+    merlin = load_experiment("greenrfm_merlin", None, ["data.root=/x"])
+    assert merlin.data.source == "merlin" and list(merlin.data.crop_size) == [224, 224, 144]
+    assert not merlin.data.organ_masks and merlin.greenrfm.seg_weight == 0  # Merlin has no masks
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.image.weights=/nowhere/r3d_18.pth"],
+            "model.image.weights=/nowhere/r3d_18.pth does not exist",
+        ),
+        (["model.image.arch=primus"], "GreenRFM trains r3d_18"),
+        (["model.image.stem=3"], "2 \\(GreenRFM\\) or 4"),
+        (
+            ["data.organ_masks=false"],
+            "greenrfm.seg_weight=1.0 needs the organ masks: set data.organ_masks=true",
+        ),
+        (["greenrfm.seg_cell=5"], "greenrfm.seg_cell=5 must divide every side of data.crop_size=48"),
+    ],
+)
+def test_greenrfm_config_errors_come_before_any_work(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_experiment("greenrfm", "cpu_demo", overrides)
+
+
+def test_only_greenrfm_trains_r3d_18() -> None:
+    with pytest.raises(ConfigError, match="every other module a Primus"):
+        load_experiment("colipri_c", "cpu_demo", ["model.image.arch=r3d_18"])

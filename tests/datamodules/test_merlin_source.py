@@ -23,7 +23,7 @@ from datamodules.preprocess import preprocess_volume_with_affine
 from datamodules.sources import merlin
 from datamodules.sources.merlin import scan_merlin
 
-MERLIN_N = 10  # tests/datamodules/conftest.py
+MERLIN_N = 10  # tests/conftest.py
 SPACING = 6.0
 
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ctvlp.cli import main
-from ctvlp.config.loader import available_experiments
+from ctvlp.config.loader import available_experiments, load_experiment
 from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate
 
 
@@ -23,14 +23,20 @@ def _only_run(runs_dir: Path, experiment: str) -> Path:
 
 
 @pytest.mark.parametrize("experiment", available_experiments())
-def test_fast_dev_run_every_experiment(experiment: str, phantom_overrides: list[str], tmp_path: Path) -> None:
+def test_fast_dev_run_every_experiment(
+    experiment: str, phantom_overrides: list[str], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    overrides = phantom_overrides
+    if load_experiment(experiment, "cpu_demo", phantom_overrides).data.source == "merlin":
+        merlin_root = request.getfixturevalue("merlin_root")
+        overrides = [f"data.root={merlin_root}", f"data.cache_dir={tmp_path / 'cache'}"]
     code = main(
         [
             "fit",
             experiment,
             "--profile",
             "cpu_demo",
-            *phantom_overrides,
+            *overrides,
             f"runs_dir={tmp_path}",
             "trainer.fast_dev_run=true",
         ]

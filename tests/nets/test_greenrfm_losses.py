@@ -12,8 +12,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from lightning_modules.nets.greenrfm_heads import CoarseSegDecoder, GreenRFMHeads
-from lightning_modules.nets.greenrfm_losses import balanced_masked_bce, dot_product_clip_loss
+from lightning_modules.nets.greenrfm_encoders import CoarseSegDecoder
+from lightning_modules.nets.greenrfm_losses import (
+    balanced_masked_bce,
+    coarse_seg_cross_entropy,
+    dot_product_clip_loss,
+)
 
 NAN = math.nan
 LN2 = math.log(2.0)
@@ -142,36 +146,41 @@ def test_dot_product_clip_loss_rejects_unpaired_batches() -> None:
         dot_product_clip_loss(torch.zeros(2, 3), torch.zeros(3, 3))
 
 
-def test_shared_classifier_gets_gradients_from_image_and_text() -> None:
-    torch.manual_seed(0)
-    heads = GreenRFMHeads(num_classes=3, image_dim=4, text_dim=5, latent_dim=6)
-    assert heads.image_projection.bias is None and heads.text_projection.bias is None
-    image = heads.project_image(torch.randn(2, 4))
-    text = heads.project_text(torch.randn(2, 5))
-    targets = torch.tensor([[1.0, 0.0, NAN], [0.0, 1.0, 1.0]])
-    image_loss = balanced_masked_bce(heads.classify(image), targets)
-    text_loss = balanced_masked_bce(heads.classify(text), targets)
-    weight = heads.classifier.weight
-    (from_image,) = torch.autograd.grad(image_loss, weight, retain_graph=True)
-    (from_text,) = torch.autograd.grad(text_loss, weight, retain_graph=True)
-    assert from_image.abs().sum() > 0 and from_text.abs().sum() > 0
-
-    (dot_product_clip_loss(image, text) + 0.5 * (image_loss + text_loss)).backward()
-    for name, parameter in heads.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
-    # The CLIP term does not touch the classifier: its gradient is the sum of the two BCE paths.
-    assert torch.allclose(weight.grad, 0.5 * (from_image + from_text), atol=1e-6)
-
-
 def test_coarse_seg_decoder_upsamples_to_the_requested_size() -> None:
     decoder = CoarseSegDecoder(num_classes=5, in_channels=8, hidden=4)
     feature_map = torch.randn(2, 8, 2, 3, 3)
     assert decoder(feature_map).shape == (2, 5, 2, 3, 3)
     logits = decoder(feature_map, size=(8, 12, 12))
     assert logits.shape == (2, 5, 8, 12, 12)
-    # Tokens in (d h w) order decode to the same logits as the feature map they came from.
-    tokens = feature_map.flatten(2).transpose(1, 2)
-    assert torch.allclose(decoder.decode_tokens(tokens, (2, 3, 3), (8, 12, 12)), logits)
     loss = F.cross_entropy(logits, torch.randint(0, 5, (2, 8, 12, 12)))
     loss.backward()
     assert all(p.grad is not None for p in decoder.parameters())
+
+
+def test_coarse_seg_cross_entropy_uses_each_cells_class_fractions() -> None:
+    # One sample, 2 classes, cell 2: the crop is 2 x 2 x 4 voxels = two cells along z. Cell 0 is
+    # all class 0; cell 1 holds 6 voxels of class 1 and 2 of class 0 (fractions 0.25 / 0.75).
+    classes = torch.zeros(1, 2, 2, 4, dtype=torch.uint8)
+    classes[0, :, :, 2:] = 1
+    classes[0, 0, 0, 2] = classes[0, 1, 1, 3] = 0
+    logits = torch.zeros(1, 2, 1, 1, 2)
+    logits[0, 1, 0, 0, 1] = math.log(3.0)  # cell 1 predicts p = (0.25, 0.75): its own mix
+    loss = coarse_seg_cross_entropy(logits, classes, cell=2)
+    # cell 0: -log 0.5; cell 1: -(0.25 log 0.25 + 0.75 log 0.75), the mix's entropy
+    expected = (math.log(2.0) - (0.25 * math.log(0.25) + 0.75 * math.log(0.75))) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_coarse_seg_cross_entropy_skips_samples_without_a_target() -> None:
+    classes = torch.zeros(2, 2, 2, 2, dtype=torch.uint8)
+    classes[1] = 255  # the second crop's volume has no organ masks
+    logits = torch.randn(2, 3, 1, 1, 1, requires_grad=True)
+    loss = coarse_seg_cross_entropy(logits, classes, cell=2)
+    assert loss.item() == pytest.approx(-torch.log_softmax(logits[0, :, 0, 0, 0], 0)[0].item(), abs=1e-6)
+    loss.backward()
+    assert logits.grad[1].abs().sum() == 0 and logits.grad[0].abs().sum() > 0
+    # no target in the batch: a zero that still reaches the logits (every DDP rank runs backward)
+    none = coarse_seg_cross_entropy(logits, torch.full_like(classes, 255), cell=2)
+    assert none.item() == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="cell 4"):
+        coarse_seg_cross_entropy(logits, classes, cell=4)
