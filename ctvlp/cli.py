@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from ctvlp.commands import annotate, explain, export_colipri, fit, phantom, preprocess, sweep
+from ctvlp.commands import annotate, explain, export_colipri, fit, label_reports, phantom, preprocess, sweep
 from ctvlp.commands import eval as eval_command
 from ctvlp.config.errors import ConfigError
 from datamodules.errors import DataRootError, MissingLabelColumnError
@@ -17,7 +17,17 @@ USER_ERRORS = (ConfigError, DataRootError, MissingLabelColumnError, FileNotFound
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctvlp", description="3D CT vision-language pretraining")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (fit, sweep, eval_command, explain, export_colipri, phantom, preprocess, annotate):
+    for command in (
+        fit,
+        sweep,
+        eval_command,
+        explain,
+        export_colipri,
+        phantom,
+        preprocess,
+        annotate,
+        label_reports,
+    ):
         command.add_parser(subparsers)
     return parser
 
