@@ -19,7 +19,9 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -28,6 +30,7 @@ import torch
 import torchio as tio
 from tqdm import tqdm
 
+from ctvlp.config.errors import ConfigError
 from datamodules.cache import (
     BUILD_NAME,
     DTYPE,
@@ -42,14 +45,27 @@ from datamodules.cache import (
     spacing_json,
     spacing_triplet,
     volume_relpath,
-    write_json_atomic,
 )
 from datamodules.cache_provenance import (
     SOURCES_DIR,
     signature_is_current,
     source_signature,
-    write_dataset_stamp,
     write_signature,
+)
+from datamodules.cache_shards import (
+    SHARDS_DIR,
+    Shard,
+    ShardsIncompleteError,
+    assemble_shards,
+    check_shards,
+    clear_shard_results,
+    json_text,
+    records_fingerprint,
+    shard_counts,
+    start_shard,
+    unique_tmp,
+    write_finished_cache,
+    write_shard_result,
 )
 from datamodules.errors import BadVolumeError
 from datamodules.labels import CT_RATE_LABELS
@@ -232,6 +248,127 @@ def build_cache(
     from) the dataset's stamp is written last, so a later complete-cache check can trust the index;
     ``label_table`` (a table the records' labels were taken from) is part of that stamp.
     """
+    outcome = _build(
+        records,
+        cache_root,
+        spacing,
+        interpolation,
+        label_names,
+        workers,
+        progress,
+        rejected,
+        source_root,
+        label_table,
+        shard=None,
+    )
+    assert outcome.index is not None
+    return outcome.index
+
+
+@dataclass
+class ShardOutcome:
+    """What one shard did; ``index`` is set when this shard found all results and wrote the index."""
+
+    shard: Shard | None
+    owned: int  # records this process converted or reused (after duplicate / bad-id screening)
+    total: int  # records of the whole build (after that screening)
+    built: int
+    reused: int
+    quarantined: int  # of the owned records
+    index: CacheIndex | None
+    waiting_for: list[int] = field(default_factory=list)  # shard indices without a current result
+
+
+def build_cache_shard(
+    records: list[Record],
+    cache_root: Path,
+    spacing: Spacing | Sequence[float],
+    shard: Shard,
+    interpolation: str = "paper",
+    label_names: list[str] = CT_RATE_LABELS,
+    workers: int = 2,
+    progress: bool = True,
+    rejected: Sequence[tuple[str, str, str]] = (),
+    source_root: Path | None = None,
+    label_table: Path | None = None,
+) -> ShardOutcome:
+    """:func:`build_cache` for shard ``K/N`` of ``records`` (``datamodules.cache_shards``): converts
+    its share, writes ``shards/<K>-of-<N>.json``, and when every shard has a current result, writes
+    ``quarantine.csv`` and ``index.json`` as :func:`build_cache` would. Every shard process must be
+    given the same records, parameters and label table."""
+    return _build(
+        records,
+        cache_root,
+        spacing,
+        interpolation,
+        label_names,
+        workers,
+        progress,
+        rejected,
+        source_root,
+        label_table,
+        shard=shard,
+    )
+
+
+def finalize_cache(
+    records: list[Record],
+    cache_root: Path,
+    spacing: Spacing | Sequence[float],
+    interpolation: str = "paper",
+    label_names: list[str] = CT_RATE_LABELS,
+    rejected: Sequence[tuple[str, str, str]] = (),
+    source_root: Path | None = None,
+    label_table: Path | None = None,
+) -> CacheIndex:
+    """Assemble ``index.json`` from the shard results of a sharded build of ``records`` (what the
+    last shard does by itself). :class:`ShardsIncompleteError` names the missing or stale shards."""
+    cache_root = Path(cache_root).absolute()
+    spacing = as_spacing(spacing)
+    params = _build_params(spacing, interpolation)
+    build_file = cache_root / BUILD_NAME
+    if not build_file.is_file():
+        raise ShardsIncompleteError(f"{cache_root}: no sharded build started there ({BUILD_NAME} missing)")
+    _check_params(cache_root, params)
+    counts = shard_counts(cache_root)
+    if not counts:
+        raise ShardsIncompleteError(
+            f"{cache_root}: no shard results in {SHARDS_DIR}/; run the shards first "
+            "(`ctvlp preprocess ... --shard K/N` for K = 1..N)"
+        )
+    if len(counts) > 1:
+        raise ShardsIncompleteError(
+            f"{cache_root}/{SHARDS_DIR} holds results of shardings into {counts} shards; rerun the shards "
+            "of one of them (a shard clears the results of other shardings when it starts)"
+        )
+    unique, screened = _screen(records, rejected)
+    fingerprint = records_fingerprint(unique, screened, label_names)
+    return assemble_shards(
+        cache_root,
+        counts[0],
+        params,
+        fingerprint,
+        spacing,
+        interpolation,
+        label_names,
+        source_root,
+        label_table,
+    )
+
+
+def _build(
+    records: list[Record],
+    cache_root: Path,
+    spacing: Spacing | Sequence[float],
+    interpolation: str,
+    label_names: list[str],
+    workers: int,
+    progress: bool,
+    rejected: Sequence[tuple[str, str, str]],
+    source_root: Path | None,
+    label_table: Path | None,
+    shard: Shard | None,
+) -> ShardOutcome:
     if interpolation not in INTERPOLATION_SETTINGS:
         raise ValueError(
             f"interpolation must be one of {list(INTERPOLATION_SETTINGS)}, not {interpolation!r}"
@@ -241,24 +378,31 @@ def build_cache(
     volumes_dir.mkdir(parents=True, exist_ok=True)
     (cache_root / SOURCES_DIR).mkdir(exist_ok=True)
     spacing = as_spacing(spacing)  # a number, or (x, y, z) mm; [s, s, s] is the isotropic s
-    _claim_build(cache_root, spacing, interpolation)
+    params = _build_params(spacing, interpolation)
+    _claim_build(cache_root, params)
     _remove_stale_tmp(volumes_dir)
 
-    quarantine: list[tuple[str, str, str]] = [(str(i), str(p), str(r)) for i, p, r in rejected]
+    unique, screened = _screen(records, rejected)
+    fingerprint = ""
+    if shard is None:
+        mine = unique
+    else:
+        fingerprint = records_fingerprint(unique, screened, label_names)
+        start_shard(cache_root, shard)
+        mine = shard.owns(unique)
+        log.info(
+            "%s: shard %s converts %d of the %d records (sorted by id, round-robin over %d shards)",
+            cache_root,
+            shard.label,
+            len(mine),
+            len(unique),
+            shard.count,
+        )
+
     shapes: dict[str, tuple[int, int, int]] = {}
-    unique: list[Record] = []
     todo: list[tuple[Record, tuple[int, int, int] | None]] = []  # with its current cached shape
-    seen: set[str] = set()
     stale = 0
-    for record in records:
-        if record.id in seen:
-            quarantine.append((record.id, str(record.image_path), "duplicate record id"))
-            continue
-        seen.add(record.id)
-        if not _SAFE_ID.match(record.id):
-            quarantine.append((record.id, str(record.image_path), "id is not usable as a file name"))
-            continue
-        unique.append(record)
+    for record in mine:
         shape = npy_shape(cache_root / volume_relpath(record.id))
         current = shape is not None and len(shape) == 3 and signature_is_current(cache_root, record)
         cached = (shape[0], shape[1], shape[2]) if current else None
@@ -279,54 +423,123 @@ def build_cache(
         )
 
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), disable=not progress, desc=f"preprocess {cache_root.name}", unit="vol")
+    desc = f"preprocess {cache_root.name}" + ("" if shard is None else f" shard {shard.label}")
+    failures: dict[str, str] = {}
+    bar = tqdm(total=len(todo), disable=not progress, desc=desc, unit="vol")
     with bar:
         for record, shape, reason in _convert_all(todo, cache_root, spacing, interpolation, workers):
             bar.update(1)
             if shape is None:
-                quarantine.append((record.id, str(record.image_path), reason))
+                failures[record.id] = reason
                 log.warning("quarantined %s (%s): %s", record.id, record.image_path, reason)
             else:
                 shapes[record.id] = shape
     elapsed = time.perf_counter() - start
 
+    # Record order, not completion order: the quarantine of a parallel or sharded build is the same
+    # file as that of a single-process build.
+    position = {r.id: i for i, r in enumerate(unique)}
     entries = [
-        CacheEntry(
-            id=r.id,
-            patient_id=r.patient_id,
-            split=r.split,
-            source=r.source,
-            file=cache_root / volume_relpath(r.id),
-            shape=shapes[r.id],
-            labels=r.label_vector(list(label_names)),
-            sections=dict(r.sections),
-            masks=cached_mask_organs(r, cache_root, shapes[r.id]),
-        )
-        for r in unique
-        if r.id in shapes
+        (position[r.id], _entry(r, cache_root, shapes[r.id], label_names)) for r in mine if r.id in shapes
     ]
-    _write_quarantine(cache_root / QUARANTINE_NAME, quarantine)
-    index = CacheIndex(
-        root=cache_root,
-        spacing=spacing,
-        interpolation=interpolation,
-        label_names=list(label_names),
-        entries=entries,
-    )
-    index.save()
-    if source_root is not None:
-        write_dataset_stamp(cache_root, source_root, label_table)
+    failed = [(position[r.id], (r.id, str(r.image_path), failures[r.id])) for r in mine if r.id in failures]
+    entries.sort(key=lambda item: item[0])
+    failed.sort(key=lambda item: item[0])
     built = len(shapes) - reused
+    outcome = ShardOutcome(
+        shard=shard,
+        owned=len(mine),
+        total=len(unique),
+        built=built,
+        reused=reused,
+        quarantined=len(failed),
+        index=None,
+    )
+    if shard is None:
+        outcome.index = write_finished_cache(
+            cache_root,
+            spacing,
+            interpolation,
+            label_names,
+            [entry for _, entry in entries],
+            [*screened, *(row for _, row in failed)],
+            source_root,
+            label_table,
+        )
+        clear_shard_results(cache_root)
+        log.info(
+            "cache %s: %d entries (%d reused, %d built in %.1f s), %d quarantined",
+            cache_root,
+            len(entries),
+            reused,
+            built,
+            elapsed,
+            len(screened) + len(failed),
+        )
+        return outcome
+
+    write_shard_result(cache_root, shard, params, fingerprint, screened, entries, failed)
     log.info(
-        "cache %s: %d entries (%d reused, %d built in %.1f s), %d quarantined",
+        "cache %s shard %s: %d entries (%d reused, %d built in %.1f s), %d quarantined",
         cache_root,
+        shard.label,
         len(entries),
         reused,
         built,
         elapsed,
-        len(quarantine),
+        len(failed),
     )
-    return index
+    # The last shard to finish assembles; two finishing at once both do, writing the same bytes.
+    _, missing, stale_shards = check_shards(cache_root, shard.count, params, fingerprint)
+    outcome.waiting_for = sorted(missing + stale_shards)
+    if not outcome.waiting_for:
+        outcome.index = assemble_shards(
+            cache_root,
+            shard.count,
+            params,
+            fingerprint,
+            spacing,
+            interpolation,
+            label_names,
+            source_root,
+            label_table,
+        )
+    return outcome
+
+
+def _screen(
+    records: Sequence[Record], rejected: Sequence[tuple[str, str, str]]
+) -> tuple[list[Record], list[tuple[str, str, str]]]:
+    """(the records to convert, the quarantine rows so far: ``rejected``, duplicate and unusable ids)."""
+    quarantine: list[tuple[str, str, str]] = [(str(i), str(p), str(r)) for i, p, r in rejected]
+    unique: list[Record] = []
+    seen: set[str] = set()
+    for record in records:
+        if record.id in seen:
+            quarantine.append((record.id, str(record.image_path), "duplicate record id"))
+            continue
+        seen.add(record.id)
+        if not _SAFE_ID.match(record.id):
+            quarantine.append((record.id, str(record.image_path), "id is not usable as a file name"))
+            continue
+        unique.append(record)
+    return unique, quarantine
+
+
+def _entry(
+    record: Record, cache_root: Path, shape: tuple[int, int, int], label_names: Sequence[str]
+) -> CacheEntry:
+    return CacheEntry(
+        id=record.id,
+        patient_id=record.patient_id,
+        split=record.split,
+        source=record.source,
+        file=cache_root / volume_relpath(record.id),
+        shape=shape,
+        labels=record.label_vector(list(label_names)),
+        sections=dict(record.sections),
+        masks=cached_mask_organs(record, cache_root, shape),
+    )
 
 
 def read_quarantine(cache_root: Path) -> list[tuple[str, str, str]]:
@@ -341,21 +554,39 @@ def read_quarantine(cache_root: Path) -> list[tuple[str, str, str]]:
 # ----------------------------------------------------------------------------------------- internals
 
 
-def _claim_build(cache_root: Path, spacing: Spacing, interpolation: str) -> None:
-    """Refuse to resume a cache folder that was started with other parameters."""
+def _build_params(spacing: Spacing, interpolation: str) -> dict[str, Any]:
     # An isotropic spacing is written as the number it always was (existing caches are resumed).
-    params = {"format": FORMAT, "spacing": spacing_json(spacing), "interpolation": interpolation}
+    return {"format": FORMAT, "spacing": spacing_json(spacing), "interpolation": interpolation}
+
+
+def _claim_build(cache_root: Path, params: dict[str, Any]) -> None:
+    """Write ``build.json`` once, and refuse to resume a cache folder started with other parameters."""
     path = cache_root / BUILD_NAME
-    if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            previous = json.load(f)
-        if previous != params:
-            raise ValueError(
-                f"{cache_root} holds a cache built with {previous}, not {params}; "
-                "use another cache folder (see datamodules.cache.cache_path) or delete this one."
-            )
-        return
-    write_json_atomic(path, params)
+    if not path.is_file():
+        # The shards of one build start together: os.link publishes a complete file and fails when
+        # another process got there first, so one process writes it and every process checks it.
+        tmp = unique_tmp(path)
+        try:
+            tmp.write_text(json_text(params), encoding="utf-8")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links on this file system: the last writer wins, all check below
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    _check_params(cache_root, params)
+
+
+def _check_params(cache_root: Path, params: dict[str, Any]) -> None:
+    with open(cache_root / BUILD_NAME, encoding="utf-8") as f:
+        previous = json.load(f)
+    if previous != params:
+        raise ConfigError(
+            f"{cache_root} holds a cache built with {previous}, not {params}; "
+            "use another cache folder (see datamodules.cache.cache_path) or delete this one."
+        )
 
 
 def _remove_stale_tmp(volumes_dir: Path) -> None:
@@ -366,15 +597,6 @@ def _remove_stale_tmp(volumes_dir: Path) -> None:
                 tmp.unlink()
         except OSError:
             pass
-
-
-def _write_quarantine(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "path", "reason"])
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _save_npy_atomic(volume: np.ndarray, target: Path) -> None:
@@ -469,7 +691,12 @@ def _convert_all(
 
 __all__ = [
     "BadVolumeError",
+    "Shard",
+    "ShardOutcome",
+    "ShardsIncompleteError",
     "build_cache",
+    "build_cache_shard",
+    "finalize_cache",
     "load_hu",
     "preprocess_volume",
     "preprocess_volume_with_affine",

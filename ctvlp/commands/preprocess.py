@@ -8,8 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 from datamodules.cache import INTERPOLATIONS, Spacing, as_spacing, cache_path
+from datamodules.cache_shards import Shard
 from datamodules.label_tables import apply_label_table
-from datamodules.preprocess import build_cache, read_quarantine
+from datamodules.preprocess import build_cache, build_cache_shard, finalize_cache, read_quarantine
 from datamodules.sources.registry import SOURCES
 
 
@@ -50,6 +51,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a label table replacing the source's own labels (as data.labels: e.g. ctvlp annotate's "
         "llm_labels.csv; -1 and empty are unknown)",
     )
+    sharding = parser.add_mutually_exclusive_group()
+    sharding.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="convert only shard K of N (1-based; records sorted by id, every N-th) into the same cache; "
+        "the last shard to finish writes index.json (a SLURM array: see docs/data.md)",
+    )
+    sharding.add_argument(
+        "--finalize",
+        action="store_true",
+        help="assemble index.json from the results of a sharded build (names the shards still missing)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -62,6 +76,14 @@ def _spacing(text: str) -> Spacing:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _shard(text: str) -> Shard:
+    """``--shard 3/8``."""
+    try:
+        return Shard.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     source = SOURCES[args.source]
     label_names = list(source.label_names)
@@ -69,20 +91,40 @@ def run(args: argparse.Namespace) -> int:
     if args.labels is not None:
         scan.records = apply_label_table(scan.records, args.labels, label_names)
     print(f"{args.source}: {len(scan.records)} volumes, {len(scan.rejected)} rejected by the source")
+    shard: Shard | None = args.shard
     for spacing in args.spacing or [2.0]:
         root = cache_path(Path(args.cache_dir), args.source, spacing, args.interpolation)
-        index = build_cache(
-            scan.records,
-            root,
-            spacing=spacing,
-            interpolation=args.interpolation,
-            label_names=label_names,
-            workers=args.workers,
-            progress=not args.no_progress,
-            rejected=scan.rejected,
-            source_root=Path(args.root),
-            label_table=args.labels,
-        )
+        common = {
+            "spacing": spacing,
+            "interpolation": args.interpolation,
+            "label_names": label_names,
+            "rejected": scan.rejected,
+            "source_root": Path(args.root),
+            "label_table": args.labels,
+        }
+        if args.finalize:
+            index = finalize_cache(scan.records, root, **common)
+        elif shard is None:
+            index = build_cache(
+                scan.records, root, workers=args.workers, progress=not args.no_progress, **common
+            )
+        else:
+            print(f"shard {shard.label}: {len(shard.owns(scan.records))} of {len(scan.records)} volumes")
+            outcome = build_cache_shard(
+                scan.records, root, shard=shard, workers=args.workers, progress=not args.no_progress, **common
+            )
+            print(
+                f"shard {shard.label} of {root}: {outcome.owned} volumes ({outcome.reused} reused, "
+                f"{outcome.built} built), {outcome.quarantined} quarantined"
+            )
+            if outcome.index is None:
+                waiting = ", ".join(f"{k}/{shard.count}" for k in outcome.waiting_for)
+                print(
+                    f"  waiting for shard(s) {waiting}: the last to finish writes index.json "
+                    "(or run this command with --finalize instead of --shard)"
+                )
+                continue
+            index = outcome.index
         counts = Counter(e.split for e in index.entries)
         splits = ", ".join(f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (s != "train", s)))
         quarantined = len(read_quarantine(root))
