@@ -56,7 +56,7 @@ sweep: $(STAMP)
 	$(BIN)/ctvlp sweep $(NAME) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
 
 bench-train: $(STAMP)
-	$(BIN)/python -m ctvlp.bench.train
+	$(BIN)/python -m ctvlp.bench.train $(ARGS)
 
 # Data loading: the cache (mmap crop + augmentation) against on-the-fly torchio preprocessing of
 # 512x512x300 NIfTI phantoms, in the same run (ARGS="--volumes 5" etc., see --help).
