@@ -177,9 +177,9 @@ class GreenRFMModule(ObjectiveModule):
         for name, value in losses.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size, sync_dist=True)
         self.log("train/stage", float(STAGES.index(stage) + 1), batch_size=batch_size)
-        groups = self.trainer.optimizers[0].param_groups
-        self.log("train/lr_image", groups[0]["lr"], batch_size=batch_size)
-        self.log("train/lr_text", groups[1]["lr"], batch_size=batch_size)
+        (lr_image, _), (lr_text, _) = self.stage_hparams(self.global_step)  # what this step applies
+        self.log("train/lr_image", lr_image, batch_size=batch_size)
+        self.log("train/lr_text", lr_text, batch_size=batch_size)
         return loss
 
     # ---------------------------------------------------------------------------- optimiser
