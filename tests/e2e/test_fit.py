@@ -29,7 +29,8 @@ def test_fast_dev_run_every_experiment(
     overrides = phantom_overrides
     if load_experiment(experiment, "cpu_demo", phantom_overrides).data.source == "merlin":
         merlin_root = request.getfixturevalue("merlin_root")
-        overrides = [f"data.root={merlin_root}", f"data.cache_dir={tmp_path / 'cache'}"]
+        # the 10-scan Merlin phantom has 6 training volumes: smaller batches than cpu_demo's 8
+        overrides = [f"data.root={merlin_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.batch_size=2"]
     code = main(
         [
             "fit",
