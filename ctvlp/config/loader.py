@@ -125,7 +125,8 @@ def _check_choices(cfg: DictConfig) -> None:
 
 def _check_consistency(cfg: DictConfig) -> None:
     """Cross-key rules a schema cannot express."""
-    if cfg.optim.warmup_steps >= cfg.trainer.max_steps:
+    # GreenRFM schedules its own stages (greenrfm.*) and has no warm-up
+    if cfg.module != "greenrfm" and cfg.optim.warmup_steps >= cfg.trainer.max_steps:
         raise ConfigError(
             f"optim.warmup_steps={cfg.optim.warmup_steps} must be smaller than "
             f"trainer.max_steps={cfg.trainer.max_steps}"
