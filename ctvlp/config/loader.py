@@ -195,12 +195,12 @@ def _check_greenrfm(cfg: DictConfig) -> None:
             f"greenrfm.seg_weight={g.seg_weight} needs the organ masks: set data.organ_masks=true "
             "(or greenrfm.seg_weight=0 to train without the segmentation term)"
         )
-    crop = _plain(cfg.data.crop_size)
-    sides = [crop] * 3 if _is_number(crop) else list(crop)
-    if int(g.seg_cell) < 1 or any(int(side) % int(g.seg_cell) for side in sides):
+    sides = _voxels("data.crop_size", cfg.data.crop_size)
+    if int(g.seg_cell) < 1 or any(side % int(g.seg_cell) for side in sides):
         raise ConfigError(
-            f"greenrfm.seg_cell={g.seg_cell} must divide every side of data.crop_size={crop}: the "
-            "segmentation target is one class mix per seg_cell^3 voxels"
+            f"greenrfm.seg_cell={g.seg_cell} must divide every side of "
+            f"data.crop_size={_plain(cfg.data.crop_size)}: the segmentation target is one class mix "
+            "per seg_cell^3 voxels"
         )
 
 
