@@ -38,7 +38,7 @@ MASKS_DIR = "masks"
 MASK_DTYPE = np.dtype("u1")
 AIR_HU = -1000
 DTYPE = np.dtype("<i2")
-INTERPOLATIONS = ("paper", "colipri_inference")
+INTERPOLATIONS = ("paper", "colipri_inference", "paper_torch")  # paper_torch: the torch backend
 
 
 class CacheMissingError(FileNotFoundError):

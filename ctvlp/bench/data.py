@@ -13,6 +13,12 @@ batches / s of a one-worker DataLoader with batch size 1, and the cache-format c
 crop from the same cached volume stored as uncompressed ``.npy`` read through mmap, the whole
 ``.npy`` loaded, compressed ``.npz``, and ``.nii.gz``). No pass/fail: the numbers are reported.
 
+The one-time cache build is timed per volume too (one process): paper mode as the code ran before its
+RAS+ reorientation moved out of torchio (``reorient_first=False``, same output), paper mode now, and
+the torch backend (``paper_torch``, ``ctvlp preprocess --backend torch``; on CUDA when available),
+with the torch cache's HU error against the paper cache (max and mean absolute HU over all voxels).
+``--build-only`` stops after that table.
+
 The imports of torch, torchio and ``datamodules`` sit inside the measured functions on purpose:
 each measurement's subprocess loads only what it uses, so the peak RSS figures compare.
 """
@@ -217,6 +223,92 @@ def _run_child(*argv: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------------------------------------------------ the cache build
+
+
+def _build_times(records: list, cache_dir: Path) -> dict:
+    """Seconds per volume of each way to build the cache (one process; paper mode built into the
+    cache the later measurements read), the reading + HU share, and the torch cache's HU error."""
+    from datamodules.cache import cache_path
+    from datamodules.preprocess import build_cache, load_hu, preprocess_volume_with_affine
+
+    n = len(records)
+    out: dict = {}
+    before = []
+    start, cpu = time.perf_counter(), time.process_time()
+    for record in records:
+        volume, _ = preprocess_volume_with_affine(record, TARGET_SPACING, "paper", reorient_first=False)
+        np.save(cache_dir.parent / "before.npy", volume)  # what the build writes, for a like timing
+        before.append(volume)
+    out["paper_before"] = (time.perf_counter() - start) / n
+    out["cpu_paper_before"] = (time.process_time() - cpu) / n
+    (cache_dir.parent / "before.npy").unlink(missing_ok=True)
+    roots = {}
+    for mode in ("paper", "paper_torch"):
+        roots[mode] = cache_path(cache_dir, "bench", TARGET_SPACING, mode)
+        start, cpu = time.perf_counter(), time.process_time()
+        build_cache(records, roots[mode], TARGET_SPACING, mode, label_names=[], workers=1, progress=False)
+        out[mode] = (time.perf_counter() - start) / n
+        out[f"cpu_{mode}"] = (time.process_time() - cpu) / n
+    start, cpu = time.perf_counter(), time.process_time()
+    for record in records:
+        load_hu(record)
+    out["read"] = (time.perf_counter() - start) / n
+    out["cpu_read"] = (time.process_time() - cpu) / n
+    errors = [
+        np.abs(np.load(roots["paper_torch"] / "volumes" / f"{r.id}.npy").astype(np.int32) - np.load(p))
+        for r in records
+        for p in [roots["paper"] / "volumes" / f"{r.id}.npy"]
+    ]
+    out["same_as_before"] = all(
+        np.array_equal(np.load(roots["paper"] / "volumes" / f"{r.id}.npy"), b)
+        for r, b in zip(records, before, strict=True)
+    )
+    out["max_hu"] = max(int(e.max()) for e in errors)
+    out["mean_hu"] = float(np.mean([e.mean() for e in errors]))
+    out["voxels_off"] = sum(int((e > 0).sum()) for e in errors)
+    out["voxels"] = sum(e.size for e in errors)
+    return out
+
+
+def _print_build(build: dict, shape: list[int], device: str) -> None:
+    size = "x".join(map(str, shape))
+    read = build["read"]
+    print(f"\nOne-time cache build, {size} int16 .nii.gz -> {TARGET_SPACING:g} mm, 1 process (s / volume):\n")
+    print("| build | s / volume | without reading + HU | paper / this | CPU s / volume (all threads) |")
+    print("|---|---|---|---|---|")
+    rows = [
+        ("paper, previous code path (torchio reorients)", "paper_before"),
+        ("paper (reorientation before torchio, same output)", "paper"),
+        (f"torch backend, paper_torch ({device})", "paper_torch"),
+    ]
+    for name, key in rows:
+        seconds = build[key]
+        print(
+            f"| {name} | {seconds:.2f} | {seconds - read:.2f} | {build['paper'] / seconds:.1f}x | "
+            f"{build['cpu_' + key]:.2f} |"
+        )
+    same = "bit-identical" if build["same_as_before"] else "DIFFERENT (a bug)"
+    print(f"\npaper now vs the previous code path: {same}")
+    print(
+        f"reading + HU (gzip decode, nibabel; in every row): {read:.2f} s / volume "
+        f"({build['cpu_read']:.2f} CPU s)"
+    )
+    resample_ratio = (build["paper"] - read) / max(build["paper_torch"] - read, 1e-9)
+    cpu_ratio = (build["cpu_paper"] - build["cpu_read"]) / max(
+        build["cpu_paper_torch"] - build["cpu_read"], 1e-9
+    )
+    print(
+        f"torch vs paper: {build['paper'] / build['paper_torch']:.1f}x end to end, "
+        f"{resample_ratio:.1f}x without reading (target >= 10x); in CPU time "
+        f"{build['cpu_paper'] / build['cpu_paper_torch']:.1f}x and {cpu_ratio:.1f}x"
+    )
+    print(
+        f"torch vs paper HU error: max {build['max_hu']} HU, mean {build['mean_hu']:.2g} HU "
+        f"({build['voxels_off']} of {build['voxels']} voxels differ)"
+    )
+
+
 # ------------------------------------------------------------------------------------------- the table
 
 
@@ -235,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         "--samples", type=int, default=60, help="cached samples / loader batches (default 60)"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the volumes and cache here (reused)")
+    parser.add_argument(
+        "--build-only", action="store_true", help="only the cache build table (paper before/after, torch)"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs="*", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--cache-root", default="", help=argparse.SUPPRESS)
@@ -246,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from datamodules.cache import cache_path
-    from datamodules.preprocess import build_cache
     from datamodules.records import Record
+    from datamodules.resample_torch import default_device
 
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="ctvlp-bench-data-")) if temporary else args.workdir
@@ -255,14 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         start = time.perf_counter()
         paths = write_volumes(workdir / "nifti", args.volumes, tuple(args.shape), tuple(args.spacing))
-        print(
-            f"{len(paths)} phantom volumes {args.shape[0]}x{args.shape[1]}x{args.shape[2]} ({time.perf_counter() - start:.0f} s)"
-        )
+        size = "x".join(map(str, args.shape))
+        print(f"{len(paths)} phantom volumes {size} ({time.perf_counter() - start:.0f} s)")
         records = [Record(p.name.split(".")[0], p.name, "train", p, source="bench") for p in paths]
+        shutil.rmtree(workdir / "cache", ignore_errors=True)  # a reused cache would time nothing
+        build = _build_times(records, workdir / "cache")
         cache_root = cache_path(workdir / "cache", "bench", TARGET_SPACING, "paper")
-        start = time.perf_counter()
-        build_cache(records, cache_root, TARGET_SPACING, "paper", label_names=[], workers=1, progress=False)
-        build_s = (time.perf_counter() - start) / len(paths)
+        _print_build(build, args.shape, str(default_device()))
+        if args.build_only:
+            return 0
 
         a = _run_child("onthefly", "--paths", *map(str, paths), "--repeats", "1")
         b = _run_child("cached", "--cache-root", str(cache_root), "--samples", str(args.samples))
@@ -294,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         f"DataLoader, 1 worker, batch 1: {loader['batches_per_second']:.1f} batches / s (target >= 4); "
         f"peak RSS {loader['peak_rss_mb']:.0f} MB"
     )
-    print(f"one-time cache build: {build_s:.1f} s / volume (paper mode: B-spline + antialiasing, 1 process)")
+    print(
+        f"one-time cache build: {build['paper']:.1f} s / volume (paper mode: B-spline + antialiasing, "
+        f"1 process); torch backend {build['paper_torch']:.2f} s / volume"
+    )
     shape = "x".join(map(str, formats["shape"]))
     print(f"\nCache format, one random crop of the same {shape} int16 volume (median of 10):\n")
     print("| format | ms / 160^3 crop | ms / 64^3 crop | MB on disk |")

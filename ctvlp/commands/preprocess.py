@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
 from datamodules.cache import INTERPOLATIONS, Spacing, as_spacing, cache_path
 from datamodules.cache_shards import Shard
 from datamodules.label_tables import apply_label_table
-from datamodules.preprocess import build_cache, build_cache_shard, finalize_cache, read_quarantine
+from datamodules.preprocess import (
+    BACKENDS,
+    build_cache,
+    build_cache_shard,
+    cache_interpolation,
+    finalize_cache,
+    read_quarantine,
+)
 from datamodules.sources.registry import SOURCES
 
 
@@ -39,6 +47,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(e.g. 1.5,1.5,3 -> <source>/1.5x1.5x3mm-<interpolation>); repeat for several caches (default: 2)",
     )
     parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="paper")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torchio",
+        help="resampling backend: torchio (SimpleITK) or torch (paper mode's grid and filters as matmuls, "
+        "on CUDA when available: within 1 HU of paper mode, its resampling about 10x faster; paper mode "
+        "only; its cache is <spacing>mm-paper_torch, i.e. data.interpolation=paper_torch; see docs/data.md)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -85,6 +101,11 @@ def _shard(text: str) -> Shard:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        interpolation = cache_interpolation(args.interpolation, args.backend)
+    except ValueError as error:
+        print(f"ctvlp preprocess: error: {error}", file=sys.stderr)
+        return 2
     source = SOURCES[args.source]
     label_names = list(source.label_names)
     scan = source.scan(Path(args.root), label_names)
@@ -93,10 +114,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.source}: {len(scan.records)} volumes, {len(scan.rejected)} rejected by the source")
     shard: Shard | None = args.shard
     for spacing in args.spacing or [2.0]:
-        root = cache_path(Path(args.cache_dir), args.source, spacing, args.interpolation)
+        root = cache_path(Path(args.cache_dir), args.source, spacing, interpolation)
         common = {
             "spacing": spacing,
-            "interpolation": args.interpolation,
+            "interpolation": interpolation,
             "label_names": label_names,
             "rejected": scan.rejected,
             "source_root": Path(args.root),
