@@ -69,6 +69,34 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def model_flops_utilisation(flops_per_second: float, device: torch.device) -> float | None:
+    """Achieved FLOP/s over the card's dense bf16 peak; None on a CPU or an unlisted card."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
+    return flops_per_second / peak if peak else None
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """``max_memory_allocated`` on a GPU; on a CPU the process's max RSS (interpreter included)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def run_case_subprocess(module: str, case: dict) -> dict:
+    """``python -m module --case JSON`` in a fresh process (its own peak memory); its last stdout line."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--case", json.dumps(case)],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
@@ -142,14 +170,6 @@ def measure(case: Case) -> Measurement:
     seconds = _timed(step, device, warmup=1 if case.repeats > 1 else 0, repeats=case.repeats)
     gemm = gemm_flops_per_second(case.batch * tokens, width, device, dtype)
     achieved = flops / seconds
-    mfu = None
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
-        mfu = achieved / peak if peak else None
-        memory = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     return Measurement(
         case.name,
         flops / case.batch,
@@ -157,8 +177,8 @@ def measure(case: Case) -> Measurement:
         case.batch / seconds,
         achieved / 1e12,
         achieved / gemm,
-        mfu,
-        memory,
+        model_flops_utilisation(achieved, device),
+        peak_memory_gb(device),
     )
 
 
@@ -257,14 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for case in cases:
         print(f"  measuring {case.name} ...", flush=True)
-        out = subprocess.run(
-            [sys.executable, "-m", "ctvlp.bench.train", "--case", json.dumps(asdict(case))],
-            capture_output=True,
-            encoding="utf-8",
-            errors="replace",
-            check=True,
-        )
-        results.append(Measurement(**json.loads(out.stdout.strip().splitlines()[-1])))
+        results.append(Measurement(**run_case_subprocess("ctvlp.bench.train", asdict(case))))
     print()
     print(green_table(results) if args.green else table(results))
     return 0
