@@ -77,7 +77,15 @@ def resample_masks(record: Record, spacing: Spacing | Sequence[float]) -> np.nda
     """The record's organ bit field, RAS+, nearest-neighbour resampled to ``spacing`` mm (a number:
     isotropic; or (x, y, z), the image's grid rule)."""
     bits, affine = organ_bits(record)
-    label_map = tio.LabelMap(tensor=torch.from_numpy(bits.astype(np.int16))[None], affine=affine)
+    return resample_label_map(bits, affine, spacing)
+
+
+def resample_label_map(
+    labels: np.ndarray, affine: np.ndarray, spacing: Spacing | Sequence[float]
+) -> np.ndarray:
+    """A uint8 label map (X, Y, Z) with voxel-to-world ``affine`` -> RAS+, nearest-neighbour
+    resampled to ``spacing`` mm: the grid ``datamodules.preprocess`` gives an image of that affine."""
+    label_map = tio.LabelMap(tensor=torch.from_numpy(labels.astype(np.int16))[None], affine=affine)
     steps = tio.Compose(
         [tio.ToOrientation("RAS", copy=False), tio.Resample(as_spacing(spacing), copy=False)], copy=False
     )

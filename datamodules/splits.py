@@ -47,3 +47,39 @@ def assign_splits(
             raise ValueError(f"Unknown official split '{entry.split}' for patient {entry.patient_id}")
     log.info("Splits: %s", {k: len(v) for k, v in splits.items()})
     return splits
+
+
+def fold_splits(
+    entries: Sequence[HasPatientSplit], fold: int, n_folds: int = 5, seed: int = 0
+) -> dict[str, list[HasPatientSplit]]:
+    """K-fold cross-validation by patient (nnU-Net style, e.g. for segmentation fine-tuning): the
+    patients of the official train split, sorted, then shuffled with ``random.Random(seed)``, are cut
+    into ``n_folds`` contiguous folds whose sizes differ by at most one (the first ``len % n_folds``
+    are one larger, as scikit-learn's ``KFold``). Returns ``{"train", "val", "test"}``: ``val`` is
+    fold ``fold`` (0-based), ``train`` the other folds, ``test`` the official test split. The same
+    entries, ``n_folds`` and ``seed`` always give the same folds; over all folds every patient is in
+    ``val`` exactly once."""
+    if not 0 <= fold < n_folds:
+        raise ValueError(
+            f"data.fold={fold} must be in [0, {n_folds - 1}] for {n_folds}-fold cross-validation"
+        )
+    patients = sorted({e.patient_id for e in entries if e.split == "train"})
+    if len(patients) < n_folds:
+        raise ValueError(
+            f"{n_folds}-fold cross-validation needs at least {n_folds} training patients, "
+            f"the official train split has {len(patients)}"
+        )
+    random.Random(seed).shuffle(patients)
+    size, extra = divmod(len(patients), n_folds)
+    start = fold * size + min(fold, extra)
+    held_out = set(patients[start : start + size + (fold < extra)])
+    splits: dict[str, list[HasPatientSplit]] = {"train": [], "val": [], "test": []}
+    for entry in entries:
+        if entry.split == "test":
+            splits["test"].append(entry)
+        elif entry.split == "train":
+            splits["val" if entry.patient_id in held_out else "train"].append(entry)
+        else:
+            raise ValueError(f"Unknown official split '{entry.split}' for patient {entry.patient_id}")
+    log.info("Fold %d of %d: %s", fold, n_folds, {k: len(v) for k, v in splits.items()})
+    return splits

@@ -9,9 +9,10 @@ from pathlib import Path
 from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate
 from datamodules.phantom.image_only_writer import write_phantom_image_only
 from datamodules.phantom.merlin_writer import write_phantom_merlin
+from datamodules.phantom.msd_writer import write_phantom_msd
 from datamodules.phantom.rad_chestct_writer import write_phantom_rad_chestct
 
-PHANTOM_SOURCES = ("ct_rate", "merlin", "rad_chestct", "image_only")
+PHANTOM_SOURCES = ("ct_rate", "merlin", "rad_chestct", "image_only", "msd_liver", "msd_lung")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Write N phantom scans under DIR in the layout of --source: ct_rate (chest CT + reports, "
             "labels, metadata; extra reconstructions and head CTs), merlin (abdomen CT, "
             "reports_final.xlsx, 30-disease CSV), rad_chestct (.npz chest CT + abnormality x location "
-            "labels) or image_only (NLST-style patient/time-point folders, DICOM series and NIfTI). "
+            "labels), image_only (NLST-style patient/time-point folders, DICOM series and NIfTI) or "
+            "msd_liver / msd_lung (segmentation: nnU-Net raw / MSD layout, liver or lung lesions). "
             "Deterministic given the seed; a complete phantom with the same parameters is reused."
         ),
     )
@@ -79,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
             f"{r.n_test} test), scale {r.scale}"
         )
         s = r
+    elif args.source in ("msd_liver", "msd_lung"):
+        d = write_phantom_msd(
+            args.out, args.n, task=args.source[4:], seed=args.seed, workers=args.workers, progress=progress
+        )
+        what = f"phantom MSD {d.task} at {d.root}: {d.n_cases} cases, labels {d.labels}"
+        s = d
     else:
         i = write_phantom_image_only(
             args.out, args.n, seed=args.seed, n_dicom=args.dicom, workers=args.workers, progress=progress

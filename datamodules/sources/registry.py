@@ -8,7 +8,7 @@ from pathlib import Path
 
 from datamodules.batching import IMAGE_ONLY, PAIRED
 from datamodules.labels import SOURCE_LABELS
-from datamodules.sources import ct_rate, image_only, merlin, rad_chestct
+from datamodules.sources import ct_rate, image_only, merlin, msd, rad_chestct
 from datamodules.sources.ct_rate import SourceScan
 
 
@@ -42,6 +42,9 @@ SOURCES: dict[str, SourceSpec] = {
         IMAGE_ONLY,
         image_only.resolve_root,
     ),
+    # Segmentation (nnU-Net raw / MSD layout): no classification labels; label maps and the CT
+    # normalisation come from datamodules.sources.msd.finish_msd_cache
+    "msd": SourceSpec("msd", msd.scan_msd, [], IMAGE_ONLY, msd.resolve_root),
 }
 
 
