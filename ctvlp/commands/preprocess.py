@@ -19,6 +19,8 @@ from datamodules.preprocess import (
     finalize_cache,
     read_quarantine,
 )
+from datamodules.sources.msd import SOURCE as MSD_SOURCE
+from datamodules.sources.msd import finish_msd_cache
 from datamodules.sources.registry import SOURCES
 
 
@@ -146,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
                 )
                 continue
             index = outcome.index
+        if args.source == MSD_SOURCE:  # segmentation: label maps and normalisation statistics
+            index = finish_msd_cache(root, Path(args.root)).index
         counts = Counter(e.split for e in index.entries)
         splits = ", ".join(f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (s != "train", s)))
         quarantined = len(read_quarantine(root))
