@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -28,7 +28,13 @@ from datamodules.samplers import MixedBatchSampler
 from datamodules.splits import assign_splits
 from datamodules.text import ReportTransform, load_shortened_findings
 from datamodules.totalseg import ORGANS
-from datamodules.transforms import AUGMENTATION_LEVELS, CACHE_HU_RANGE, Size3, as_size3
+from datamodules.transforms import (
+    AUGMENTATION_LEVELS,
+    CACHE_HU_RANGE,
+    SPATIAL_AUGMENTATION_LEVELS,
+    Size3,
+    as_size3,
+)
 
 if TYPE_CHECKING:
     from datamodules.cappa_targets import CapPaTargetBuilder
@@ -194,6 +200,7 @@ class CTDataModule(SplitDataModule):
                 self.seed,
                 structured,
                 **crop_kwargs,
+                **self._spatial(sources[0]),
             ),
             "val": PairedVolumeDataset(
                 self.splits["val"], crop, transform, False, structured=structured, **crop_kwargs
@@ -242,9 +249,27 @@ class CTDataModule(SplitDataModule):
             transform = self._report_transform(source.root, primary)
             structured = self._structured_sections(source.root, primary)
             return PairedVolumeDataset(
-                entries, crop, transform, train, augmentation, seed, structured, field, window, masks
+                entries,
+                crop,
+                transform,
+                train,
+                augmentation,
+                seed,
+                structured,
+                field,
+                window,
+                masks,
+                **(self._spatial(source) if train else {}),
             )
-        return ImageOnlyVolumeDataset(entries, crop, train, augmentation, seed, field, window, masks)
+        spatial = self._spatial(source) if train else {}
+        return ImageOnlyVolumeDataset(
+            entries, crop, train, augmentation, seed, field, window, masks, **spatial
+        )
+
+    def _spatial(self, source: DataSource) -> dict[str, Any]:
+        """The training datasets' ``data.spatial_augmentation`` and the source's cache spacing."""
+        level = self.data.get("spatial_augmentation", "none")
+        return {"spatial": SPATIAL_AUGMENTATION_LEVELS[level], "spacing": source_spacing(self.data, source)}
 
     def _setup_mixed(self, sources: list[DataSource]) -> None:
         """Several sources (or one image-only source): the primary (first) gives the label space

@@ -12,7 +12,7 @@ from datamodules.cache import CacheEntry
 from datamodules.image_dataset import CroppedVolumeDataset
 from datamodules.report_sections import SECTION_NAMES, report_sections
 from datamodules.text import ReportTransform
-from datamodules.transforms import CACHE_HU_RANGE, IntensityAugmentation
+from datamodules.transforms import CACHE_HU_RANGE, IntensityAugmentation, SpatialAugmentation
 
 
 class PairedVolumeDataset(CroppedVolumeDataset):
@@ -39,8 +39,21 @@ class PairedVolumeDataset(CroppedVolumeDataset):
         crop_field: Sequence[int] | None = None,
         hu_window: Sequence[float] = CACHE_HU_RANGE,
         organ_masks: bool = False,
+        spatial: SpatialAugmentation | None = None,
+        spacing: float | Sequence[float] = 1.0,
     ) -> None:
-        super().__init__(entries, crop_size, train, augmentation, seed, crop_field, hu_window, organ_masks)
+        super().__init__(
+            entries,
+            crop_size,
+            train,
+            augmentation,
+            seed,
+            crop_field,
+            hu_window,
+            organ_masks,
+            spatial,
+            spacing,
+        )
         self.report_transform = report_transform
         self.structured = structured
 

@@ -11,9 +11,20 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.batching import IMAGE_ONLY, VOLUME
-from datamodules.cache import CacheEntry, read_crop, read_mask_crop
+from datamodules.cache import AIR_HU, CacheEntry, read_crop, read_mask_crop
 from datamodules.organ_classes import has_every_organ, organ_class_map, unknown_class_map
-from datamodules.transforms import CACHE_HU_RANGE, IntensityAugmentation, as_size3, crop_start, hu_to_input
+from datamodules.transforms import (
+    CACHE_HU_RANGE,
+    IntensityAugmentation,
+    SpatialAugmentation,
+    SpatialParams,
+    apply_spatial,
+    as_size3,
+    centre_crop_start,
+    crop_start,
+    hu_to_input,
+    spatial_read_box,
+)
 
 
 class Crop(NamedTuple):
@@ -36,7 +47,11 @@ class CroppedVolumeDataset(Dataset):
     the whole volume). ``hu_window`` [lo, hi]: the HU range mapped to [-1, 1]
     (``transforms.hu_to_input``). ``organ_masks``: every sample also carries ``organ_classes``, the
     crop's organ class map (``datamodules/organ_classes.py``; all ``UNKNOWN_CLASS`` when the volume
-    lacks a mask), cut from the same box; the augmentation is intensity-only, so it still matches.
+    lacks a mask), cut from the same box and moved by the same spatial augmentation (nearest
+    sampling), so it still matches the image. ``spatial`` (``data.spatial_augmentation``): a small
+    rotation / zoom / mirroring of training crops, drawn after the crop start and before the
+    intensity augmentation from the same per-sample stream (``None``: no draw, the stream as
+    before); ``spacing`` (mm, x y z, or one number) keeps rotations rigid in an anisotropic cache.
     """
 
     kind = VOLUME
@@ -51,8 +66,14 @@ class CroppedVolumeDataset(Dataset):
         crop_field: Sequence[int] | None = None,
         hu_window: Sequence[float] = CACHE_HU_RANGE,
         organ_masks: bool = False,
+        spatial: SpatialAugmentation | None = None,
+        spacing: float | Sequence[float] = 1.0,
     ) -> None:
         self.entries = entries
+        self.spatial = spatial
+        self.spacing = (
+            (float(spacing),) * 3 if isinstance(spacing, int | float) else tuple(float(s) for s in spacing)
+        )
         self.organ_masks = organ_masks
         self.crop_size = crop_size
         self.size = as_size3(crop_size)
@@ -75,16 +96,44 @@ class CroppedVolumeDataset(Dataset):
         entry = self.entries[index]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train and epoch is not None else None
         start = crop_start(entry.shape, self.size, self.crop_field, rng)
-        image = hu_to_input(read_crop(entry, start, self.size), self.hu_window)
+        params = self.spatial.draw(rng) if rng is not None and self.spatial is not None else SpatialParams()
+        read_start, read_size = spatial_read_box(start, self.size, params, self.spacing)
+        volume = self._outside_field_to_air(entry, read_crop(entry, read_start, read_size), read_start)
+        image = apply_spatial(hu_to_input(volume, self.hu_window), self.size, params, self.spacing)
         if rng is not None and self.augmentation is not None:
             image = self.augmentation(image, rng)
-        organ_classes = self._classes(entry, start) if self.organ_masks else None
+        organ_classes = self._classes(entry, read_start, read_size, params) if self.organ_masks else None
         return Crop(index, entry, image, rng, organ_classes)
 
-    def _classes(self, entry: CacheEntry, start: tuple[int, ...]) -> torch.Tensor:
+    def _outside_field_to_air(
+        self, entry: CacheEntry, volume: np.ndarray, start: tuple[int, ...], fill: int = AIR_HU
+    ) -> np.ndarray:
+        """A read that reaches past ``crop_field`` (only the spatial margin can) holds air there, as
+        if the volume had been padded / cropped to the field first."""
+        if self.crop_field is None:
+            return volume
+        origin = centre_crop_start(entry.shape, self.crop_field)
+        index = []
+        for begin, length, lo, extent in zip(start, volume.shape, origin, self.crop_field, strict=True):
+            local_lo, local_hi = lo - begin, lo + extent - begin
+            if local_lo <= 0 and local_hi >= length:
+                index.append(None)
+            else:
+                index.append((max(local_lo, 0), min(max(local_hi, 0), length)))
+        if all(i is None for i in index):
+            return volume
+        keep = np.zeros(volume.shape, dtype=bool)
+        keep[tuple(slice(*i) if i is not None else slice(None) for i in index)] = True
+        return np.where(keep, volume, np.asarray(fill, dtype=volume.dtype))
+
+    def _classes(
+        self, entry: CacheEntry, start: tuple[int, ...], size: tuple[int, ...], params: SpatialParams
+    ) -> torch.Tensor:
         if not has_every_organ(entry.masks):
             return torch.from_numpy(unknown_class_map(self.size))
-        return torch.from_numpy(organ_class_map(read_mask_crop(entry, start, self.size)))
+        bits = self._outside_field_to_air(entry, read_mask_crop(entry, start, size), start, fill=0)
+        bits = apply_spatial(torch.from_numpy(bits), self.size, params, self.spacing, mode="nearest")
+        return torch.from_numpy(organ_class_map(bits.numpy()))
 
     def _sample(self, crop: Crop) -> dict[str, Any]:
         entry = crop.entry

@@ -14,7 +14,9 @@ Protocol (COLIPRI App. C; docs/evaluation.md):
   and are applied frozen to test and transfer splits.
 - A transfer split (e.g. RAD-ChestCT on its CT-RATE-mapped labels) names its label columns;
   they are matched by name to the model's label space, and only those columns are scored.
-  Retrieval runs only on splits with reports.
+  Retrieval runs only on splits with reports, over the split's ``retrieval`` pairs when given
+  (non-chest scans and duplicate Findings removed; the counts are logged and written as
+  ``<split>/retrieval/{reports,non_chest_removed,duplicates_removed,pairs}``).
 - CIs: percentile bootstrap over the volumes of the evaluated split (real resampling,
   ``bootstrap_resamples`` draws, seeded), thresholds and the chosen probe frozen. Retrieval
   resamples the image queries against the split's fixed report gallery (R@K intervals).
@@ -52,7 +54,7 @@ from evaluation.metrics import classification_metrics, f1_optimal_thresholds
 from evaluation.probe_grid import AGGREGATORS, PAPER_LEARNING_RATES, POOLED_AGGREGATORS, ProbeGrid
 from evaluation.probes import ProbeTraining, predict_probe_grid, select_probe, train_probe_grid
 from evaluation.prompt_zero_shot import PROMPT_KEYS, zero_shot_prompt_scores
-from evaluation.retrieval import recall_from_ranks, retrieval_metrics, true_report_ranks
+from evaluation.retrieval import RetrievalPairs, recall_from_ranks, retrieval_metrics, true_report_ranks
 from evaluation.zero_shot import (
     TEMPERATURE,
     ClassPrompts,
@@ -87,6 +89,9 @@ class EvalSplit:
     volumes: int
     label_names: list[str] | None = None
     has_reports: bool = True
+    # The pairs retrieval ranks (COLIPRI App. C.1: non-chest scans and duplicate Findings removed;
+    # ``retrieval.retrieval_pairs``); None: every volume of the split with its own report.
+    retrieval: RetrievalPairs | None = None
 
 
 @dataclass(frozen=True)
@@ -238,7 +243,7 @@ class Evaluator:
         if "retrieval" in self.tasks:
             for split in splits:
                 if split.has_reports:
-                    self._retrieval(split.name, features[split.name])
+                    self._retrieval(split.name, features[split.name], split.retrieval)
         normalise = self.similarity == "cosine"
         temperature = self.settings.zeroshot_temperature if normalise else 1.0
         prompt_styles = [t for t in ("zeroshot_native", "zeroshot_short") if t in self.tasks]
@@ -326,17 +331,28 @@ class Evaluator:
         return [self.label_names.index(n) for n in names]
 
     # -------------------------------------------------------------------------- retrieval
-    def _retrieval(self, split: str, features: SplitFeatures) -> None:
-        """Image -> report recall over the whole split. Cosine similarity for CLIP models (the
-        trained logit scale and a sigmoid bias do not change rankings), the raw dot product for
-        models trained on it."""
+    def _retrieval(self, split: str, features: SplitFeatures, pairs: RetrievalPairs | None = None) -> None:
+        """Image -> report recall over the split's retrieval pairs (``pairs``; None: every volume).
+        Cosine similarity for CLIP models (the trained logit scale and a sigmoid bias do not change
+        rankings), the raw dot product for models trained on it."""
         assert features.text is not None
-        if self.similarity == "dot":
-            similarity = features.image @ features.text.T
-        else:
-            similarity = F.normalize(features.image, dim=-1) @ F.normalize(features.text, dim=-1).T
-        ks = list(self.settings.recall_ks)
+        image, text = features.image, features.text
         prefix = f"{split}/retrieval"
+        if pairs is not None:
+            row = {image_id: i for i, image_id in enumerate(features.image_ids)}
+            missing = [image_id for image_id in pairs.image_ids if image_id not in row]
+            if missing:
+                raise ValueError(f"Retrieval pairs of '{split}' name volumes it lacks: {missing[:5]}")
+            rows = torch.tensor([row[image_id] for image_id in pairs.image_ids], dtype=torch.long)
+            image, text = image[rows], text[rows]
+            log.info("Retrieval on %s: %s", split, pairs.describe())
+            for name, value in pairs.counts().items():
+                self.output.results[f"{prefix}/{name}"] = value
+        if self.similarity == "dot":
+            similarity = image @ text.T
+        else:
+            similarity = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+        ks = list(self.settings.recall_ks)
         for name, value in retrieval_metrics(similarity, ks).items():
             self.output.results[f"{prefix}/{name}"] = value
         if self.settings.bootstrap_resamples > 0:

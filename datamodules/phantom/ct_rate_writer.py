@@ -35,6 +35,8 @@ Geometry and intensity conventions (what a correct reader must do)
 * Reconstructions ``_1``/``_2`` of one scan share anatomy, labels and report but differ in
   in-plane matrix (``Rows``/``Columns``); which one is the smaller varies. Keep the smallest.
 * Volumes listed in ``no_chest_*.txt`` are head CTs (all labels 0) and must be excluded.
+* A few validation scans repeat an earlier validation scan's case and Findings word for word (as
+  real CT-RATE has identical Findings): the retrieval protocol keeps one of each.
 * Splits are by patient; ~15 % of patients have two scans (``a``, ``b``).
 * Organ masks come as CT-RATE ships its TotalSegmentator outputs (``datamodules/totalseg.py``):
   ``ts_seg/ts_total/`` holds one uint8 label map per volume with TotalSegmentator v2 ids (lung lobes
@@ -163,7 +165,11 @@ _SCANNERS = [
     ("GE MEDICAL SYSTEMS", "Revolution EVO", ["STANDARD", "LUNG", "BONE"]),
     ("TOSHIBA", "Aquilion ONE", ["FC08", "FC52", "FC86"]),
 ]
-_N_NO_CHEST = {"train": 2, "valid": 1}
+_N_NO_CHEST = {"train": 2, "valid": 2}
+# Validation patients whose one scan repeats an earlier validation scan's case (anatomy, findings,
+# labels) and Findings text word for word: the identical Findings the retrieval protocol
+# de-duplicates (real CT-RATE: 1,551 -> 1,493 pairs). Fewer when there are not enough patients.
+_N_DUPLICATE_FINDINGS = {"train": 0, "valid": 2}
 # Stream ids mixed into the per-item seeds, so every random stream is independent.
 _S_PATIENT, _S_CASE, _S_RECON, _S_NOISE, _S_REPORT, _S_META = 1, 2, 3, 4, 5, 6
 
@@ -177,6 +183,7 @@ class PhantomSummary:
     n_volumes: int  # NIfTI files, all reconstructions and the head CTs included (= CSV rows)
     n_patients: int  # patients, head-CT patients included
     n_no_chest: int = 0  # head CT volumes (listed in no_chest_*.txt)
+    n_duplicate_findings: int = 0  # chest scans whose Findings repeat an earlier scan's (same split)
     n_train_volumes: int = 0
     n_valid_volumes: int = 0
     seed: int = 0
@@ -395,11 +402,21 @@ def _pick_str(rng: np.random.Generator, options: list[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+def _duplicate_sources(split: str, patients: list[int | None]) -> dict[int, int]:
+    """Target pid -> source pid of the split's duplicated cases: the last single-scan chest patients
+    repeat the first ones (sources come first, so their case exists when the target is planned)."""
+    singles = [pid for pid, k in enumerate(patients, start=1) if k == 1]
+    count = min(_N_DUPLICATE_FINDINGS[split], len(singles) // 2)
+    return dict(zip(singles[len(singles) - count :], singles[:count], strict=True)) if count else {}
+
+
 def _plan(out: Path, n: int, seed: int) -> list[_Scan]:
     rng = _rng(seed, 0)
     scans: list[_Scan] = []
     patient_index = 0
     for split, patients in _plan_patients(n, rng).items():
+        duplicates = _duplicate_sources(split, patients)
+        first_scan: dict[int, _Scan] = {}
         for pid, n_scans in enumerate(patients, start=1):
             prng = _rng(seed, _S_PATIENT, patient_index)
             patient_index += 1
@@ -409,9 +426,14 @@ def _plan(out: Path, n: int, seed: int) -> list[_Scan]:
                 idx = len(scans)
                 crng = _rng(seed, _S_CASE, idx)
                 case: Case = sample_head_case(crng) if n_scans is None else sample_chest_case(crng, habitus)
+                source = first_scan.get(duplicates.get(pid, -1))
+                if source is not None:  # drawn above all the same: the other streams stay as they were
+                    case = source.case
                 n_recons = 1 if n_scans is None or crng.random() >= 0.2 else 2
                 grids = _grids(case, crng, n_recons)
-                rrng = _rng(seed, _S_REPORT, idx)
+                # A duplicate's report draws from its source's stream: the same Findings word for word
+                # (the slice thickness only enters the technique line).
+                rrng = _rng(seed, _S_REPORT, idx if source is None else source.index)
                 if isinstance(case, ChestCase):
                     report = chest_report(case.findings, case.anatomy.contrast, grids[0].spacing[2], rrng)
                 else:
@@ -437,6 +459,7 @@ def _plan(out: Path, n: int, seed: int) -> list[_Scan]:
                     )
                     scan.volumes.append((name, job, _metadata(name, scan, job, _rng(seed, _S_META, idx, r))))
                 scans.append(scan)
+                first_scan.setdefault(pid, scan)
     return scans
 
 
@@ -493,11 +516,13 @@ def write_phantom_ct_rate(
     _write_tables(out, scans)
 
     n_train = sum(len(s.volumes) for s in scans if s.split == "train")
+    chest = [s for s in scans if not s.head]
     summary = {
         "n_scans": sum(1 for s in scans if not s.head),
         "n_volumes": len(jobs),
         "n_patients": len({(s.split, s.pid) for s in scans}),
         "n_no_chest": sum(len(s.volumes) for s in scans if s.head),
+        "n_duplicate_findings": len(chest) - len({(s.split, s.report.findings) for s in chest}),
         "n_train_volumes": n_train,
         "n_valid_volumes": len(jobs) - n_train,
     }

@@ -267,6 +267,48 @@ def read_no_chest(root: Path, name: str) -> set[str]:
     return set()
 
 
+@dataclass(frozen=True)
+class NonChestScans:
+    """A split's non-chest scans for the retrieval protocol (COLIPRI App. C.1).
+
+    ``in_split``: its volume ids in an acquisition a ``no_chest_*.txt`` list names (a cache built
+    without the list still holds them); ``before``: listed acquisitions of the split that are not in
+    it, left out when the cache was built (the whole official validation split, our test split,
+    counts them all; a split carved from official train only those of its own patients)."""
+
+    in_split: frozenset[str]
+    before: int
+
+
+def _acquisition(vid: str) -> tuple[str, str, str] | None:
+    match = _VOLUME_NAME.match(volume_id(vid))
+    return None if match is None else (match["prefix"], match["pid"], match["scan"])
+
+
+def non_chest_scans(root: Path | str, volume_ids: list[str]) -> NonChestScans:
+    """The scans of a split (``volume_ids``, CT-RATE record ids) that its ``no_chest_*.txt`` lists
+    mark as non-chest, matched by acquisition (``<prefix>_<pid>_<scan>``: a listed reconstruction
+    marks its scan). No list (or not a CT-RATE root): nothing is non-chest."""
+    try:
+        root = resolve_root(root)
+    except DataRootError:
+        return NonChestScans(frozenset(), 0)
+    present = {key: vid for vid in volume_ids if (key := _acquisition(vid)) is not None}
+    patients = {(prefix, pid) for prefix, pid, _ in present}
+    in_split: set[str] = set()
+    before = 0
+    for layout in SPLIT_LAYOUTS:
+        if not any(prefix == layout.prefix for prefix, _, _ in present):
+            continue
+        listed = {key for vid in read_no_chest(root, layout.no_chest) if (key := _acquisition(vid))}
+        for key in listed:
+            if key in present:
+                in_split.update(vid for vid in volume_ids if _acquisition(vid) == key)
+            elif layout.split == "test" or key[:2] in patients:
+                before += 1
+    return NonChestScans(frozenset(in_split), before)
+
+
 def _float(text: str) -> float:
     try:
         return float(str(text).strip())
