@@ -22,7 +22,7 @@ DEMO_EXPERIMENT ?= colipri_crm
 # TensorBoard (make tb) serves on this machine only; TB_HOST=0.0.0.0 exposes it to the network.
 TB_HOST ?= 127.0.0.1
 
-.PHONY: demo test test-all exp sweep bench-train bench-data bench-annotate tb lint format clean distclean venv
+.PHONY: demo test test-all exp sweep bench-train bench-gpu bench-data bench-annotate tb lint format clean distclean venv
 
 venv: $(STAMP)
 
@@ -38,6 +38,7 @@ demo: $(STAMP)
 	$(BIN)/ctvlp phantom --out $(PHANTOM_DIR) --n $(PHANTOM_N) --seed 0
 	$(BIN)/ctvlp phantom --source image_only --out $(IMAGE_ONLY_DIR) --n 12 --seed 0
 	$(BIN)/ctvlp preprocess --source ct_rate --root $(PHANTOM_DIR) --spacing 6 --workers 2
+	$(BIN)/ctvlp tiny-lm --reports $(PHANTOM_DIR)/radiology_text_reports/train_reports.csv --out data/tiny_lm
 	$(BIN)/ctvlp fit $(DEMO_EXPERIMENT) --profile cpu_demo
 
 # The import layers first (seconds; .importlinter), then the default suite.
@@ -57,6 +58,12 @@ sweep: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BIN)/python -m ctvlp.bench.train $(ARGS)
+
+# On a GPU: COLIPRI's Primus-M and GreenRFM's R3D-18 at their recipes' batch and bf16, activation
+# checkpointing and torch.compile each on and off: SDPA kernel, s/step, MFU, peak memory, to
+# runs/bench/bench_gpu.{json,md}. Refuses on a CPU; ARGS=--smoke runs a tiny CPU version of the same code.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m ctvlp.bench.gpu $(ARGS)
 
 # Data loading: the cache (mmap crop + augmentation) against on-the-fly torchio preprocessing of
 # 512x512x300 NIfTI phantoms, in the same run (ARGS="--volumes 5" etc., see --help).

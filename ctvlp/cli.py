@@ -6,7 +6,18 @@ import argparse
 import logging
 import sys
 
-from ctvlp.commands import annotate, explain, export_colipri, fit, label_reports, phantom, preprocess, sweep
+from ctvlp.commands import (
+    annotate,
+    explain,
+    export_colipri,
+    export_nnunet,
+    fit,
+    label_reports,
+    phantom,
+    preprocess,
+    sweep,
+    tiny_lm,
+)
 from ctvlp.commands import eval as eval_command
 from ctvlp.config.errors import ConfigError
 from datamodules.errors import DataRootError, MissingLabelColumnError
@@ -23,10 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         eval_command,
         explain,
         export_colipri,
+        export_nnunet,
         phantom,
         preprocess,
         annotate,
         label_reports,
+        tiny_lm,
     ):
         command.add_parser(subparsers)
     return parser

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ctvlp.config.checkpoint_file import load_checkpoint_file
 from ctvlp.config.errors import ConfigError
 from lightning_modules.registry import module_class
 
@@ -150,23 +148,6 @@ class Checkpoint:
         module = module_class(str(cfg.module))(OmegaConf.to_container(cfg, resolve=True))
         module.load_state_dict(self.raw["state_dict"])
         return module
-
-
-def load_checkpoint_file(path: Path, *, mmap: bool = False) -> Any:
-    """``torch.load`` of a checkpoint with ``weights_only=True``: unpickling an arbitrary file can
-    run any code, so only tensors and plain data (dict, list, tuple, str, numbers, None) are
-    accepted, and anything else is a ConfigError. Our checkpoints hold nothing else: the module's
-    config is saved as plain containers, the RNG states as tensors and lists
-    (callbacks/rng_state.py), Lightning's loop, optimizer, scheduler and ModelCheckpoint states
-    are plain; so no type is allow-listed. ``mmap``: map the tensors instead of reading them (a
-    cheap check of a large file that is loaded again later; only torch's zip format maps)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as error:
-        raise ConfigError(
-            f"{path} holds objects other than tensors and plain data, so it was not loaded (unpickling "
-            "them could run code); only checkpoints written by ctvlp fit are accepted"
-        ) from error
 
 
 def read_checkpoint(path: Path) -> Checkpoint:

@@ -2,7 +2,8 @@
 
 Checkpoints of every image-encoder objective are accepted: ``colipri`` (COLIPRI; all tasks)
 and the image-only ``mae`` and ``cappa`` (no text embeddings: probes only, the default for them).
-``uniferum`` checkpoints have their own task evaluation (``eval_tasks.py``).
+``uniferum`` and ``report_generation`` checkpoints evaluate themselves (``eval_tasks.py``);
+``--tasks reportgen`` scores generated reports (``eval_reportgen.py``).
 
 Writes into the run directory (``--out``; default: the checkpoint's run directory):
 ``results.json`` (merged with training's flat keys), ``results.md`` (with CIs),
@@ -26,6 +27,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from ctvlp.commands.eval_reportgen import (
+    REPORT_TASK,
+    SELF_EVALUATING,
+    evaluate_cappa_reports,
+    split_report_task,
+)
 from ctvlp.commands.eval_tasks import is_task_checkpoint, run_task_eval
 from ctvlp.config.errors import ConfigError
 from ctvlp.config.evaluation_tasks import parse_tasks
@@ -33,7 +40,10 @@ from ctvlp.config.loader import checkpoint_config, load_experiment
 from ctvlp.results import results_table, write_results
 from ctvlp.run_dir import Checkpoint, RunDir, new_run_dir, read_checkpoint, resolve_checkpoint
 from datamodules.datamodule import CTDataModule, ensure_cache, resolve_cache_root
+from datamodules.mixing import data_sources
+from datamodules.sources.ct_rate import NonChestScans, non_chest_scans
 from evaluation.features import checkpoint_identity, fingerprint
+from evaluation.retrieval import RetrievalPairs, retrieval_pairs
 from evaluation.runner import (
     EvalOutput,
     EvalSettings,
@@ -198,8 +208,30 @@ def prepare_evaluation(
 
 
 def eval_split(datamodule: CTDataModule, name: str) -> EvalSplit:
-    """A CT-RATE split of the data module: centre crops, every volume once."""
-    return EvalSplit(name, datamodule.loader(name), len(datamodule.datasets[name]))
+    """A CT-RATE split of the data module: centre crops, every volume once; retrieval ranks the
+    protocol's pairs (:func:`retrieval_set`)."""
+    return EvalSplit(
+        name,
+        datamodule.loader(name),
+        len(datamodule.datasets[name]),
+        retrieval=retrieval_set(datamodule, name),
+    )
+
+
+def retrieval_set(datamodule: CTDataModule, name: str) -> RetrievalPairs:
+    """COLIPRI's retrieval pairs of a split (App. C.1): its volumes minus CT-RATE's listed
+    non-chest scans (``no_chest_*.txt`` in the primary source's root), one per distinct Findings."""
+    entries = datamodule.splits[name]
+    primary = data_sources(datamodule.data)[0]
+    non_chest = NonChestScans(frozenset(), 0)
+    if primary.name == "ct_rate":
+        non_chest = non_chest_scans(primary.root, [e.id for e in entries if e.source == "ct_rate"])
+    return retrieval_pairs(
+        [e.id for e in entries],
+        [e.sections.get("findings") or "" for e in entries],
+        non_chest.in_split,
+        non_chest.before,
+    )
 
 
 def training_split(datamodule: CTDataModule, tasks: list[str]) -> TrainSplit:
@@ -242,13 +274,30 @@ def _parse_tasks(spec: str) -> list[str]:
 
 def run_eval(args: argparse.Namespace) -> int:
     splits = parse_splits(args.splits)
-    if args.tasks is not None:
-        _parse_tasks(args.tasks)  # a typo fails before the checkpoint is loaded
+    if args.tasks is not None:  # a typo fails before the checkpoint is loaded
+        _parse_tasks(split_report_task(args.tasks)[1] or "retrieval")
+    reports, other_tasks = split_report_task(args.tasks)
     checkpoint = None
-    if args.ckpt:  # read once; task-conditioned checkpoints (Uniferum) have their own evaluation
+    if args.ckpt:  # read once; Uniferum and report generators evaluate themselves
         checkpoint = read_checkpoint(resolve_checkpoint(Path(args.ckpt)))
         if is_task_checkpoint(checkpoint):
+            if other_tasks and checkpoint.config.get("module") == SELF_EVALUATING:
+                raise ConfigError(
+                    f"A report_generation checkpoint is evaluated by --tasks {REPORT_TASK} only"
+                )
             return run_task_eval(args, checkpoint, splits, _overrides(args))
+        if reports:
+            out, results = evaluate_cappa_reports(
+                checkpoint, splits, _overrides(args), Path(args.out) if args.out else None, args.device,
+                not args.no_progress,
+            )  # fmt: skip
+            print(f"\nResults ({out / 'results.json'}):\n")
+            print(results_table(results))
+            if other_tasks is None:
+                return 0
+            args.tasks = other_tasks
+    elif reports:
+        raise ConfigError(f"--tasks {REPORT_TASK} needs --ckpt of a run that generates reports")
     elif args.task_text:
         raise ConfigError("--task-text needs --ckpt of a Uniferum (module uniferum) run")
     out, results = evaluate_run(args, checkpoint)
@@ -278,8 +327,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--tasks",
         default=None,
         help="comma-separated: retrieval, zeroshot (= zeroshot_native + zeroshot_short), "
-        "zeroshot_native, zeroshot_short, probe (default: all that the checkpoint's module supports; "
-        "probe for the image-only mae and cappa)",
+        "zeroshot_native, zeroshot_short, zeroshot_prompts, probe, reportgen (default: all that the "
+        "checkpoint's module supports; probe for the image-only mae and cappa). reportgen: score the "
+        "reports of a CapPa decoder (cappa, COLIPRI with RRG) or of a report_generation run",
     )
     parser.add_argument("--splits", default="val,test", help="comma-separated: val, test")
     parser.add_argument("--data", default=None, help="data root (sets data.root)")

@@ -1,4 +1,8 @@
-"""``ctvlp eval`` for task-conditioned checkpoints (module ``uniferum``).
+"""``ctvlp eval`` for checkpoints that evaluate themselves in their own validation and test loops:
+task-conditioned ones (module ``uniferum``) and report generators (module ``report_generation``,
+which write ``reports_<split>.csv`` and ``<split>/reportgen/*``; ctvlp/commands/eval_reportgen.py).
+
+For Uniferum:
 
 Scores every val / test volume on every task of the run's config: diagnosis (and prognosis) AUROC /
 AUPRC per task and their means, organ Dice, and the held-out tasks (``uniferum.held_out_labels``,
@@ -26,11 +30,12 @@ from lightning_modules.registry import module_class
 
 log = logging.getLogger(__name__)
 
-MODULE = "uniferum"
+MODULES = ("uniferum", "report_generation")
 
 
 def is_task_checkpoint(checkpoint: Checkpoint) -> bool:
-    return checkpoint.config.get("module") == MODULE
+    """Whether the checkpoint's module evaluates itself (``MODULES``)."""
+    return checkpoint.config.get("module") in MODULES
 
 
 def parse_task_texts(items: list[str] | None) -> dict[str, str]:
@@ -65,7 +70,10 @@ def evaluate_task_checkpoint(
     datamodule.prepare_data()
     datamodule.setup("validate")
     accelerator = "gpu" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    run = out or checkpoint.run
+    run.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(
+        default_root_dir=str(run),  # where a report generator writes its reports_<split>.csv
         accelerator=accelerator,
         devices=1,
         logger=False,
@@ -81,8 +89,6 @@ def evaluate_task_checkpoint(
         else:
             trainer.validate(module, dataloaders=loader, verbose=False)
         results.update(collect_results(trainer.callback_metrics))
-    run = out or checkpoint.run
-    run.mkdir(parents=True, exist_ok=True)
     write_results(run / "results.json", results)
     merged = json.loads((run / "results.json").read_text())
     (run / "results.md").write_text(results_table(merged) + "\n")

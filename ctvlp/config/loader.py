@@ -165,6 +165,22 @@ def _check_consistency(cfg: DictConfig) -> None:
     _check_image_model(cfg)
     if cfg.module == "greenrfm":
         _check_greenrfm(cfg)
+    if cfg.module == "report_generation":
+        _check_report_generation(cfg)
+
+
+def _check_report_generation(cfg: DictConfig) -> None:
+    rg = cfg.reportgen
+    if not rg.lm.name_or_path:
+        raise ConfigError(
+            "module report_generation needs reportgen.lm.name_or_path: a local Hugging Face causal LM "
+            "directory (for CPU runs, `ctvlp tiny-lm --reports <ct-rate root> --out <dir>` builds one)"
+        )
+    if not rg.term_weight > 0 or rg.num_beams < 1 or rg.max_new_tokens < 1 or rg.lm.max_length < 2:
+        raise ConfigError(
+            f"reportgen: term_weight ({rg.term_weight}) must be > 0, num_beams ({rg.num_beams}) and "
+            f"max_new_tokens ({rg.max_new_tokens}) >= 1, lm.max_length ({rg.lm.max_length}) >= 2"
+        )
 
 
 def _check_image_model(cfg: DictConfig) -> None:

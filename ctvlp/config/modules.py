@@ -17,6 +17,7 @@ MODULES: dict[str, str] = {
     "cappa": "lightning_modules.cappa:CapPaModule",
     "mae": "lightning_modules.mae:MAEModule",
     "greenrfm": "lightning_modules.greenrfm:GreenRFMModule",
+    "report_generation": "lightning_modules.report_generation:ReportGenerationModule",
 }
 
 # Names written by earlier versions of ctvlp (experiment YAMLs, checkpoints) -> today's name.

@@ -71,7 +71,8 @@ class DataConfig:
     # Cache spacing in mm: a number (isotropic, cache folder <source>/2mm-<interpolation>) or
     # [x, y, z] in the cache's RAS axis order (GreenRFM: [1.5, 1.5, 3], folder 1.5x1.5x3mm-...).
     spacing: Any = 2.0
-    # paper: antialiasing + B-spline; colipri_inference: linear, no antialiasing.
+    # paper: antialiasing + B-spline; colipri_inference: linear, no antialiasing; paper_torch: paper
+    # mode's grid and filters on the torch backend (`ctvlp preprocess --backend torch`, within 1 HU).
     interpolation: str = "paper"
     # Training (random) and evaluation (centre) crop in voxels: an int (a cube) or [x, y, z]; each
     # axis a multiple of model.image.patch_size.
@@ -91,6 +92,9 @@ class DataConfig:
     num_workers: int = 8
     # Patients moved from the official train split to our internal validation split.
     val_patients: int = 1000
+    # Segmentation sources (msd): the 0-based fold of the 5-fold cross-validation by case
+    # (datamodules.splits.fold_splits) held out for validation.
+    fold: int = 0
     preprocess_workers: int = 8
     # The image-only (NLST-style) collection and its cache spacing (None: data.spacing), for the
     # experiments that mix it in: their data.sources entry reads ${data.image_only_root} and
@@ -99,6 +103,10 @@ class DataConfig:
     image_only_spacing: Any = None  # a number or [x, y, z] mm, as data.spacing
     text: TextDataConfig = field(default_factory=TextDataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    # none | low | medium: small random rotation / zoom / mirroring of training crops (COLIPRI's
+    # "spatial" augmentation axis, Tab. 3: "low" in every final model). The values of each level
+    # are in datamodules/transforms.py (SPATIAL_AUGMENTATION_LEVELS). Uniferum has its own.
+    spatial_augmentation: str = "none"
 
 
 @dataclass
@@ -361,15 +369,62 @@ class GreenRFMConfig:
     seg_cell: int = 8
 
 
+@dataclass
+class ReportGenLMConfig:
+    """The causal LM of report generation (lightning_modules/nets/causal_lm.py)."""
+
+    # A local Hugging Face causal LM directory (COLIPRI C.4: Qwen2.5 base). CPU runs: a tiny random
+    # one from `ctvlp tiny-lm`.
+    name_or_path: str | None = None
+    # What trains beside the projector: projector (the LM frozen), lora (peft adapters) or full.
+    train: str = "projector"
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Report tokens (the end-of-sequence token included); longer Findings are truncated and counted.
+    max_length: int = 512
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class ReportGenConfig:
+    """Downstream report generation on a frozen image encoder (module: report_generation)."""
+
+    # A checkpoint of `ctvlp fit` whose image encoder is frozen (COLIPRI family, MAE, CapPa,
+    # GreenRFM). null: a randomly initialised model.image encoder (the baseline).
+    encoder_ckpt: str | None = None
+    lm: ReportGenLMConfig = field(default_factory=ReportGenLMConfig)
+    # mlp2x (LLaVA, COLIPRI C.4), perceiver (RadFM) or qformer (RadFound).
+    projector: str = "mlp2x"
+    # perceiver / qformer: learned latents (queries), blocks, heads and width (null: the LM's width).
+    num_latents: int = 32
+    projector_layers: int = 6
+    projector_heads: int = 8
+    projector_width: int | None = None
+    # The instruction after the image tokens (qformer: also the queries' joint self-attention).
+    instruction: str = "Describe the findings of the chest CT."
+    # RadFM's term-weighted loss: report tokens of medical terms weigh term_weight (RadFM: 3), other
+    # report tokens 1. vocabulary: a file of terms, one per line (null: ctvlp's CT vocabulary).
+    term_weight: float = 1.0
+    vocabulary: str | None = None
+    # Decoding: greedy (num_beams 1) or beam search through transformers' generate.
+    num_beams: int = 1
+    max_new_tokens: int = 256
+    # Validation volumes whose generated reports go to TensorBoard beside the reference (0 = none).
+    log_reports: int = 3
+
+
 # Keys whose value must come from a fixed set; checked with the schema.
 CHOICES: dict[str, tuple[str, ...]] = {
     "uniferum.vision": ("efficientnet_b0", "primus"),
     "uniferum.inflate_mode": ("copy", "mean"),
     "module": tuple(MODULES),
-    "data.source": ("ct_rate", "merlin", "rad_chestct", "image_only"),
-    "data.interpolation": ("paper", "colipri_inference"),
+    "data.source": ("ct_rate", "merlin", "rad_chestct", "image_only", "msd"),
+    "data.interpolation": ("paper", "colipri_inference", "paper_torch"),
     "data.text.section": ("findings", "impressions", "both"),
     "data.augmentation.level": ("none", "low", "high"),
+    "data.spatial_augmentation": ("none", "low", "medium"),
     "model.image.arch": ("primus", "r3d_18"),
     "model.image.size": ("tiny", "S", "B", "M", "L"),
     "model.image.pooler": ("attention", "multi_query", "mean", "max"),
@@ -379,6 +434,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": ("poly", "cosine", "linear", "constant"),
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "fsdp"),
     "trainer.best_mode": ("min", "max"),
+    "reportgen.projector": ("mlp2x", "perceiver", "qformer"),
+    "reportgen.lm.train": ("projector", "lora", "full"),
 }
 
 
@@ -398,3 +455,4 @@ class ExperimentConfig:
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     uniferum: UniferumConfig = field(default_factory=UniferumConfig)
     greenrfm: GreenRFMConfig = field(default_factory=GreenRFMConfig)
+    reportgen: ReportGenConfig = field(default_factory=ReportGenConfig)

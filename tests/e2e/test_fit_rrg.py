@@ -115,6 +115,14 @@ def test_cappa_pretraining_without_a_text_encoder(phantom_overrides: list[str], 
     assert not any(n.startswith("text_encoder.") for n in names)
     # Both modes trained: both greedy reports are logged (causal is autoregressive).
     _check_report_samples(events, volumes=1, modes=("parallel", "causal"))
+    # ctvlp eval scores CapPa's greedy reports as every generator's (reports CSV, reportgen keys)
+    out = tmp_path / "eval"
+    code = main(["eval", "--ckpt", str(run), "--tasks", "reportgen", "--splits", "test", "--out", str(out),
+                 "evaluation.bootstrap_resamples=0", "--no-progress"])  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["test/reportgen/clinical_F1_micro"] <= 1.0 and "test/reportgen/BLEU-4" in results
+    assert (out / "reports_test.csv").read_text(encoding="utf-8").startswith("id,reference,generated")
 
 
 def _check_both_losses_go_down(run: Path) -> None:
