@@ -98,3 +98,15 @@ def trained_run(phantom_overrides: list[str], tmp_path_factory: pytest.TempPathF
     assert main([*arguments, *TRAINED_RUN_OVERRIDES]) == 0
     (run,) = sorted((runs_dir / "colipri_c").glob("version_*"))
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`ctvlp tiny-lm` on the session phantom's training reports: a random Qwen2 with a BPE
+    tokenizer, the LM of the report-generation recipes on CPU."""
+    from ctvlp.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_lm")
+    reports = phantom_root / "radiology_text_reports" / "train_reports.csv"
+    assert main(["tiny-lm", "--reports", str(reports), "--out", str(out)]) == 0
+    return out

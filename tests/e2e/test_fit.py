@@ -27,7 +27,10 @@ def test_fast_dev_run_every_experiment(
     experiment: str, phantom_overrides: list[str], request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     overrides = phantom_overrides
-    if load_experiment(experiment, "cpu_demo", phantom_overrides).data.source == "merlin":
+    if experiment.startswith("reportgen_"):  # a random frozen encoder and the session's tiny LM
+        lm = request.getfixturevalue("tiny_lm")
+        overrides = [*overrides, "reportgen.encoder_ckpt=null", f"reportgen.lm.name_or_path={lm}"]
+    if load_experiment(experiment, "cpu_demo", overrides).data.source == "merlin":
         merlin_root = request.getfixturevalue("merlin_root")
         # the 10-scan Merlin phantom has 6 training volumes: smaller batches than cpu_demo's 8
         overrides = [f"data.root={merlin_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.batch_size=2"]

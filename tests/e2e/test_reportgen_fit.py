@@ -1,5 +1,5 @@
 """Downstream report generation end to end through the real CLI on the session phantom: `ctvlp tiny-lm`
-writes a random Qwen2 with a tokenizer trained on the training reports, `ctvlp fit reportgen_*`
+(the session's ``tiny_lm`` fixture) writes a random Qwen2 with a tokenizer trained on the training reports, `ctvlp fit reportgen_*`
 trains it on the frozen encoder of the session's COLIPRI-C run, and `ctvlp eval --tasks reportgen`
 scores the checkpoint the same way fit did."""
 
@@ -14,15 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ctvlp.cli import main
 
-REPORTS_CSV = "radiology_text_reports/train_reports.csv"
 METRICS = ("BLEU-1", "BLEU-4", "ROUGE-L", "CRG", "clinical_F1_micro", "clinical_F1_macro")
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny_lm")
-    assert main(["tiny-lm", "--reports", str(phantom_root / REPORTS_CSV), "--out", str(out)]) == 0
-    return out
 
 
 def _fit(experiment: str, overrides: list[str], runs_dir: Path) -> Path:
