@@ -66,6 +66,10 @@ def _check_report_samples(events: EventAccumulator, volumes: int, modes: tuple[s
         # Reference and each generated report: one line per section.
         for name in SECTION_NAMES:
             assert text.count(f"    {name}:") == 1 + len(modes), text
+        # what the labeller reads in each, and each mode's clinical F1 over the logged volumes
+        assert "_labeller_: reference: " in text and all(f"{mode} (greedy): " in text for mode in modes)
+    for mode in modes:
+        assert f"val/report_samples/{mode}/clinical_F1_micro" in events.Tags()["scalars"]
 
 
 def test_colipri_cr_rrg_loss_falls_with_a_fixed_seed(phantom_overrides: list[str], tmp_path: Path) -> None:
