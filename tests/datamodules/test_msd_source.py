@@ -185,13 +185,13 @@ def test_five_folds_are_disjoint_cover_every_case_and_are_deterministic(cache: m
 
 
 def test_generic_preprocess_then_finish(liver_root: Path, tmp_path: Path) -> None:
-    """The volume cache comes from the common `ctvlp preprocess`; finishing adds labels and stats,
-    and a data config finds the same cache."""
+    """`ctvlp preprocess --source msd` builds the volume cache with the common builder and then
+    finishes it (labels and stats); a data config finds the same cache."""
     argv = ["preprocess", "--source", "msd", "--root", str(liver_root), "--cache-dir", str(tmp_path)]
     _cli(preprocess_command, [*argv, "--spacing", str(SPACING), "--workers", "1", "--no-progress"])
     root = tmp_path / "msd" / "4mm-paper"
-    with pytest.raises(FileNotFoundError, match="segmentation.json"):
-        msd.MsdCache.load(root)
+    built = msd.MsdCache.load(root)  # segmentation.json written by the command
+    assert len(built.index.entries) == N_GOOD + 2
     data = OmegaConf.create(
         {
             "source": "msd",
