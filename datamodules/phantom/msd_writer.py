@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from datamodules.phantom.findings import NODULE_HU, heart_geometry, place_findin
 from datamodules.phantom.geometry import Canvas, Ellipsoid, Grid, Shape, sphere
 from datamodules.phantom.merlin_writer import true_affine
 from datamodules.phantom.scene import ChestCase, field_of_view, render
-from datamodules.phantom.writing import run_jobs, save_nifti
+from datamodules.phantom.writing import clear_owned, run_jobs, save_nifti
 
 MANIFEST = "phantom_manifest.json"
 TASKS = ("liver", "lung")
@@ -216,13 +215,7 @@ def write_phantom_msd(
     if _is_complete(out, task, n, seed):
         return MsdSummary(out, task, n, dict(LABELS[task]), seed, reused=True)
     (out / MANIFEST).unlink(missing_ok=True)
-    for name in ("imagesTr", "labelsTr", "dataset.json"):
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    clear_owned(out, ("imagesTr", "labelsTr", "dataset.json"))
     jobs = []
     for i in range(n):
         rng = np.random.default_rng([seed, _S_CASE, i])
