@@ -644,11 +644,13 @@ def _remove_stale_tmp(volumes_dir: Path) -> None:
             pass
 
 
-def _save_npy_atomic(volume: np.ndarray, target: Path) -> None:
+def save_npy_atomic(volume: np.ndarray, target: Path, dtype: np.dtype | type = DTYPE) -> None:
+    """``volume`` as ``dtype`` to ``target``.npy through a per-process temporary file and a rename,
+    so a reader never sees a half-written file."""
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(volume, dtype=DTYPE))
+            np.save(f, np.ascontiguousarray(volume, dtype=dtype))
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -680,7 +682,7 @@ def _convert_one(
         detail = traceback.format_exc(limit=4)
         log.error("unexpected error preprocessing %s:\n%s", record.id, detail)
         return None, f"unexpected error: {type(error).__name__}: {error}"
-    _save_npy_atomic(volume, cache_root / volume_relpath(record.id))
+    save_npy_atomic(volume, cache_root / volume_relpath(record.id))
     write_signature(cache_root, record.id, signature)  # after the volume: a crash between redoes it
     x, y, z = volume.shape
     if record.masks:  # nearest-neighbour organ masks beside the volume

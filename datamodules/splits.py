@@ -15,6 +15,22 @@ class HasPatientSplit(Protocol):
     split: str
 
 
+def _with_val_patients(
+    entries: Sequence[HasPatientSplit], val_patients: set[str]
+) -> dict[str, list[HasPatientSplit]]:
+    """The official test split as ``test``; the official train split's ``val_patients`` as ``val``,
+    the rest as ``train``."""
+    splits: dict[str, list[HasPatientSplit]] = {"train": [], "val": [], "test": []}
+    for entry in entries:
+        if entry.split == "test":
+            splits["test"].append(entry)
+        elif entry.split == "train":
+            splits["val" if entry.patient_id in val_patients else "train"].append(entry)
+        else:
+            raise ValueError(f"Unknown official split '{entry.split}' for patient {entry.patient_id}")
+    return splits
+
+
 def assign_splits(
     entries: Sequence[HasPatientSplit], val_patients: int, seed: int = 0
 ) -> dict[str, list[HasPatientSplit]]:
@@ -37,14 +53,7 @@ def assign_splits(
             f"(the official train split has {len(train_patients)}); lower data.val_patients"
         )
     chosen = set(random.Random(seed).sample(train_patients, val_patients))
-    splits: dict[str, list[HasPatientSplit]] = {"train": [], "val": [], "test": []}
-    for entry in entries:
-        if entry.split == "test":
-            splits["test"].append(entry)
-        elif entry.split == "train":
-            splits["val" if entry.patient_id in chosen else "train"].append(entry)
-        else:
-            raise ValueError(f"Unknown official split '{entry.split}' for patient {entry.patient_id}")
+    splits = _with_val_patients(entries, chosen)
     log.info("Splits: %s", {k: len(v) for k, v in splits.items()})
     return splits
 
@@ -73,13 +82,6 @@ def fold_splits(
     size, extra = divmod(len(patients), n_folds)
     start = fold * size + min(fold, extra)
     held_out = set(patients[start : start + size + (fold < extra)])
-    splits: dict[str, list[HasPatientSplit]] = {"train": [], "val": [], "test": []}
-    for entry in entries:
-        if entry.split == "test":
-            splits["test"].append(entry)
-        elif entry.split == "train":
-            splits["val" if entry.patient_id in held_out else "train"].append(entry)
-        else:
-            raise ValueError(f"Unknown official split '{entry.split}' for patient {entry.patient_id}")
+    splits = _with_val_patients(entries, held_out)
     log.info("Fold %d of %d: %s", fold, n_folds, {k: len(v) for k, v in splits.items()})
     return splits

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,7 @@ from datamodules.cache_provenance import reusable_index
 from datamodules.cache_shards import quarantine_text, write_text_atomic
 from datamodules.errors import DataRootError
 from datamodules.mask_preprocess import resample_label_map
-from datamodules.preprocess import build_cache, read_quarantine
+from datamodules.preprocess import build_cache, read_quarantine, save_npy_atomic
 from datamodules.records import Record
 from datamodules.sources.common import Rejected
 from datamodules.sources.ct_rate import SourceScan
@@ -343,17 +342,6 @@ def cache_label_file(cache_root: Path, case: str) -> Path:
     return Path(cache_root) / CACHE_LABELS_DIR / f"{case}.npy"
 
 
-def _save_labels(labels: np.ndarray, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(labels, dtype=MASK_DTYPE))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def resample_case_labels(image: Path, label: Path, spacing: Spacing) -> np.ndarray:
     """The label map on the cached grid of ``image``: the image's header affine (the scan checked the
     label's is the same), RAS+, nearest neighbour to ``spacing`` mm."""
@@ -401,7 +389,8 @@ def finish_msd_cache(
                 )
             )
             continue
-        _save_labels(labels, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_npy_atomic(labels, target, MASK_DTYPE)
         counts = np.bincount(labels.ravel(), minlength=1)
         voxels = {str(v): int(counts[v]) for v in sorted(dataset.values) if v < counts.size and counts[v]}
         cases[entry.id] = {"files": files, "voxels": voxels}
