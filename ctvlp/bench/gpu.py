@@ -173,23 +173,8 @@ def measure(case: GpuCase) -> GpuMeasurement:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    flops = meta_flops(_train_case(case))
-    result = GpuMeasurement(
-        case.name,
-        case.arch,
-        case.input_size,
-        case.batch,
-        case.precision,
-        case.checkpointing,
-        case.compile,
-        "not measured",
-        flops / case.batch,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    result = _unmeasured(case)
+    flops = result.flops_per_sample * case.batch
     try:
         step()  # compiles (when compiled) outside the profile and the timing
         result.attention_kernel = _profiled_attention_kernel(step, device, case)
@@ -308,29 +293,34 @@ def _environment(device: torch.device) -> dict:
     }
 
 
+def _unmeasured(case: GpuCase) -> GpuMeasurement:
+    """The row of ``case`` before (or without) a measurement: its model FLOPs per sample only."""
+    return GpuMeasurement(
+        case.name,
+        case.arch,
+        case.input_size,
+        case.batch,
+        case.precision,
+        case.checkpointing,
+        case.compile,
+        "not measured",
+        meta_flops(_train_case(case)) / case.batch,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
 def _run(case: GpuCase) -> GpuMeasurement:
     try:
         return GpuMeasurement(**run_case_subprocess("ctvlp.bench.gpu", asdict(case)))
     except subprocess.CalledProcessError as error:
         tail = (error.stderr or "").strip().splitlines()[-1:] or [f"exit status {error.returncode}"]
-        flops = meta_flops(_train_case(case)) / case.batch
-        return GpuMeasurement(
-            case.name,
-            case.arch,
-            case.input_size,
-            case.batch,
-            case.precision,
-            case.checkpointing,
-            case.compile,
-            "not measured",
-            flops,
-            None,
-            None,
-            None,
-            None,
-            None,
-            error=f"failed: {tail[0][:200]}",
-        )
+        result = _unmeasured(case)
+        result.error = f"failed: {tail[0][:200]}"
+        return result
 
 
 def main(argv: list[str] | None = None) -> int:
