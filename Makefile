@@ -22,7 +22,7 @@ DEMO_EXPERIMENT ?= colipri_crm
 # TensorBoard (make tb) serves on this machine only; TB_HOST=0.0.0.0 exposes it to the network.
 TB_HOST ?= 127.0.0.1
 
-.PHONY: demo test test-all exp sweep bench-train bench-gpu bench-data bench-annotate tb lint format clean distclean venv
+.PHONY: demo test test-all exp sweep compare bench-train bench-gpu bench-data bench-annotate bench-demo tb lint format clean distclean venv
 
 venv: $(STAMP)
 
@@ -56,6 +56,15 @@ exp: $(STAMP)
 sweep: $(STAMP)
 	$(BIN)/ctvlp sweep $(NAME) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
 
+# Every recipe under one protocol (experiments/compare/$(COMPARE).yaml; docs/compare.md): after
+# make demo (its phantoms and tiny LM); writes the phantom MSD liver of the segmentation column.
+# Table, JSON, per-label tables and plots in runs/compare/$(COMPARE)/. PROFILE=none: the paper configs.
+COMPARE ?= recipes
+MSD_DIR ?= data/phantom_msd_liver
+compare: $(STAMP)
+	$(BIN)/ctvlp phantom --source msd_liver --out $(MSD_DIR) --n 10 --seed 0
+	$(BIN)/ctvlp compare $(COMPARE) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
+
 bench-train: $(STAMP)
 	$(BIN)/python -m ctvlp.bench.train $(ARGS)
 
@@ -74,6 +83,12 @@ bench-data: $(STAMP)
 # concurrency 1 and 32 (ARGS="--latency 0.5 --reports 128" etc., see --help).
 bench-annotate: $(STAMP)
 	$(BIN)/python -m ctvlp.bench.annotate $(ARGS)
+
+# The demo fit before and after its frozen-text speed-ups (text cache off and unlimited augmentation
+# against the cpu_demo profile), 150 steps each on make demo's phantom, to runs/bench/bench_demo.{json,md}
+# (ARGS="--steps 300 --experiment colipri_crm" etc., see --help).
+bench-demo: $(STAMP)
+	$(BIN)/python -m ctvlp.bench.demo --data-root $(PHANTOM_DIR) $(ARGS)
 
 tb: $(STAMP)
 	$(BIN)/tensorboard --logdir runs --host $(TB_HOST)

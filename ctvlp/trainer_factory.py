@@ -15,6 +15,7 @@ from callbacks.progress_log import ProgressLog
 from callbacks.rng_state import RngStateCallback
 from callbacks.selection_metric_check import SelectionMetricCheck
 from callbacks.volume_preview import VolumePreviewCallback
+from ctvlp.config.batch import BatchPlan, plan_from_data
 from ctvlp.model_selection import model_selection
 from ctvlp.run_dir import RunDir
 from lightning_modules.objective_schedule import ObjectiveSchedule
@@ -44,6 +45,31 @@ def effective_strategy(cfg: DictConfig) -> str:
     if strategy == "ddp" and skips:
         return "ddp_find_unused_parameters_true"
     return strategy
+
+
+def apply_batch_plan(cfg: DictConfig, trainer: L.Trainer) -> BatchPlan:
+    """The batch plan for the Trainer's devices and nodes (ctvlp/config/batch.py), written into
+    ``cfg`` (so config.yaml and the hparams hold the values the run uses) and the Trainer's gradient
+    accumulation (a memory cap may raise it above ``trainer.accumulate_grad_batches``)."""
+    plan = plan_from_data(
+        cfg.data, int(cfg.trainer.accumulate_grad_batches), int(trainer.num_devices), int(trainer.num_nodes)
+    )
+    if cfg.data.global_batch_size is None and plan.world > 1:
+        log.warning(
+            "data.batch_size=%d is per device and data.global_batch_size is not set: on %d devices the "
+            "global batch is %d. Set data.global_batch_size to keep the recipe's batch (and learning rate) "
+            "on any device count",
+            plan.per_device,
+            plan.world,
+            plan.global_batch,
+        )
+    cfg.data.batch_size = plan.per_device
+    cfg.data.global_batch_size = plan.global_batch
+    cfg.trainer.accumulate_grad_batches = plan.accumulate
+    cfg.trainer.num_nodes = plan.nodes
+    cfg.trainer.devices = plan.devices
+    trainer.accumulate_grad_batches = plan.accumulate  # Lightning reads it when the fit loop runs
+    return plan
 
 
 def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
@@ -82,6 +108,7 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
         strategy=effective_strategy(cfg),
         precision=effective_precision(t),
         gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=int(t.accumulate_grad_batches),
         val_check_interval=int(t.val_check_interval),
         check_val_every_n_epoch=None,
         log_every_n_steps=int(t.log_every_n_steps),

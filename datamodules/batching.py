@@ -9,6 +9,8 @@ sample ``image_id``, ``index`` (its position in the split, for de-duplicating pa
   ``input_ids`` / ``attention_mask`` (B, L), and ``cappa`` when report generation is trained.
 - :data:`IMAGE_ONLY`: a volume without a report (``datamodules/image_dataset.py``): ``labels`` /
   ``label_mask`` where known.
+- With two views (RadFound's CC-MIM, ``objectives.mae.cross_view``) paired and image-only samples
+  also carry :data:`SECOND_VIEW` (B, 1, X, Y, Z): another crop of the same volume.
 - :data:`VOLUME`: a volume alone; the Uniferum evaluation batches are of this kind
   (``datamodules/uniferum_datamodule.py``, with every task's targets).
 - :data:`TASK`: one (volume, task, target) per sample, the Uniferum training batches.
@@ -24,6 +26,9 @@ PAIRED = "paired"
 IMAGE_ONLY = "image_only"
 VOLUME = "volume"
 TASK = "task"
+
+# The batch key of a sample's second crop of the same volume (``CroppedVolumeDataset(second_view=True)``).
+SECOND_VIEW = "image_second_view"
 
 
 def stack_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:

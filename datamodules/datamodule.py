@@ -163,7 +163,15 @@ class CTDataModule(SplitDataModule):
             log.warning(
                 "data.text.shorten_p=%s but no shortened findings at %s: not applied", text.shorten_p, sidecar
             )
-        return ReportTransform(text.section, text.sentence_shuffle, text.shorten_p, shortened)
+        variants = int(text.shuffles_per_report)
+        if variants > 0 and (text.sentence_shuffle or text.shorten_p > 0):
+            log.warning(
+                "data.text.shuffles_per_report=%d: text augmentation limited to %d variants per report "
+                "so the frozen text cache hits (0 = a fresh draw every step, as in the paper)",
+                variants,
+                variants,
+            )
+        return ReportTransform(text.section, text.sentence_shuffle, text.shorten_p, shortened, variants)
 
     def _structured_sections(self, root: str, primary: bool = True) -> dict[str, dict[str, list[str]]]:
         """A source's structured-Findings sidecar (``data.text.structured_findings_json`` for the
@@ -189,7 +197,12 @@ class CTDataModule(SplitDataModule):
         structured = self._structured_sections(self.data.root)
         augmentation = AUGMENTATION_LEVELS[self.data.augmentation.level]
         crop, field, window = crop_settings(self.data)
-        crop_kwargs = {"crop_field": field, "hu_window": window, "organ_masks": self.organ_masks}
+        crop_kwargs = {
+            "crop_field": field,
+            "hu_window": window,
+            "organ_masks": self.organ_masks,
+            "second_view": self.second_view,
+        }
         self.datasets = {
             "train": PairedVolumeDataset(
                 self.splits["train"],
@@ -238,6 +251,9 @@ class CTDataModule(SplitDataModule):
     # Which batch kind each training step of a mix must draw (``None``: any, by weight); set by
     # the objective, e.g. ColipriModule's objective schedule (vision-language steps: PAIRED).
     kind_plan: Callable[[int], str | None] | None = None
+    # Every sample also carries a second crop of its volume (``batching.SECOND_VIEW``); set by the
+    # objective before setup, e.g. the MAE objective with RadFound's cross-view term.
+    second_view: bool = False
 
     def _source_dataset(
         self, source: DataSource, entries: list[CacheEntry], train: bool, primary: bool, seed: int = 0
@@ -260,10 +276,20 @@ class CTDataModule(SplitDataModule):
                 window,
                 masks,
                 **(self._spatial(source) if train else {}),
+                second_view=self.second_view,
             )
         spatial = self._spatial(source) if train else {}
         return ImageOnlyVolumeDataset(
-            entries, crop, train, augmentation, seed, field, window, masks, **spatial
+            entries,
+            crop,
+            train,
+            augmentation,
+            seed,
+            field,
+            window,
+            masks,
+            **spatial,
+            second_view=self.second_view,
         )
 
     def _spatial(self, source: DataSource) -> dict[str, Any]:
@@ -321,6 +347,8 @@ class CTDataModule(SplitDataModule):
         if self.mixed_train is None or self.mixed_sampling is None:
             return super().train_dataloader()
         sizes, kinds, weights = self.mixed_sampling
+        # The sampler counts micro-batches; the plan is by optimiser step (several under accumulation).
+        plan, accumulation = self.kind_plan, self._accumulation()
         batch_sampler = MixedBatchSampler(
             sizes,
             kinds,
@@ -328,7 +356,7 @@ class CTDataModule(SplitDataModule):
             int(self.data.batch_size),
             self.seed,
             self._global_step,
-            kind_plan=self.kind_plan,
+            kind_plan=None if plan is None else lambda step: plan(step // accumulation),
         )
         collate = KindCollator({PAIRED: self.collate, IMAGE_ONLY: stack_samples})
         return self._loader(self.mixed_train, collate, batch_sampler=batch_sampler)

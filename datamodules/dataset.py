@@ -41,6 +41,7 @@ class PairedVolumeDataset(CroppedVolumeDataset):
         organ_masks: bool = False,
         spatial: SpatialAugmentation | None = None,
         spacing: float | Sequence[float] = 1.0,
+        second_view: bool = False,
     ) -> None:
         super().__init__(
             entries,
@@ -53,6 +54,7 @@ class PairedVolumeDataset(CroppedVolumeDataset):
             organ_masks,
             spatial,
             spacing,
+            second_view,
         )
         self.report_transform = report_transform
         self.structured = structured
@@ -64,7 +66,7 @@ class PairedVolumeDataset(CroppedVolumeDataset):
         # Drawn after the earlier draws, so adding it left crops, augmentation and text unchanged.
         section_rng = random.Random(int(rng.integers(2**63))) if rng is not None else None
         return {
-            **self._sample(crop),
+            **self._sample(crop, key),
             "report": self.report_transform(entry.id, entry.sections, text_rng),
             "sections": self._sections(entry, section_rng),
         }

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.batching import IMAGE_ONLY, VOLUME
+from datamodules.batching import IMAGE_ONLY, SECOND_VIEW, VOLUME
 from datamodules.cache import AIR_HU, CacheEntry, read_crop, read_mask_crop
 from datamodules.organ_classes import has_every_organ, organ_class_map, unknown_class_map
 from datamodules.transforms import (
@@ -35,6 +35,10 @@ class Crop(NamedTuple):
     organ_classes: torch.Tensor | None  # (X, Y, Z) uint8 with ``organ_masks``
 
 
+# Mixed into the second view's seed, so its stream is independent of the sample's own.
+_SECOND_VIEW_STREAM = 0x56494557  # "VIEW"
+
+
 class CroppedVolumeDataset(Dataset):
     """One sample per cache entry: a ``crop_size`` crop (an int: a cube; or (x, y, z) voxels), its
     labels, where it came from.
@@ -52,6 +56,12 @@ class CroppedVolumeDataset(Dataset):
     rotation / zoom / mirroring of training crops, drawn after the crop start and before the
     intensity augmentation from the same per-sample stream (``None``: no draw, the stream as
     before); ``spacing`` (mm, x y z, or one number) keeps rotations rigid in an anisotropic cache.
+
+    ``second_view`` (RadFound's CC-MIM): every sample also carries ``SECOND_VIEW``, another crop of
+    the same volume, drawn like a training crop (start, spatial and intensity augmentation) from
+    its own stream, ``(seed, epoch, index, VIEW)``, so the first view and everything drawn after it
+    are as without it. In evaluation the second view is a random crop without augmentation from
+    ``(seed, VIEW, index)``: the same at every validation, so its losses compare across steps.
     """
 
     kind = VOLUME
@@ -68,8 +78,10 @@ class CroppedVolumeDataset(Dataset):
         organ_masks: bool = False,
         spatial: SpatialAugmentation | None = None,
         spacing: float | Sequence[float] = 1.0,
+        second_view: bool = False,
     ) -> None:
         self.entries = entries
+        self.second_view = second_view
         self.spatial = spatial
         self.spacing = (
             (float(spacing),) * 3 if isinstance(spacing, int | float) else tuple(float(s) for s in spacing)
@@ -95,15 +107,36 @@ class CroppedVolumeDataset(Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, None)
         entry = self.entries[index]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train and epoch is not None else None
+        image, (read_start, read_size, params) = self._view(entry, rng, augment=True)
+        organ_classes = self._classes(entry, read_start, read_size, params) if self.organ_masks else None
+        return Crop(index, entry, image, rng, organ_classes)
+
+    def _view(
+        self, entry: CacheEntry, rng: np.random.Generator | None, augment: bool
+    ) -> tuple[torch.Tensor, tuple[tuple[int, ...], tuple[int, ...], SpatialParams]]:
+        """A crop of ``entry`` (random with ``rng``, else the centre one), augmented from ``rng``
+        when ``augment``; with the box it was read from and its spatial parameters."""
         start = crop_start(entry.shape, self.size, self.crop_field, rng)
-        params = self.spatial.draw(rng) if rng is not None and self.spatial is not None else SpatialParams()
+        augment = augment and rng is not None
+        params = self.spatial.draw(rng) if augment and self.spatial is not None else SpatialParams()
         read_start, read_size = spatial_read_box(start, self.size, params, self.spacing)
         volume = self._outside_field_to_air(entry, read_crop(entry, read_start, read_size), read_start)
         image = apply_spatial(hu_to_input(volume, self.hu_window), self.size, params, self.spacing)
-        if rng is not None and self.augmentation is not None:
+        if augment and self.augmentation is not None:
             image = self.augmentation(image, rng)
-        organ_classes = self._classes(entry, read_start, read_size, params) if self.organ_masks else None
-        return Crop(index, entry, image, rng, organ_classes)
+        return image, (read_start, read_size, params)
+
+    def _second_view(self, key: int | tuple[int, int]) -> torch.Tensor:
+        """Another crop of the sample's volume from its own stream (see the class docstring)."""
+        index, epoch = key if isinstance(key, tuple) else (key, None)
+        training = self.train and epoch is not None
+        seed = (
+            [self.seed, epoch, index, _SECOND_VIEW_STREAM]
+            if training
+            else [self.seed, _SECOND_VIEW_STREAM, index]
+        )
+        image, _ = self._view(self.entries[index], np.random.default_rng(seed), augment=training)
+        return image
 
     def _outside_field_to_air(
         self, entry: CacheEntry, volume: np.ndarray, start: tuple[int, ...], fill: int = AIR_HU
@@ -135,12 +168,14 @@ class CroppedVolumeDataset(Dataset):
         bits = apply_spatial(torch.from_numpy(bits), self.size, params, self.spacing, mode="nearest")
         return torch.from_numpy(organ_class_map(bits.numpy()))
 
-    def _sample(self, crop: Crop) -> dict[str, Any]:
+    def _sample(self, crop: Crop, key: int | tuple[int, int]) -> dict[str, Any]:
         entry = crop.entry
         labels = torch.tensor(entry.labels, dtype=torch.float32)
         organs = {} if crop.organ_classes is None else {"organ_classes": crop.organ_classes}
+        views = {SECOND_VIEW: self._second_view(key)} if self.second_view else {}
         return {
             **organs,
+            **views,
             "image": crop.image,
             "image_id": entry.id,
             "index": crop.index,
@@ -157,4 +192,4 @@ class ImageOnlyVolumeDataset(CroppedVolumeDataset):
     kind = IMAGE_ONLY
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        return self._sample(self._crop(key))
+        return self._sample(self._crop(key), key)

@@ -62,8 +62,12 @@ class SplitDataModule(L.LightningDataModule):
     def collate_for(self, split: str, dataset: Dataset) -> Collate:
         raise NotImplementedError
 
+    def _accumulation(self) -> int:
+        return int(self.trainer.accumulate_grad_batches) if self.trainer is not None else 1
+
     def _global_step(self) -> int:
-        return self.trainer.global_step if self.trainer is not None else 0
+        """The stream position: micro-batches drawn so far (optimiser steps x accumulation)."""
+        return self.trainer.global_step * self._accumulation() if self.trainer is not None else 0
 
     def _loader(
         self,

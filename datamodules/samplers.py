@@ -5,8 +5,9 @@ Training draws from one endless, seeded stream: epoch ``k`` of the stream is
 not fill one is dropped); rank ``r`` takes the ``r``-th block of ``batch_size`` of every global
 batch. So a DDP step on W ranks sees exactly the samples of one single-process step with
 batch ``W * batch_size``. Each ``__iter__`` starts at the stream position of the trainer's
-current global step, so a run resumed from a mid-epoch checkpoint sees exactly the batches an
-uninterrupted run would have, whatever Lightning's epoch bookkeeping does. Samples are
+current global step (one stream step per micro-batch: optimiser steps x gradient accumulation), so
+a run resumed from a mid-epoch checkpoint sees exactly the batches an uninterrupted run would have,
+whatever Lightning's epoch bookkeeping does. Samples are
 ``(index, stream_epoch)`` pairs so the dataset can make each sample's randomness a pure function
 of them.
 
@@ -45,7 +46,7 @@ class TrainSampler(Sampler[tuple[int, int]]):
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"{size} training samples cannot fill one batch of {batch_size} on each of {world} ranks; "
-                "lower data.batch_size"
+                "lower data.global_batch_size (or data.batch_size, per device)"
             )
 
     def _rank_batches(self, epoch: int) -> np.ndarray:

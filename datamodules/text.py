@@ -8,10 +8,16 @@ without ``.nii.gz``), in the format the COLIPRI paper produced offline with an L
 
 With probability ``shorten_p`` a training report is replaced by the concatenation of its
 positive and negative short sentences (shuffled when sentence shuffle is on).
+
+With ``shuffles_per_report`` K > 0 the sample's stream only picks one of K fixed seeds per report
+(a hash of the volume id and the pick), and that seed draws the shortening and the sentence order:
+a report then has at most K training texts, so a frozen text backbone's cache hits. The stream
+stays a pure function of (seed, epoch, index).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -47,6 +53,13 @@ def load_shortened_findings(path: Path) -> dict[str, dict[str, list[str]]]:
     return shortened
 
 
+def variant_rng(volume_id: str, variant: int) -> random.Random:
+    """The fixed generator of one of a report's augmentation variants; ``hashlib``, not ``hash()``,
+    whose value changes between processes."""
+    digest = hashlib.blake2b(f"{volume_id}\0{variant}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
 @dataclass
 class ReportTransform:
     """Turns a record's report sections into the text the encoder sees."""
@@ -55,10 +68,15 @@ class ReportTransform:
     sentence_shuffle: bool = False
     shorten_p: float = 0.0
     shortened: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    shuffles_per_report: int = 0  # 0: a fresh draw every time; K > 0: one of K fixed variants
 
     def __post_init__(self) -> None:
         if self.section not in SECTIONS:
             raise ValueError(f"section must be one of {SECTIONS}, got '{self.section}'")
+        if self.shuffles_per_report < 0:
+            raise ValueError(
+                f"shuffles_per_report must be >= 0 (0 = unlimited), got {self.shuffles_per_report}"
+            )
 
     def select(self, sections: dict[str, str]) -> str:
         findings = sections.get("findings", "") or ""
@@ -74,6 +92,8 @@ class ReportTransform:
         text = self.select(sections)
         if rng is None:
             return text
+        if self.shuffles_per_report > 0:
+            rng = variant_rng(volume_id, rng.randrange(self.shuffles_per_report))
         short = self.shortened.get(volume_id)
         if short and self.shorten_p > 0 and rng.random() < self.shorten_p:
             sentences = short["positive"] + short["negative"]

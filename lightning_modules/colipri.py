@@ -8,6 +8,8 @@ tokens of the visible patches (``lightning_modules/mae_objective.py``). Which ob
 a step, which batch kind the step draws and the LR factor come from one place,
 ``lightning_modules/objective_schedule.py``; the module asks it once per step and logs the answer
 (``train/objective/*``) beside every loss (``train/loss_clip``, ``train/loss_rrg``, ``train/loss_mae``).
+With ``objectives.mae.cross_view.enabled`` (RadFound's CC-MIM) an MAE step reconstructs two crops of
+each volume and adds ``cross_view.weight`` times their InfoNCE (``train/loss_cross_view``).
 
 Thin by design: the parts live in ``lightning_modules/nets``; this file composes them,
 logs, and evaluates retrieval on the embeddings of a whole split.
@@ -23,7 +25,7 @@ from omegaconf import DictConfig
 
 from callbacks.mae_reconstruction import MAEReconstructionCallback
 from callbacks.report_samples import ReportSamplesCallback
-from datamodules.batching import IMAGE_ONLY
+from datamodules.batching import IMAGE_ONLY, SECOND_VIEW
 from datamodules.mixing import data_sources
 from evaluation.retrieval import retrieval_metrics
 from lightning_modules import mae_objective, rrg
@@ -46,6 +48,7 @@ class ColipriModule(rrg.ReportSamples, mae_objective.MAEReconstructions, Objecti
             proj_dim=int(cfg.model.proj_dim),
             pool_heads=int(cfg.model.pool_heads),
             freeze_backbone=bool(cfg.model.text.freeze),
+            frozen_cache_mb=float(cfg.model.text.frozen_cache_mb),
         )
         self.clip_loss = ClipLoss(
             kind=cfg.loss.kind,
@@ -64,10 +67,16 @@ class ColipriModule(rrg.ReportSamples, mae_objective.MAEReconstructions, Objecti
         self.mae_head = (
             mae_objective.build_head(cfg, self.image_encoder) if mae_objective.mae_enabled(cfg) else None
         )
+        self.cross_view_head = (
+            mae_objective.build_cross_view_head(cfg, self.image_encoder)
+            if self.mae_head is not None
+            else None
+        )
         self.loss_weights = {
             "clip": 1.0,
             "rrg": float(cfg.objectives.rrg.weight),
             "mae": float(cfg.objectives.mae.weight) if self.mae_head is not None else 0.0,
+            "cross_view": float(cfg.objectives.mae.cross_view.weight),
         }
         self._window_means = WindowMeans()
         self._eval_embeddings: dict[str, list[torch.Tensor]] = {"image": [], "text": [], "index": []}
@@ -82,7 +91,7 @@ class ColipriModule(rrg.ReportSamples, mae_objective.MAEReconstructions, Objecti
                 f"data.sources has image-only sources ({', '.join(image_only)}), which only the MAE "
                 "objective trains on: set objectives.mae.enabled=true or remove them"
             )
-        datamodule = super().build_datamodule(cfg)
+        datamodule = mae_objective.with_second_view(super().build_datamodule(cfg), cfg)
         datamodule.kind_plan = schedule.batch_kind
         return datamodule
 
@@ -139,7 +148,9 @@ class ColipriModule(rrg.ReportSamples, mae_objective.MAEReconstructions, Objecti
         active = self.objective_schedule.active(self.global_step, kind)
         losses = self._vision_language_losses(batch) if active.vision_language else {}
         if active.mae:
-            losses["mae"] = self.mae_head(self.image_encoder.backbone, batch["image"]).loss
+            losses.update(
+                mae_objective.training_losses(self.mae_head, self.cross_view_head, self.image_encoder, batch)
+            )
         loss = sum(self.loss_weights[name] * value for name, value in losses.items())
         batch_size = batch["image"].shape[0]
         self.guard_loss(loss)
@@ -156,6 +167,10 @@ class ColipriModule(rrg.ReportSamples, mae_objective.MAEReconstructions, Objecti
             self.log(name, value, batch_size=batch_size, sync_dist=name.startswith("train/loss_"))
         self.log("train/temperature", self.clip_loss.temperature, batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
+        if self.text_encoder.frozen_cache is not None:  # model.text.frozen_cache_mb: hits so far
+            self.log(
+                "train/text_cache_hit_rate", self.text_encoder.frozen_cache.hit_rate, batch_size=batch_size
+            )
         if self.mae_head is not None:  # objectives.mae.decoder_lr_factor times train/lr
             decoder_lr = self.trainer.optimizers[0].param_groups[self._mae_decoder_group]["lr"]
             self.log("train/lr_mae_decoder", decoder_lr, batch_size=batch_size)
@@ -194,7 +209,14 @@ class ColipriModule(rrg.ReportSamples, mae_objective.MAEReconstructions, Objecti
     def _log_mae_loss(self, prefix: str, batch: dict[str, Any], batch_idx: int) -> None:
         if self.mae_head is not None:
             mae_objective.log_evaluation(
-                self, prefix, self.mae_head, self.image_encoder, batch["image"], batch_idx
+                self,
+                prefix,
+                self.mae_head,
+                self.image_encoder,
+                batch["image"],
+                batch_idx,
+                self.cross_view_head,
+                batch.get(SECOND_VIEW),
             )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

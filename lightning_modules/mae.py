@@ -6,6 +6,11 @@ masked ones (``objectives.mae``: ratio, mask style, decoder depth/width, ``norm_
 volumes (NLST-style sources in ``data.sources``) and the volumes of paired sources, their reports
 unused. ``objectives.mae.enabled``, ``weight`` and the scheduling keys only matter beside CLIP.
 
+With ``objectives.mae.cross_view.enabled`` (RadFound's CC-MIM, experiment ``radfound_ccmim``) every
+sample brings a second crop of its volume; both views are masked and reconstructed and the loss is
+``L_MAE`` (mean over the two views) ``+ cross_view.weight * L_InfoNCE`` between the views' pooled
+visible tokens (``train/loss_mae``, ``train/loss_cross_view``; ``<split>/mae/cross_view_loss``).
+
 Validation and test log the masked-patch loss with fixed masks and the mean-predictor reference
 (``<split>/mae/loss``, ``<split>/mae/loss_mean_predictor``; the first picks the best checkpoint).
 The projector and pooler of the image encoder are built (checkpoints keep the encoder layout of
@@ -23,7 +28,7 @@ from omegaconf import DictConfig
 
 from callbacks.mae_reconstruction import MAEReconstructionCallback
 from ctvlp.config.evaluation_tasks import IMAGE_ONLY_TASKS
-from datamodules.batching import IMAGE_ONLY
+from datamodules.batching import IMAGE_ONLY, SECOND_VIEW
 from lightning_modules import mae_objective
 from lightning_modules.base import ObjectiveModule, image_encoder_from_config
 
@@ -40,6 +45,13 @@ class MAEModule(mae_objective.MAEReconstructions, ObjectiveModule):
         self.image_encoder.projector.requires_grad_(False)
         self.image_encoder.pooler.requires_grad_(False)
         self.mae_head = mae_objective.build_head(cfg, self.image_encoder)
+        self.cross_view_head = mae_objective.build_cross_view_head(cfg, self.image_encoder)
+        self.cross_view_weight = float(cfg.objectives.mae.cross_view.weight)
+
+    @classmethod
+    def build_datamodule(cls, cfg: DictConfig) -> L.LightningDataModule:
+        """The base DataModule, with each volume's second crop for the cross-view term."""
+        return mae_objective.with_second_view(super().build_datamodule(cfg), cfg)
 
     @classmethod
     def rrg_active(cls, cfg: DictConfig) -> bool:
@@ -56,22 +68,31 @@ class MAEModule(mae_objective.MAEReconstructions, ObjectiveModule):
         return self.image_encoder(images).pooled
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        images = batch["image"]
-        loss = self.mae_head(self.image_encoder.backbone, images).loss
+        losses = mae_objective.training_losses(self.mae_head, self.cross_view_head, self.image_encoder, batch)
+        loss = losses["mae"] + self.cross_view_weight * losses.get("cross_view", 0.0)
         self.guard_loss(loss)
-        batch_size = images.shape[0]
+        batch_size = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
-        self.log("train/loss_mae", loss, batch_size=batch_size)
+        for name, value in losses.items():
+            self.log(f"train/loss_{name}", value, batch_size=batch_size)
         self.log("train/image_only_batch", float(batch["kind"][0] == IMAGE_ONLY), batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        mae_objective.log_evaluation(
-            self, "val", self.mae_head, self.image_encoder, batch["image"], batch_idx
-        )
+        self._log_evaluation("val", batch, batch_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._log_evaluation("test", batch, batch_idx)
+
+    def _log_evaluation(self, prefix: str, batch: dict[str, Any], batch_idx: int) -> None:
         mae_objective.log_evaluation(
-            self, "test", self.mae_head, self.image_encoder, batch["image"], batch_idx
+            self,
+            prefix,
+            self.mae_head,
+            self.image_encoder,
+            batch["image"],
+            batch_idx,
+            self.cross_view_head,
+            batch.get(SECOND_VIEW),
         )

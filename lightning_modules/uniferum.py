@@ -18,6 +18,7 @@ report 0 AUROC for it).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from typing import Any
@@ -26,6 +27,7 @@ import torch
 from omegaconf import DictConfig
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
+from ctvlp.config.schema import RANDOM_INIT
 from datamodules.seg_targets import dice, unpatchify
 from datamodules.uniferum_datamodule import UniferumDataModule
 from datamodules.uniferum_tasks import DIAGNOSIS, PROGNOSIS, SEGMENTATION
@@ -36,16 +38,25 @@ from lightning_modules.nets.uniferum_fusion import TaskFusion
 from lightning_modules.nets.uniferum_vision import VisionTokens, build_uniferum_vision
 from lightning_modules.optim import param_groups_with_lrs
 
+log = logging.getLogger(__name__)
+
 # Fusion sequences per forward pass when a batch of volumes is scored on many tasks.
 EVAL_SEQUENCES_PER_PASS = 256
 
 
 def build_vision(cfg: DictConfig) -> VisionTokens:
     uniferum = cfg.uniferum
+    weights = uniferum.vision_weights_2d
+    if uniferum.vision == "efficientnet_b0" and weights in (None, RANDOM_INIT):
+        log.warning(
+            "uniferum.vision_weights_2d=%s: the 3D EfficientNet-B0 starts from a random initialisation, "
+            "not the paper's inflated 2D ImageNet weights",
+            weights,
+        )
     return build_uniferum_vision(
         str(uniferum.vision),
         [int(s) for s in uniferum.input_shape],
-        inflate_from=uniferum.vision_weights_2d,
+        inflate_from=None if weights == RANDOM_INIT else weights,
         inflate_mode=str(uniferum.inflate_mode),
         primus_size=str(cfg.model.image.size),
         primus_patch=int(uniferum.primus_patch),

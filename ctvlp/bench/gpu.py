@@ -41,6 +41,7 @@ from ctvlp.bench.train import (
     peak_memory_gb,
     run_case_subprocess,
 )
+from ctvlp.config.batch import plan_from_data
 from ctvlp.config.loader import load_experiment
 
 NO_GPU_MESSAGE = (
@@ -216,6 +217,10 @@ def gpu_cases(steps: int, warmup: int) -> list[GpuCase]:
     batch and precision."""
     colipri = load_experiment("colipri_c", "a100x4", ["data.root=unused"])
     green = load_experiment("greenrfm", None, ["data.root=unused"])
+    # The per-GPU batch on the profile's devices: the global batch split as `ctvlp fit` splits it.
+    t = colipri.trainer
+    plan = plan_from_data(colipri.data, int(t.accumulate_grad_batches), int(t.devices), int(t.num_nodes))
+    colipri.data.batch_size = plan.per_device
     image = colipri.model.image
     crop = colipri.data.crop_size
     green_crop = list(green.data.crop_size)

@@ -3,7 +3,8 @@
 Checkpoints of every image-encoder objective are accepted: ``colipri`` (COLIPRI; all tasks)
 and the image-only ``mae`` and ``cappa`` (no text embeddings: probes only, the default for them).
 ``uniferum`` and ``report_generation`` checkpoints evaluate themselves (``eval_tasks.py``);
-``--tasks reportgen`` scores generated reports (``eval_reportgen.py``).
+``--tasks reportgen`` scores generated reports (``eval_reportgen.py``); ``--tasks dense_zeroshot``
+scores MaskCLIP zero-shot segmentation maps of the findings (``eval_dense.py``).
 
 Writes into the run directory (``--out``; default: the checkpoint's run directory):
 ``results.json`` (merged with training's flat keys), ``results.md`` (with CIs),
@@ -27,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from ctvlp.commands.eval_dense import evaluate_dense, split_dense_task
 from ctvlp.commands.eval_reportgen import (
     REPORT_TASK,
     SELF_EVALUATING,
@@ -274,12 +276,24 @@ def _parse_tasks(spec: str) -> list[str]:
 
 def run_eval(args: argparse.Namespace) -> int:
     splits = parse_splits(args.splits)
+    dense, args.tasks = split_dense_task(args.tasks)
     if args.tasks is not None:  # a typo fails before the checkpoint is loaded
         _parse_tasks(split_report_task(args.tasks)[1] or "retrieval")
     reports, other_tasks = split_report_task(args.tasks)
     checkpoint = None
+    if dense and not args.ckpt:
+        raise ConfigError("--tasks dense_zeroshot needs --ckpt of a COLIPRI-family run")
     if args.ckpt:  # read once; Uniferum and report generators evaluate themselves
         checkpoint = read_checkpoint(resolve_checkpoint(Path(args.ckpt)))
+        if dense:
+            out, results = evaluate_dense(
+                checkpoint, splits, _overrides(args), Path(args.out) if args.out else None, args.device,
+                args.write_maps, not args.no_progress,
+            )  # fmt: skip
+            print(f"\nResults ({out / 'results.json'}):\n")
+            print(results_table(results))
+            if args.tasks is None:
+                return 0
         if is_task_checkpoint(checkpoint):
             if other_tasks and checkpoint.config.get("module") == SELF_EVALUATING:
                 raise ConfigError(
@@ -327,9 +341,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--tasks",
         default=None,
         help="comma-separated: retrieval, zeroshot (= zeroshot_native + zeroshot_short), "
-        "zeroshot_native, zeroshot_short, zeroshot_prompts, probe, reportgen (default: all that the "
-        "checkpoint's module supports; probe for the image-only mae and cappa). reportgen: score the "
-        "reports of a CapPa decoder (cappa, COLIPRI with RRG) or of a report_generation run",
+        "zeroshot_native, zeroshot_short, zeroshot_prompts, probe, reportgen, dense_zeroshot (default: "
+        "all that the checkpoint's module supports; probe for the image-only mae and cappa). reportgen: "
+        "score the reports of a CapPa decoder (cappa, COLIPRI with RRG) or of a report_generation run. "
+        "dense_zeroshot: MaskCLIP segmentation maps of the findings against the data's finding masks "
+        "(COLIPRI family; the phantom writes the masks)",
+    )
+    parser.add_argument(
+        "--write-maps",
+        action="store_true",
+        help="with --tasks dense_zeroshot: write each map and the crop's finding mask as NIfTI under "
+        "<out>/dense_maps/<split>/",
     )
     parser.add_argument("--splits", default="val,test", help="comma-separated: val, test")
     parser.add_argument("--data", default=None, help="data root (sets data.root)")

@@ -33,8 +33,8 @@ from dynamic_network_architectures.architectures.primus import Primus
 from ctvlp.config.errors import ConfigError
 from ctvlp.run_dir import read_checkpoint, resolve_checkpoint
 from lightning_modules.nets.primus_encoder import PRIMUS_SIZES
+from lightning_modules.nets.primus_segmenter import ENCODER_PREFIX, primus_encoder_weights
 
-ENCODER_PREFIX = "image_encoder.backbone."
 NNUNET_PATCH_EMBED = (8, 8, 8)  # every nnU-Net Primus trainer's patch embedding
 # (embed_dim, depth, heads) of nnU-Net's Primus trainers (primus_trainers.py).
 NNUNET_TRAINERS = {
@@ -131,11 +131,7 @@ def export_nnunet_weights(
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """nnU-Net's Primus state dict: the encoder's tensors under nnU-Net's keys, the rest filled in
     (see the module docstring). Returns it and which keys came from where."""
-    encoder = {
-        k[len(ENCODER_PREFIX) :].replace("_orig_mod.", ""): v
-        for k, v in state_dict.items()
-        if k.startswith(ENCODER_PREFIX)
-    }
+    encoder = primus_encoder_weights(state_dict)
     if not encoder:
         raise ConfigError(f"no '{ENCODER_PREFIX}*' weights: not a checkpoint with a Primus image encoder")
     torch.manual_seed(seed)

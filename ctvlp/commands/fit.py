@@ -20,7 +20,7 @@ from ctvlp.config.loader import load_experiment
 from ctvlp.model_selection import model_selection
 from ctvlp.results import collect_results, results_table, write_results
 from ctvlp.run_dir import RunDir, load_checkpoint_file, new_run_dir, resolve_resume
-from ctvlp.trainer_factory import build_trainer
+from ctvlp.trainer_factory import apply_batch_plan, build_trainer
 from datamodules.annotation.coverage import sidecar_coverage
 from datamodules.datamodule import SHORTENED_FINDINGS_FILE, STRUCTURED_FINDINGS_FILE, check_data
 from datamodules.mixing import data_sources
@@ -118,12 +118,25 @@ def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
         log.info("Resuming %s from %s", run.path, ckpt_path)
     else:
         run, ckpt_path = new_run_dir(Path(cfg.runs_dir), cfg.name), None
+    trainer = build_trainer(cfg, run)
+    module_cls = module_class(cfg.module)
+    # The batch per device follows from the global batch once the Trainer knows its devices; the
+    # resolved values go into config.yaml and the module's hparams.
+    plan = apply_batch_plan(cfg, trainer)
+    if trainer.is_global_zero:
+        log.info("Batch: %s", plan.describe())
+    if plan.accumulate > 1 and module_cls.embeds_text():
+        log.warning(
+            "Gradient accumulation with a contrastive loss: each micro-batch contrasts %d pairs (gathered "
+            "over %d device(s)), not the global batch of %d; the paper's batch is one contrastive batch",
+            plan.per_device * plan.world,
+            plan.world,
+            plan.global_batch,
+        )
     OmegaConf.save(cfg, run.config)
 
-    module_cls = module_class(cfg.module)
     datamodule = module_cls.build_datamodule(cfg)
     module = module_cls(OmegaConf.to_container(cfg, resolve=True))
-    trainer = build_trainer(cfg, run)
     # weights_only: Lightning's own load of the resumed checkpoint unpickles no code either.
     with log_to_file(run.train_log if trainer.is_global_zero else None):
         trainer.fit(

@@ -14,6 +14,9 @@ TASK_GROUPS = {"zeroshot": ("zeroshot_native", "zeroshot_short")}
 CLASSIFICATION_TASKS = ("zeroshot_native", "zeroshot_short", "zeroshot_prompts", "probe")
 # What an encoder without report embeddings (MAE, CapPa) can be evaluated by.
 IMAGE_ONLY_TASKS = ("probe",)
+# MaskCLIP zero-shot segmentation maps of the findings: run by `ctvlp eval --tasks dense_zeroshot`
+# only (ctvlp/commands/eval_dense.py), on data with finding masks; not a periodic evaluation task.
+DENSE_TASK = "dense_zeroshot"
 
 
 def parse_tasks(tasks: str | Iterable[str]) -> list[str]:
@@ -29,6 +32,8 @@ def parse_tasks(tasks: str | Iterable[str]) -> list[str]:
             chosen.update(TASK_GROUPS[name])
         elif name in TASKS:
             chosen.add(name)
+        elif name == DENSE_TASK:
+            raise ValueError(f"{DENSE_TASK} runs in `ctvlp eval --tasks {DENSE_TASK}` only")
         else:
             valid = ", ".join([*TASKS, *TASK_GROUPS])
             raise ValueError(f"Unknown evaluation task {name!r}; valid tasks: {valid}")

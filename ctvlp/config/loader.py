@@ -20,10 +20,11 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ctvlp.config.batch import plan_from_data
 from ctvlp.config.errors import ConfigError, did_you_mean
 from ctvlp.config.evaluation_tasks import CLASSIFICATION_TASKS, parse_tasks
 from ctvlp.config.modules import MODULES, RENAMED_MODULES, current_module_name
-from ctvlp.config.schema import CHOICES, ExperimentConfig
+from ctvlp.config.schema import CHOICES, RANDOM_INIT, ExperimentConfig
 
 DEFAULTS_KEY = "defaults"
 
@@ -143,6 +144,12 @@ def _check_consistency(cfg: DictConfig) -> None:
             f"objectives.mae.decoder_lr_factor={cfg.objectives.mae.decoder_lr_factor} must be positive "
             "(1 = the decoder trains at the encoder's lr)"
         )
+    _check_cross_view(cfg)
+    if cfg.model.text.frozen_cache_mb < 0 or cfg.data.text.shuffles_per_report < 0:
+        raise ConfigError(
+            f"model.text.frozen_cache_mb={cfg.model.text.frozen_cache_mb} and "
+            f"data.text.shuffles_per_report={cfg.data.text.shuffles_per_report} must be >= 0 (0 = off)"
+        )
     best_metric = cfg.trainer.best_metric
     if best_metric is not None and not str(best_metric).startswith("val/"):
         raise ConfigError(
@@ -167,6 +174,57 @@ def _check_consistency(cfg: DictConfig) -> None:
         _check_greenrfm(cfg)
     if cfg.module == "report_generation":
         _check_report_generation(cfg)
+    if cfg.module == "segmentation":
+        _check_segmentation(cfg)
+
+
+def _check_cross_view(cfg: DictConfig) -> None:
+    """RadFound's CC-MIM term: only crop pairs exist, and it rides on the MAE objective."""
+    cross_view = cfg.objectives.mae.cross_view
+    if not cross_view.enabled:
+        return
+    if cross_view.views != "crops":
+        raise ConfigError(
+            f"objectives.mae.cross_view.views={cross_view.views} is not supported yet: no source "
+            "provides two reconstructions or two spacings of one scan. Use "
+            "objectives.mae.cross_view.views=crops (two random crops of the same volume)"
+        )
+    if cfg.module not in ("mae", "colipri"):
+        raise ConfigError(
+            f"objectives.mae.cross_view.enabled=true with module {cfg.module}: only the MAE objective "
+            "of module mae and module colipri (COLIPRI-CM/CRM) trains it"
+        )
+    if cfg.module == "colipri" and not cfg.objectives.mae.enabled:
+        raise ConfigError(
+            "objectives.mae.cross_view.enabled=true needs objectives.mae.enabled=true: the cross-view "
+            "loss is computed on the MAE steps"
+        )
+    if not cross_view.temperature > 0 or int(cross_view.proj_dim) < 1:
+        raise ConfigError(
+            f"objectives.mae.cross_view: temperature ({cross_view.temperature}) must be > 0 and "
+            f"proj_dim ({cross_view.proj_dim}) >= 1"
+        )
+
+
+def _check_uniferum_vision_weights(cfg: DictConfig) -> None:
+    """Uniferum's EfficientNet-B0 starts from 2D ImageNet weights (Sec. 3, Tab. 1): a missing file
+    stops a new experiment unless the random initialisation is chosen on purpose (a checkpoint's
+    config is not checked: its weights are trained)."""
+    weights = cfg.uniferum.vision_weights_2d
+    if cfg.module != "uniferum" or cfg.uniferum.vision != "efficientnet_b0" or weights == RANDOM_INIT:
+        return
+    how = (
+        "Uniferum inflates its 3D EfficientNet-B0 from timm's 2D ImageNet tf_efficientnet_b0. On a machine "
+        "with internet: python -c \"import timm, torch; m = timm.create_model('tf_efficientnet_b0.in1k', "
+        "pretrained=True); torch.save(m.state_dict(), 'tf_efficientnet_b0.pth')\" (or the model.safetensors "
+        "of huggingface.co/timm/tf_efficientnet_b0.in1k), copy the file here and set "
+        "uniferum.vision_weights_2d=/path/to/tf_efficientnet_b0.pth; or set "
+        f"uniferum.vision_weights_2d={RANDOM_INIT} to train from a random initialisation on purpose"
+    )
+    if weights is None:
+        raise ConfigError(f"uniferum.vision_weights_2d is not set. {how}")
+    if not Path(str(weights)).expanduser().is_file():
+        raise ConfigError(f"uniferum.vision_weights_2d={weights} does not exist. {how}")
 
 
 def _check_report_generation(cfg: DictConfig) -> None:
@@ -180,6 +238,31 @@ def _check_report_generation(cfg: DictConfig) -> None:
         raise ConfigError(
             f"reportgen: term_weight ({rg.term_weight}) must be > 0, num_beams ({rg.num_beams}) and "
             f"max_new_tokens ({rg.max_new_tokens}) >= 1, lm.max_length ({rg.lm.max_length}) >= 2"
+        )
+
+
+def _check_segmentation(cfg: DictConfig) -> None:
+    """Segmentation reads one nnU-Net / MSD dataset, and its checkpoint and sampling settings make sense."""
+    seg = cfg.segmentation
+    if cfg.data.source != "msd" or len(cfg.data.sources):
+        raise ConfigError(
+            f"module segmentation reads one dataset in the nnU-Net raw / MSD layout: set data.source=msd "
+            f"and data.root to it, and data.sources=[] (got data.source={cfg.data.source}, "
+            f"{len(cfg.data.sources)} data.sources); `ctvlp phantom --source msd_liver --out DIR` writes one"
+        )
+    if seg.init_ckpt is not None and not Path(str(seg.init_ckpt)).expanduser().is_file():
+        raise ConfigError(
+            f"segmentation.init_ckpt={seg.init_ckpt} does not exist: give a checkpoint of ctvlp fit "
+            "(runs/<experiment>/version_<k>/checkpoints/last.ckpt) or segmentation.init_ckpt=null for scratch"
+        )
+    if not 0 <= seg.foreground_oversample <= 1 or not 0 <= seg.sw_overlap < 1:
+        raise ConfigError(
+            f"segmentation: foreground_oversample ({seg.foreground_oversample}) must be in [0, 1] and "
+            f"sw_overlap ({seg.sw_overlap}) in [0, 1)"
+        )
+    if seg.sw_batch_size < 1 or seg.log_images < 0:
+        raise ConfigError(
+            f"segmentation: sw_batch_size ({seg.sw_batch_size}) must be >= 1, log_images ({seg.log_images}) >= 0"
         )
 
 
@@ -324,7 +407,16 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"Required config value(s) not set: {detail}")
     _check_choices(typed)
     _check_consistency(typed)
+    _one_device_batch(typed)
     return typed
+
+
+def _one_device_batch(cfg: DictConfig) -> None:
+    """``data.batch_size`` derived for one device where it is not given: what a single-process
+    run uses. `ctvlp fit` derives it again for its devices (ctvlp/config/batch.py)."""
+    if cfg.data.batch_size is None:
+        accumulate = int(cfg.trainer.accumulate_grad_batches)
+        cfg.data.batch_size = plan_from_data(cfg.data, accumulate).per_device
 
 
 def _dotlist(overrides: Sequence[str], example: str) -> DictConfig:
@@ -366,6 +458,7 @@ def config_from_sections(sections: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"Invalid configuration: {error}") from error
     cfg.module = current_module_name(str(cfg.module))
     _check_choices(cfg)
+    _one_device_batch(cfg)
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -399,4 +492,26 @@ def load_experiment(
         cfg = _overlay_profile(cfg, _load_composed(profile_path, root), profile_path)
     if overrides:
         cfg = OmegaConf.merge(cfg, _dotlist(overrides, example="optim.lr=3e-4"))
-    return validate(cfg)
+    typed = validate(_pin_per_device_batch(cfg))
+    _check_uniferum_vision_weights(typed)
+    return typed
+
+
+def _pin_per_device_batch(cfg: DictConfig) -> DictConfig:
+    """A ``data.batch_size`` given explicitly fixes the per-device batch and replaces
+    ``data.global_batch_size`` (ctvlp/config/batch.py), with a warning naming both."""
+    per_device = OmegaConf.select(cfg, "data.batch_size")
+    global_batch = OmegaConf.select(cfg, "data.global_batch_size")
+    if per_device is None:
+        return cfg
+    if global_batch is not None:
+        log.warning(
+            "data.batch_size=%s given: it fixes the per-device batch and replaces data.global_batch_size=%s "
+            "(the global batch becomes %s x devices x nodes x accumulation). Set data.global_batch_size "
+            "instead to keep the recipe's batch on any device count",
+            per_device,
+            global_batch,
+            per_device,
+        )
+    cfg.data.global_batch_size = None  # not the schema's default either
+    return cfg

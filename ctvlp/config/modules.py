@@ -18,6 +18,7 @@ MODULES: dict[str, str] = {
     "mae": "lightning_modules.mae:MAEModule",
     "greenrfm": "lightning_modules.greenrfm:GreenRFMModule",
     "report_generation": "lightning_modules.report_generation:ReportGenerationModule",
+    "segmentation": "lightning_modules.segmentation:SegmentationModule",
 }
 
 # Names written by earlier versions of ctvlp (experiment YAMLs, checkpoints) -> today's name.

@@ -20,6 +20,10 @@ class TextDataConfig:
     # Which report sections feed the text encoder: findings | impressions | both.
     section: str = "findings"
     sentence_shuffle: bool = True
+    # > 0: each report's augmentation (shortening and sentence order) comes from one of this many
+    # fixed per-report seeds, so at most this many texts per report and a frozen text backbone's
+    # cache (model.text.frozen_cache_mb) hits; 0 = a fresh draw every time (the paper).
+    shuffles_per_report: int = 0
     # Probability of replacing a report with its shortened findings (sidecar JSON, see
     # datamodules/text.py). Used only when the sidecar exists.
     shorten_p: float = 0.25
@@ -87,8 +91,19 @@ class DataConfig:
     # Each sample also carries its crop's organ class map (the cache then holds the organ masks of
     # the sources that have them): GreenRFM's coarse segmentation target (greenrfm.seg_weight).
     organ_masks: bool = False
-    # Per device; the CLIP loss gathers across ranks, so the contrastive batch is global.
-    batch_size: int = 16
+    # Samples per optimiser step over every device, node and accumulation step: the paper's batch
+    # (COLIPRI 16, the default; Uniferum 64), whatever the machine. `ctvlp fit` derives the per-device batch once
+    # the Trainer knows its devices: global / (devices x nodes x trainer.accumulate_grad_batches),
+    # or stops when that does not divide (ctvlp/config/batch.py). The CLIP loss gathers across
+    # ranks, so one micro-batch's contrastive batch is global / accumulation.
+    global_batch_size: int | None = 16
+    # The per-device batch. null: derived from global_batch_size (config.yaml records the value a
+    # run used). Given explicitly (a YAML or the command line), it pins the per-device batch and
+    # replaces global_batch_size (a warning says so): the global batch then grows with the devices.
+    batch_size: int | None = None
+    # A memory cap on the derived per-device batch: above it, gradient accumulation is raised to
+    # the smallest count that fits (null: trainer.accumulate_grad_batches as given).
+    max_batch_per_device: int | None = None
     num_workers: int = 8
     # Patients moved from the official train split to our internal validation split.
     val_patients: int = 1000
@@ -139,6 +154,9 @@ class TextModelConfig:
     name_or_path: str = "minilm"
     max_length: int = 512
     freeze: bool = False
+    # With `freeze`: a RAM cache (MB; 0 = off) of the frozen backbone's hidden states per exact
+    # token sequence, fp32, least recently used out (lightning_modules/nets/frozen_text_cache.py).
+    frozen_cache_mb: float = 1024.0
 
 
 @dataclass
@@ -178,6 +196,9 @@ class TrainerConfig:
     strategy: str = "auto"
     precision: str = "bf16-mixed"
     gradient_clip_val: float | None = 1.0
+    # Micro-batches per optimiser step (data.global_batch_size includes them); raised by
+    # data.max_batch_per_device where that cap needs it.
+    accumulate_grad_batches: int = 1
     val_check_interval: int = 5000
     log_every_n_steps: int = 50
     # When stdout is not a terminal (a SLURM log, `make demo > log`) the tqdm bar is off and a
@@ -258,6 +279,37 @@ class RRGConfig:
 
 
 @dataclass
+class CrossViewConfig:
+    """RadFound's CC-MIM (Liu et al., arXiv:2409.16183, Methods "Vision encoder"): a contrastive
+    loss between two views of the same scan beside the MAE loss (``objectives.mae.cross_view``).
+
+    RadFound states only that CC-MIM adds an inter-image contrastive term ("ICC") to masked image
+    modelling, positives being views of one study (its figure: frontal / lateral radiographs); it
+    gives no weight, temperature, projection or pooling. Each view's embedding here is the mean of
+    the encoder tokens of its visible (unmasked) patches, taken from the MAE forward itself (no
+    second encoder pass), through a 2-layer MLP to ``proj_dim``; the loss is the symmetric InfoNCE
+    of ``nets.clip_loss`` between the two views (positives: the same study; negatives: the other
+    studies of the batch, gathered across ranks).
+    """
+
+    enabled: bool = False
+    # lambda: loss = L_MAE (mean over the two views) + weight * L_InfoNCE. Not stated; ASSUMPTION
+    # 0.1: at initialisation ln(batch) ~ 2-3 against a voxel MSE ~ 0.2-0.3, so neither dominates.
+    weight: float = 0.1
+    # Fixed softmax temperature. Not stated; ASSUMPTION 0.2 (MoCo v3's ViT value).
+    # learn_temperature: a learnable logit scale initialised at 1 / temperature, as CLIP's.
+    temperature: float = 0.2
+    learn_temperature: bool = False
+    # What the two views are. crops: two independent random crops (and augmentations) of the same
+    # volume, which every source supports. reconstructions (two reconstruction kernels of one scan)
+    # and spacings (one scan at two spacings) are RadFound-like pairs no source provides yet.
+    views: str = "crops"
+    # The projection head: encoder width -> encoder width (GELU) -> proj_dim (SimCLR's head;
+    # ASSUMPTION 128).
+    proj_dim: int = 128
+
+
+@dataclass
 class MAEConfig:
     """Masked autoencoding of the image encoder (COLIPRI Sec. 4.3, Tab. 5; COLIPRI-CM settings).
 
@@ -293,6 +345,8 @@ class MAEConfig:
     decoder_lr_factor: float = 1.0
     # Validation volumes shown as input / masked input / reconstruction slices per validation.
     log_volumes: int = 2
+    # RadFound's CC-MIM: an InfoNCE between two views of each volume beside the MAE loss.
+    cross_view: CrossViewConfig = field(default_factory=CrossViewConfig)
 
 
 @dataclass
@@ -311,8 +365,11 @@ class UniferumConfig:
     # (model.image.size, tokens at 1/primus_patch; the COLIPRI encoder).
     vision: str = "efficientnet_b0"
     primus_patch: int = 32
-    # A local 2D EfficientNet-B0 state dict (MONAI / efficientnet_pytorch keys) inflated along depth;
-    # copy (paper) repeats kernels, mean divides them by the depth (I3D). None: random init.
+    # efficientnet_b0: a local 2D EfficientNet-B0 state dict (.pth or .safetensors; the paper's timm
+    # tf_efficientnet_b0 ImageNet weights, or MONAI / efficientnet_pytorch keys) inflated along depth.
+    # Required at paper settings (`ctvlp fit` stops while it is null; lightning_modules/nets/
+    # efficientnet3d.py says how to get the file); "none" = random init on purpose (a warning).
+    # copy (paper) repeats kernels, mean divides them by the depth (I3D).
     vision_weights_2d: str | None = None
     inflate_mode: str = "copy"
     # Fusion: the first N layers of model.text.name_or_path.
@@ -415,6 +472,29 @@ class ReportGenConfig:
     log_reports: int = 3
 
 
+@dataclass
+class SegmentationConfig:
+    """Semantic segmentation fine-tuning of a Primus encoder (module: segmentation; COLIPRI Sec. 6.4,
+    App. C.6; docs/segmentation.md). Data: data.source msd (nnU-Net raw / MSD layout)."""
+
+    # A checkpoint of `ctvlp fit` whose Primus image encoder initialises the encoder (COLIPRI family,
+    # MAE, CapPa). null: from scratch (random init).
+    init_ckpt: str | None = None
+    # The class names in label-value order (background first). null: read from data.root's
+    # dataset.json (the module stores them in its checkpoints).
+    labels: list[str] | None = None
+    # Share of training patches centred on a foreground voxel (nnU-Net: 0.33).
+    foreground_oversample: float = 0.33
+    # Whole-volume evaluation: MONAI sliding windows of data.crop_size, Gaussian-weighted.
+    sw_overlap: float = 0.5
+    sw_batch_size: int = 2
+    # Validation volumes shown in TensorBoard as image | label | prediction (0 = none).
+    log_images: int = 2
+
+
+# uniferum.vision_weights_2d's value for a random initialisation chosen on purpose.
+RANDOM_INIT = "none"
+
 # Keys whose value must come from a fixed set; checked with the schema.
 CHOICES: dict[str, tuple[str, ...]] = {
     "uniferum.vision": ("efficientnet_b0", "primus"),
@@ -429,6 +509,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.image.size": ("tiny", "S", "B", "M", "L"),
     "model.image.pooler": ("attention", "multi_query", "mean", "max"),
     "objectives.mae.style": ("random", "block", "inverse_block"),
+    "objectives.mae.cross_view.views": ("crops", "reconstructions", "spacings"),
     "loss.kind": ("softmax", "sigmoid"),
     "optim.name": ("adamw",),
     "optim.schedule": ("poly", "cosine", "linear", "constant"),
@@ -456,3 +537,4 @@ class ExperimentConfig:
     uniferum: UniferumConfig = field(default_factory=UniferumConfig)
     greenrfm: GreenRFMConfig = field(default_factory=GreenRFMConfig)
     reportgen: ReportGenConfig = field(default_factory=ReportGenConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)

@@ -206,15 +206,16 @@ def draw_anatomy(canvas: Canvas, an: ChestAnatomy) -> None:
     for lung in an.lungs.values():
         canvas.mark("lungs", canvas.fill(lung.region(canvas), LUNG))
 
-    def solid(shape: Shape, hu: float, mask: str | None = None) -> None:
+    def solid(shape: Shape, hu: float, mask: str | None = None, finding: str | None = None) -> None:
         reg = canvas.fill(shape.region(canvas), hu)
         canvas.mark("lungs", reg, on=False)
+        canvas.mark_finding(finding, reg)  # what is drawn over the pericardial fluid is no longer fluid
         if mask is not None:
             canvas.mark(mask, reg)
 
     solid(an.mediastinum, MEDIASTINAL_FAT)
     if an.pericardium_mm > 0:
-        solid(Shell(an.heart, an.pericardium_mm), 10.0)
+        solid(Shell(an.heart, an.pericardium_mm), 10.0, finding="Pericardial effusion")
     solid(an.heart, MYOCARDIUM, "heart")
     solid(an.heart.scaled(0.72), an.blood_hu, "heart")
     for seg in an.aorta_segments():

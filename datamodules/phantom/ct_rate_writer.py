@@ -10,6 +10,8 @@ Layout under ``out/`` (the role of CT-RATE's ``dataset/`` folder)::
     no_chest_train.txt, no_chest_valid.txt      (head CTs a reader must drop)
     ts_seg/ts_total/{train,valid}_fixed/...     TotalSegmentator-style label maps, one per volume
     ts_seg/ts_body/{train,valid}_fixed/...      (same relative path and voxel grid as the volume)
+    finding_masks/{train,valid}_fixed/...       one uint8 label map of the drawn findings per volume
+    finding_masks/labels.json                    ({value: CT-RATE label}; datamodules/finding_mask_layout.py)
     shortened_findings.json                      ({VolumeName: {"positive": [...], "negative": [...]}})
     structured_findings.json                     ({VolumeName: {CapPa section: [sentence, ...]}},
                                                   chest CTs; the truth `ctvlp annotate` must match)
@@ -43,6 +45,10 @@ Geometry and intensity conventions (what a correct reader must do)
   10-14, heart 51, aorta 52, vertebrae 27-43 by 26 mm level), ``ts_seg/ts_body/`` the body outline
   (1 = body_trunc; TotalSegmentator's ``body`` task, which CT-RATE itself does not ship). Each map
   is stored exactly like its volume: same array orientation (RAS or LPS) and the same lying header.
+* Finding masks (``finding_masks/``, stored like the volume and the organ maps): value
+  ``FINDING_LABEL_VALUES[label]`` where that finding was painted last (what the voxels show), for
+  every drawn label with a spatial extent, Pericardial effusion included; Cardiomegaly (a heart
+  size) has none. Head CTs get an empty map.
 * Metadata columns are strings where CT-RATE's are: ``PatientAge`` is DICOM-style (``"057Y"``),
   ``ImagePositionPatient`` etc. are list strings. Don't derive geometry from them.
 
@@ -61,8 +67,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from datamodules.finding_mask_layout import (
+    FINDING_MASKS_DIR,
+    finding_label_map,
+    write_label_names,
+)
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.phantom.anatomy import Habitus, sample_habitus
+from datamodules.phantom.findings import DRAWN_LABELS
 from datamodules.phantom.geometry import Grid
 from datamodules.phantom.reports import Report, chest_report, head_report
 from datamodules.phantom.scene import (
@@ -157,8 +169,11 @@ _OWNED = [
     "shortened_findings.json",
     "structured_findings.json",
     TS_SEG_DIR,
+    FINDING_MASKS_DIR,
     MANIFEST,
 ]
+# The drawn labels that have voxels of their own (Cardiomegaly only enlarges the heart).
+MASKED_LABELS = [label for label in DRAWN_LABELS if label != "Cardiomegaly"]
 _SCANNERS = [
     ("SIEMENS", "SOMATOM Definition Edge", ["Br40d", "Bl57d", "I70f"]),
     ("PHILIPS", "Ingenuity CT", ["B", "YA", "L"]),
@@ -203,6 +218,8 @@ class VolumeJob:
     noise_seed: tuple[int, ...]
     # TotalSegmentator task folder -> where this volume's label map goes (ts_seg/<task>/<same path>).
     seg_paths: tuple[tuple[str, Path], ...] = ()
+    # Where this volume's finding label map goes (finding_masks/<same path>); None: not written.
+    finding_mask_path: Path | None = None
 
 
 @dataclass
@@ -275,7 +292,7 @@ def totalseg_label_maps(masks: dict[str, np.ndarray], grid: Grid) -> dict[str, n
 
 def write_volume(job: VolumeJob) -> None:
     """Render and write one volume with the CT-RATE quirks (raw int16, wrong zooms, LPS/RAS), and
-    its TotalSegmentator-style label maps stored the same way."""
+    its TotalSegmentator-style label maps and finding label map stored the same way."""
     rendered = render(job.case, job.grid, np.random.default_rng(list(job.noise_seed)))
     raw = np.rint((rendered.hu - np.float32(job.intercept)) / np.float32(job.slope))
     raw = np.clip(raw, -32768, 32767).astype(np.int16)
@@ -284,6 +301,9 @@ def write_volume(job: VolumeJob) -> None:
     for task, path in job.seg_paths:
         label_map = label_maps[task]
         save_nifti(label_map[::-1, ::-1, :] if job.lps else label_map, path, aff)
+    if job.finding_mask_path is not None:
+        findings = finding_label_map(rendered.findings, job.grid.shape)
+        save_nifti(findings[::-1, ::-1, :] if job.lps else findings, job.finding_mask_path, aff)
     save_nifti(raw[::-1, ::-1, :] if job.lps else raw, job.path, aff)
 
 
@@ -456,6 +476,7 @@ def _plan(out: Path, n: int, seed: int) -> list[_Scan]:
                         seg_paths=tuple(
                             (task, out / TS_SEG_DIR / task / relative) for task in (TS_TOTAL, TS_BODY)
                         ),
+                        finding_mask_path=out / FINDING_MASKS_DIR / relative,
                     )
                     scan.volumes.append((name, job, _metadata(name, scan, job, _rng(seed, _S_META, idx, r))))
                 scans.append(scan)
@@ -514,6 +535,7 @@ def write_phantom_ct_rate(
     jobs = [job for scan in scans for _, job, _ in scan.volumes]
     run_jobs(write_volume, jobs, workers, progress, "phantom CT-RATE", chunksize=4)
     _write_tables(out, scans)
+    write_label_names(out, MASKED_LABELS)
 
     n_train = sum(len(s.volumes) for s in scans if s.split == "train")
     chest = [s for s in scans if not s.head]

@@ -465,10 +465,12 @@ def _device_parts(an: ChestAnatomy, device: str, rng: np.random.Generator) -> li
 
 
 def draw_findings(canvas: Canvas, findings: list[Finding]) -> None:
-    """Paint the findings in list order on top of the anatomy."""
+    """Paint the findings in list order on top of the anatomy. Each painted part is recorded in its
+    finding's canvas mask (``Canvas.finding_masks``), taken from any finding painted earlier there."""
     for f in findings:
         for part in f.parts:
             within = canvas.mask(part.within) if part.within is not None else None
             reg = canvas.fill(part.shape.region(canvas), part.hu, within)
             for name in part.clears:
                 canvas.mark(name, reg, on=False)
+            canvas.mark_finding(f.label, reg)

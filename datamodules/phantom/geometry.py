@@ -36,6 +36,15 @@ class Grid:
         return out[0], out[1], out[2]
 
 
+# Canvas masks named with this prefix hold the voxels a finding (a CT-RATE label) was painted in.
+FINDING_MASK_PREFIX = "finding:"
+
+
+def finding_mask_name(label: str) -> str:
+    """The canvas mask of the finding ``label`` (``"finding:Lung nodule"``)."""
+    return f"{FINDING_MASK_PREFIX}{label}"
+
+
 class Canvas:
     """A float32 HU volume on a :class:`Grid` plus named boolean masks."""
 
@@ -78,6 +87,19 @@ class Canvas:
             m = m & within[sl]
         self.hu[sl][m] = value
         return sl, m
+
+    def finding_masks(self) -> dict[str, np.ndarray]:
+        """Label -> boolean mask of the findings painted so far (see :meth:`mark_finding`)."""
+        n = len(FINDING_MASK_PREFIX)
+        return {name[n:]: m for name, m in self.masks.items() if name.startswith(FINDING_MASK_PREFIX)}
+
+    def mark_finding(self, label: str | None, region: Region | None) -> None:
+        """``region`` was painted last: it now belongs to the finding ``label`` (``None``: to no
+        finding, e.g. anatomy drawn over it) and to no other finding."""
+        for name in [n for n in self.masks if n.startswith(FINDING_MASK_PREFIX)]:
+            self.mark(name, region, on=False)
+        if label is not None:
+            self.mark(finding_mask_name(label), region)
 
     def mark(self, name: str, region: Region | None, on: bool = True) -> None:
         """Add ``region`` to (``on``) or remove it from (``not on``) the named mask."""

@@ -58,10 +58,12 @@ Case = ChestCase | HeadCase
 
 @dataclass
 class Rendered:
-    """HU volume (float32, canonical RAS+ axis order, see :mod:`geometry`) and organ masks."""
+    """HU volume (float32, canonical RAS+ axis order, see :mod:`geometry`), organ masks, and the
+    masks of the findings drawn with a spatial extent (label -> voxels that show it)."""
 
     hu: np.ndarray
     masks: dict[str, np.ndarray]
+    findings: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def sample_chest_case(rng: np.random.Generator, habitus: Habitus) -> ChestCase:
@@ -87,10 +89,12 @@ def render(case: Case, grid: Grid, rng: np.random.Generator, noise_hu: float = 1
         draw_anatomy(canvas, case.anatomy)
         draw_findings(canvas, case.findings)
         masks = {name: canvas.mask(name) for name in ORGANS}
+        findings = {label: m for label, m in canvas.finding_masks().items() if m.any()}
     else:
         draw_head(canvas, case.anatomy)
         masks = {"body": canvas.mask("body")}
+        findings = {}
     hu = canvas.hu
     hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_hu)
     np.clip(hu, HU_MIN, HU_MAX, out=hu)
-    return Rendered(hu, masks)
+    return Rendered(hu, masks, findings)

@@ -65,16 +65,23 @@ class AttentionPool1D(nn.Module):
         b_v = self.attn.in_proj_bias[2 * dim :]
         return w_v, b_v, self.attn.out_proj.weight, self.attn.out_proj.bias
 
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-token embeddings in the pooled (joint image-text) space, the MaskCLIP trick: each token
+        through the value projection, then the output projection, no query-key attention. What
+        :meth:`forward` returns when all attention falls on that one token (every head, every query).
+
+        tokens: (..., N, C) -> (..., N, C). Live parameters, so gradients flow.
+        """
+        w_v, b_v, w_o, b_o = self._value_out_params()
+        return F.linear(F.linear(tokens, w_v, b_v), w_o, b_o)
+
     def forward_dense(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """Differentiable dense map (MaskCLIP trick): value then output projection per position.
+        """Differentiable dense map (MaskCLIP trick): :meth:`token_embeddings` at every position.
 
         feature_map: (B, C, *spatial) -> (B, C, *spatial). Uses the live parameters, so gradients
         flow; ``to_dense()`` builds a detached, colipri-compatible module instead.
         """
-        w_v, b_v, w_o, b_o = self._value_out_params()
-        channels_last = torch.movedim(feature_map, 1, -1)
-        dense = F.linear(F.linear(channels_last, w_v, b_v), w_o, b_o)
-        return torch.movedim(dense, -1, 1)
+        return torch.movedim(self.token_embeddings(torch.movedim(feature_map, 1, -1)), -1, 1)
 
     def to_dense(self) -> nn.Sequential:
         """Two 1×1×1 Conv3d layers (value projection, output projection), as in colipri.

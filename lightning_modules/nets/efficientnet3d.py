@@ -5,10 +5,19 @@ of the input), initialised from 2D ImageNet weights by repeating every 2D kernel
 (Uniferum Sec. 3.6). MONAI's ``EfficientNetBN(spatial_dims=3)`` needs only torch (``timm_3d`` needs
 torchvision builds that do not install beside our torch).
 
-The 2D weights come from a local file (nothing is downloaded): a state dict of MONAI's 2D
-``EfficientNetBN("efficientnet-b0", spatial_dims=2)`` or of ``efficientnet_pytorch``
+The 2D weights come from a local file (nothing is downloaded), ``.pth`` or ``.safetensors``: the
+paper's timm ``tf_efficientnet_b0`` (ImageNet; TF "same" padding and batch-norm eps 1e-3, as
+MONAI's EfficientNetBN; its names are mapped to MONAI's block by block), a state dict of MONAI's
+2D ``EfficientNetBN("efficientnet-b0", spatial_dims=2)`` or of ``efficientnet_pytorch``
 (``efficientnet-b0-355c32eb.pth``, the file MONAI's ``pretrained=True`` fetches; its keys lack
 MONAI's stage index and are matched the way MONAI does).
+
+The timm file, on a machine with internet (then copy it over)::
+
+    python -c "import timm, torch; m = timm.create_model('tf_efficientnet_b0.in1k', pretrained=True);
+    torch.save(m.state_dict(), 'tf_efficientnet_b0.pth')"
+
+or ``model.safetensors`` of the Hugging Face repository ``timm/tf_efficientnet_b0.in1k``.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from pathlib import Path
 
 import torch
 from monai.networks.nets import EfficientNetBN
+from safetensors.torch import load_file
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -26,6 +36,30 @@ log = logging.getLogger(__name__)
 FEATURE_DIM = 1280
 DOWNSAMPLE = 32
 _STAGE_INDEX = re.compile(r"(.+)\.\d+(\.\d+\..+)")  # MONAI "_blocks.3.1.x" -> "_blocks.3.x" style
+
+# timm's EfficientNet names -> MONAI's: the stem and head, the depthwise-separable blocks (no
+# expansion: stage 0) and the inverted-residual blocks (every other stage).
+_TIMM_TOP = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1"}
+_TIMM_SEPARABLE = {
+    "conv_dw": "_depthwise_conv",
+    "bn1": "_bn1",
+    "se.conv_reduce": "_se_reduce",
+    "se.conv_expand": "_se_expand",
+    "conv_pw": "_project_conv",
+    "bn2": "_bn2",
+}
+_TIMM_INVERTED = {
+    "conv_pw": "_expand_conv",
+    "bn1": "_bn0",
+    "conv_dw": "_depthwise_conv",
+    "bn2": "_bn1",
+    "se.conv_reduce": "_se_reduce",
+    "se.conv_expand": "_se_expand",
+    "conv_pwl": "_project_conv",
+    "bn3": "_bn2",
+}
+_TIMM_BLOCK = re.compile(r"blocks\.(\d+)\.(\d+)\.(.+)\.([a-z_]+)$")
+_MONAI_BLOCK = re.compile(r"_blocks\.(\d+)\.(\d+)\.")
 
 
 class EfficientNet3DEncoder(nn.Module):
@@ -95,14 +129,66 @@ def inflate_state_dict(
     return out, missing
 
 
-def load_inflated_weights(encoder: EfficientNet3DEncoder, path: str | Path, mode: str = "copy") -> list[str]:
-    """Inflate the 2D EfficientNet-B0 state dict at ``path`` into ``encoder``; returns keys not set."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+def is_timm_state_dict(state: dict[str, torch.Tensor]) -> bool:
+    return "conv_stem.weight" in state and "blocks.0.0.conv_dw.weight" in state
+
+
+def timm_to_monai_names(state: dict[str, torch.Tensor], target_keys: list[str]) -> dict[str, torch.Tensor]:
+    """A timm EfficientNet state dict under MONAI's names. Blocks are paired in order: timm's
+    ``blocks.<stage>.<i>`` with MONAI's ``_blocks.<stage>.<running index>``; the classifier is dropped."""
+    timm_blocks = sorted({m.groups()[:2] for k in state if (m := _TIMM_BLOCK.match(k))}, key=_as_ints)
+    monai_blocks = sorted({m.groups() for k in target_keys if (m := _MONAI_BLOCK.match(k))}, key=_as_ints)
+    if len(timm_blocks) != len(monai_blocks):
+        raise ValueError(
+            f"the timm state dict has {len(timm_blocks)} blocks, the 3D EfficientNet-B0 {len(monai_blocks)}: "
+            "not a tf_efficientnet_b0 / efficientnet_b0 file"
+        )
+    block_name = {t: f"_blocks.{m[0]}.{m[1]}" for t, m in zip(timm_blocks, monai_blocks, strict=True)}
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        block = _TIMM_BLOCK.match(key)
+        if block is None:
+            module, _, leaf = key.rpartition(".")
+            if module in _TIMM_TOP:
+                renamed[f"{_TIMM_TOP[module]}.{leaf}"] = value
+            continue
+        stage, index, module, leaf = block.groups()
+        inverted = f"blocks.{stage}.{index}.conv_pwl.weight" in state
+        names = _TIMM_INVERTED if inverted else _TIMM_SEPARABLE
+        if module in names:
+            renamed[f"{block_name[(stage, index)]}.{names[module]}.{leaf}"] = value
+    return renamed
+
+
+def _as_ints(pair: tuple[str, str]) -> tuple[int, int]:
+    return int(pair[0]), int(pair[1])
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file or a ``torch.save`` file (plain tensors only)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    return state
+
+
+def load_inflated_weights(encoder: EfficientNet3DEncoder, path: str | Path, mode: str = "copy") -> list[str]:
+    """Inflate the 2D EfficientNet-B0 state dict at ``path`` into ``encoder``; returns keys not set.
+    A file that sets not even the stem is refused (a wrong file would train from random weights)."""
+    state = read_state_dict(path)
     prefix = "net."
     target = {k[len(prefix) :]: v for k, v in encoder.state_dict().items()}
+    if is_timm_state_dict(state):
+        state = timm_to_monai_names(state, list(target))
     inflated, missing = inflate_state_dict(state, target, mode)
+    if "_conv_stem.weight" in missing:
+        raise ValueError(
+            f"{path} holds no EfficientNet-B0 stem ('conv_stem.weight' of timm, '_conv_stem.weight' of "
+            "MONAI / efficientnet_pytorch): not a 2D EfficientNet-B0 state dict"
+        )
     encoder.load_state_dict({prefix + k: v for k, v in inflated.items()})
     weights = [k for k in missing if not k.endswith("num_batches_tracked")]
     if weights:

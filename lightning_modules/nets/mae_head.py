@@ -101,6 +101,7 @@ class MAEOutput(NamedTuple):
     prediction: torch.Tensor  # (B, N, P) every patch's prediction (in target space)
     target: torch.Tensor  # (B, N, P)
     mask: PatchMask
+    visible: torch.Tensor  # (B, N_keep, encoder_dim) the encoder tokens of the visible patches
 
 
 class MAEDecoder(nn.Module):
@@ -192,7 +193,7 @@ class MAEHead(nn.Module):
         visible = encode_visible(backbone, images, mask.keep_indices)
         target = self.targets(images)
         prediction = self.decoder(visible, mask.keep_indices) + visible_mean(target, mask.masked)
-        return MAEOutput(masked_mse(prediction, target, mask.masked), prediction, target, mask)
+        return MAEOutput(masked_mse(prediction, target, mask.masked), prediction, target, mask, visible)
 
     def reconstruction(self, images: torch.Tensor, output: MAEOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked input, reconstruction) volumes like ``images``, for display: the masked input is

@@ -59,11 +59,14 @@ def build_primus(
     embed_dim: int | None = None,
     depth: int | None = None,
     num_heads: int | None = None,
+    num_classes: int | None = None,
 ) -> Primus:
     """Build an encoder-only Primus; ``forward(x: (B,1,D,H,W)) -> (B, C, D/p, H/p, W/p)``.
 
     ``size`` picks a row of ``PRIMUS_SIZES``; ``embed_dim``/``depth``/``num_heads`` override it.
     RoPE is built for exactly ``input_size``, so the backbone only accepts that input shape.
+    ``num_classes``: keep Primus' own patch decoder (``up_projection``) with that many output
+    channels, the whole Primus segmentation network: ``forward -> (B, num_classes, D, H, W)`` logits.
     """
     if size not in PRIMUS_SIZES:
         raise ValueError(f"Unknown Primus size {size!r}. Valid sizes: {_valid_sizes_text()}")
@@ -96,7 +99,7 @@ def build_primus(
         input_channels=1,
         embed_dim=dim,
         patch_embed_size=patch,
-        num_classes=1,
+        num_classes=1 if num_classes is None else int(num_classes),
         eva_depth=conf["eva_depth"],
         eva_numheads=heads,
         input_shape=shape,
@@ -107,7 +110,8 @@ def build_primus(
         init_values=layer_scale_init,
         scale_attn_inner=scale_attn_inner,
     )
-    backbone.up_projection = nn.Identity()
+    if num_classes is None:
+        backbone.up_projection = nn.Identity()
     return backbone
 
 

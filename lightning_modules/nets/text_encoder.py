@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from lightning_modules.nets.attention_pool import build_pooler
+from lightning_modules.nets.frozen_text_cache import FrozenBackboneCache
 
 MINILM_ALIASES = ("minilm",)
 
@@ -136,6 +137,11 @@ class TextEncoder(nn.Module):
     and in eval mode (no dropout), also when the module is in train mode: its forward switches it
     to eval for the call only. Its mode flags follow the module's, so Lightning does not count
     its ~120 sub-modules as "in eval mode at the start of training".
+
+    ``frozen_cache_mb`` > 0 with a frozen backbone caches its hidden states per token sequence
+    (``frozen_text_cache.py``; each sequence then runs alone, unpadded); the cache empties when
+    weights are loaded or the module moves to another device or dtype. The tokens at padding
+    positions are then zero instead of the backbone's (masked) padding states.
     """
 
     def __init__(
@@ -146,6 +152,7 @@ class TextEncoder(nn.Module):
         freeze_backbone: bool = False,
         pooler: str = "attention",
         trust_remote_code: bool | None = None,
+        frozen_cache_mb: float = 0.0,
     ) -> None:
         super().__init__()
         backbone, path = load_text_backbone(name_or_path, trust_remote_code)
@@ -161,10 +168,30 @@ class TextEncoder(nn.Module):
         self.freeze_backbone = bool(freeze_backbone)
         if self.freeze_backbone:
             self.backbone.requires_grad_(False)
+        self.frozen_cache = (
+            FrozenBackboneCache(frozen_cache_mb) if self.freeze_backbone and frozen_cache_mb > 0 else None
+        )
+
+    def _clear_frozen_cache(self) -> None:
+        if getattr(self, "frozen_cache", None) is not None:
+            self.frozen_cache.clear()
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # new weights: cached states are stale
+        self._clear_frozen_cache()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half(): cached states are stale
+        self._clear_frozen_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _backbone_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.frozen_cache is not None:
+            return self.frozen_cache.hidden_states(self.backbone, input_ids, attention_mask)
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TextOutput:
         frozen = self.freeze_backbone
         with torch.no_grad() if frozen else contextlib.nullcontext(), eval_mode(self.backbone, frozen):
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self._backbone_states(input_ids, attention_mask)
         tokens = self.projection(hidden) if hasattr(self, "projection") else hidden
         return TextOutput(tokens=tokens, pooled=self.pooler(tokens, attention_mask))

@@ -1,6 +1,7 @@
-"""A 2-process DDP run (CPU, gloo) of colipri_c + cpu_demo matches one process with the doubled
-batch: the same samples per step (datamodules/samplers.py), the CLIP gather with gradients and
-DDP gradient averaging give the same losses and weights."""
+"""A 2-process DDP run (CPU, gloo) of colipri_c + cpu_demo matches one process at the same global
+batch: the per-device batch is derived (ctvlp/config/batch.py), the same samples per step
+(datamodules/samplers.py), the CLIP gather with gradients and DDP gradient averaging give the same
+losses and weights."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 STEPS = 4
@@ -44,10 +46,18 @@ def _losses(run: Path) -> list[float]:
 def test_two_process_ddp_matches_single_process_doubled_batch(
     phantom_overrides: list[str], tmp_path: Path
 ) -> None:
-    single = _run(phantom_overrides, tmp_path / "single", "data.batch_size=8")
+    single = _run(phantom_overrides, tmp_path / "single", "data.global_batch_size=8")
     ddp = _run(
-        phantom_overrides, tmp_path / "ddp", "data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp"
+        phantom_overrides,
+        tmp_path / "ddp",
+        "data.global_batch_size=8",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
     )
+    for run, per_device, devices in ((single, 8, 1), (ddp, 4, 2)):
+        config = OmegaConf.load(run / "config.yaml")
+        assert (config.data.global_batch_size, config.data.batch_size) == (8, per_device)
+        assert config.trainer.devices == devices
     single_losses, ddp_losses = _losses(single), _losses(ddp)
     assert len(single_losses) == len(ddp_losses) == STEPS
     assert torch.allclose(torch.tensor(ddp_losses), torch.tensor(single_losses), atol=1e-4), (

@@ -89,3 +89,30 @@ def test_simple_poolers_and_errors():
         AttentionPool1D(1, 1)(x, torch.zeros(1, 3))
     with pytest.raises(ValueError, match="Unknown pooler"):
         build_pooler("cls", 8, 2)
+
+
+def _hand_set_pool(pool: AttentionPool1D) -> None:
+    """Value projection 2x + (1, 0), output projection swaps the channels and adds (0, -1)."""
+    with torch.no_grad():
+        pool.attn.in_proj_weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]] * 2 + [[2.0, 0.0], [0.0, 2.0]]))
+        pool.attn.in_proj_bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+        pool.attn.out_proj.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+        pool.attn.out_proj.bias.copy_(torch.tensor([0.0, -1.0]))
+
+
+@pytest.mark.parametrize(
+    "pool", [AttentionPool1D(2, 1), MultiLearnedQueryAttentionPool1D(2, 1, num_queries=3)]
+)
+def test_token_embeddings_are_the_pooled_output_when_attention_is_one_hot(pool: AttentionPool1D):
+    _hand_set_pool(pool)
+    tokens = torch.tensor([[[5.0, -4.0], [1.0, 3.0], [-2.0, 7.0]]])
+    with torch.no_grad():
+        maskclip = pool.token_embeddings(tokens)
+        # token (1, 3): value (2*1 + 1, 2*3) = (3, 6); swapped (6, 3); plus (0, -1) -> (6, 2)
+        torch.testing.assert_close(maskclip[0, 1], torch.tensor([6.0, 2.0]))
+        torch.testing.assert_close(maskclip[0, 0], torch.tensor([-8.0, 10.0]))
+        # Only token 1 valid: every attention weight is one-hot on it.
+        pooled = pool(tokens, torch.tensor([[0, 1, 0]]))
+    torch.testing.assert_close(pooled[0], maskclip[0, 1])
+    feature_map = tokens.permute(0, 2, 1)[..., None, None]  # (B, C, 3, 1, 1)
+    torch.testing.assert_close(pool.forward_dense(feature_map).flatten(2).permute(0, 2, 1), maskclip)

@@ -6,9 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import EfficientNetBN
+from safetensors.torch import save_file
 
 from lightning_modules.nets.efficientnet3d import (
     EfficientNet3DEncoder,
@@ -94,3 +96,43 @@ def test_efficientnet_pytorch_keys_without_the_stage_index_are_matched(
     from_flat, missing_flat = inflate_state_dict(flat, target)
     assert missing_monai == missing_flat == []
     assert all(torch.equal(from_monai[k], from_flat[k]) for k in target)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_timm_tf_efficientnet_b0_weights_are_inflated_into_every_3d_tensor(
+    suffix: str, tmp_path: Path
+) -> None:
+    """The paper's file: timm's tf_efficientnet_b0 state dict (random weights here, same names and
+    shapes as the ImageNet one). Every 3D tensor comes from its timm counterpart: block 1.0's
+    depthwise kernel repeated along depth, the stem summed over RGB, the head's batch-norm statistics."""
+    torch.manual_seed(0)
+    net_2d = timm.create_model("tf_efficientnet_b0", pretrained=False)
+    state = {k: v.clone() for k, v in net_2d.state_dict().items()}
+    path = tmp_path / f"tf_efficientnet_b0{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    encoder = EfficientNet3DEncoder()
+    assert load_inflated_weights(encoder, path) == []
+    loaded = encoder.state_dict()
+    depthwise = loaded["net._blocks.1.1._depthwise_conv.weight"]  # MONAI counts blocks globally
+    assert depthwise.shape == (96, 1, 3, 3, 3)
+    for d in range(3):
+        assert torch.equal(depthwise[:, :, d], state["blocks.1.0.conv_dw.weight"])
+    assert torch.equal(
+        loaded["net._blocks.1.1._expand_conv.weight"][:, :, 0], state["blocks.1.0.conv_pw.weight"]
+    )
+    assert torch.equal(
+        loaded["net._blocks.0.0._project_conv.weight"][:, :, 0], state["blocks.0.0.conv_pw.weight"]
+    )
+    stem = state["conv_stem.weight"].sum(dim=1, keepdim=True)
+    assert torch.equal(loaded["net._conv_stem.weight"][:, :, 1], stem)
+    assert torch.equal(loaded["net._bn1.running_var"], state["bn2.running_var"])  # the head's norm
+
+
+def test_a_file_without_an_efficientnet_stem_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
+    with pytest.raises(ValueError, match="not a 2D EfficientNet-B0 state dict"):
+        load_inflated_weights(EfficientNet3DEncoder(), path)
