@@ -8,6 +8,7 @@ import sys
 
 from ctvlp.commands import (
     annotate,
+    compare,
     explain,
     export_colipri,
     export_nnunet,
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (
         fit,
         sweep,
+        compare,
         eval_command,
         explain,
         export_colipri,

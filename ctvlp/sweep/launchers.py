@@ -50,8 +50,9 @@ def launch_local(spec: SweepSpec, runs: list[SweepRun], sweep_dir: Path) -> dict
     return status
 
 
-def slurm_parameters(spec: SweepSpec, devices: Any, num_nodes: int) -> dict[str, Any]:
-    """submitit parameters: one task per GPU (Lightning's SLURM environment picks them up)."""
+def slurm_parameters(options: dict[str, Any], devices: Any, num_nodes: int) -> dict[str, Any]:
+    """submitit parameters: one task per GPU (Lightning's SLURM environment picks them up), then
+    ``options`` (a spec's ``slurm`` mapping) over them."""
     gpus = int(devices) if str(devices).isdigit() else 1
     parameters: dict[str, Any] = {
         "nodes": num_nodes,
@@ -60,7 +61,7 @@ def slurm_parameters(spec: SweepSpec, devices: Any, num_nodes: int) -> dict[str,
         "cpus_per_task": 8,
         "timeout_min": 72 * 60,
     }
-    parameters.update(spec.slurm)
+    parameters.update(options)
     return parameters
 
 
@@ -68,12 +69,10 @@ def launch_slurm(
     spec: SweepSpec, runs: list[SweepRun], sweep_dir: Path, devices: Any, num_nodes: int
 ) -> dict[str, str]:
     """Submit one SLURM job per unfinished run through submitit."""
-    try:
-        import submitit  # optional: only the slurm launcher needs it
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise RuntimeError("The slurm launcher needs submitit: pip install submitit") from error
+    import submitit  # imported here: the local launcher never needs it
+
     executor = submitit.AutoExecutor(folder=sweep_dir / "slurm")
-    parameters = slurm_parameters(spec, devices, num_nodes)
+    parameters = slurm_parameters(spec.slurm, devices, num_nodes)
     # Generic submitit keys (nodes, gpus_per_node, ...) plus any slurm_* key from the spec.
     executor.update_parameters(**parameters)
     status: dict[str, str] = {}

@@ -1,0 +1,138 @@
+"""The checkpoints a compare evaluates, and what each encoder costs to run.
+
+Every row ends as a ctvlp checkpoint, so every task reads it the same way: a trained run's own
+checkpoint, or one written here for a randomly initialised encoder (the baseline of its
+architecture) or for imported COLIPRI weights (same layout as a ``ctvlp fit`` checkpoint: the
+state dict and the config under ``hyper_parameters``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
+from ctvlp.compare.jobs import fingerprint
+from ctvlp.config.loader import checkpoint_config
+from ctvlp.run_dir import RunDir, read_checkpoint
+from datamodules.transforms import as_size3
+from lightning_modules.registry import module_class
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.ckpt"
+
+
+def _plain(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def architecture(cfg: DictConfig) -> tuple[str, str]:
+    """``(key, description)`` of a config's image encoder: its module family (GreenRFM's and
+    Uniferum's towers are not Primus), ``model.image`` and the crop it is built for. Rows with equal
+    keys share one random baseline."""
+    module = str(cfg.module)
+    family = module if module in ("greenrfm", "uniferum") else "primus"
+    image, crop = _plain(cfg, "model.image"), _plain(cfg, "data.crop_size")
+    return fingerprint(family, image, crop), f"{family} {image.get('size', '')}, crop {crop}".replace(
+        "  ", " "
+    )
+
+
+def write_checkpoint(cfg: DictConfig, module: torch.nn.Module, path: Path) -> Path:
+    """A checkpoint in ``ctvlp fit``'s layout (what ``ctvlp eval --ckpt`` and the recipes' ``*_ckpt``
+    keys read), in ``<run>/checkpoints/`` beside the run's ``config.yaml``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    raw = {"state_dict": module.state_dict(), "hyper_parameters": {"config": container}, "global_step": 0}
+    temporary = path.with_suffix(".tmp")
+    torch.save(raw, temporary)
+    temporary.replace(path)
+    OmegaConf.save(cfg, RunDir(path.parent.parent).config)
+    return path
+
+
+def random_init_checkpoint(cfg: DictConfig, folder: Path) -> Path:
+    """The baseline: ``cfg``'s module as initialised with ``cfg.seed`` (nothing trained; pretrained
+    parts the recipe loads, such as a frozen text backbone, stay as loaded). Reused while the config
+    is unchanged."""
+    path = folder / "checkpoints" / CHECKPOINT_NAME
+    key = fingerprint(OmegaConf.to_container(cfg, resolve=True))
+    stamp = folder / "init.json"
+    if (
+        path.is_file()
+        and stamp.is_file()
+        and json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") == key
+    ):
+        return path
+    torch.manual_seed(int(cfg.seed))
+    module = module_class(str(cfg.module))(OmegaConf.to_container(cfg, resolve=True))
+    write_checkpoint(cfg, module, path)
+    stamp.write_text(json.dumps({"fingerprint": key}) + "\n", encoding="utf-8")
+    return path
+
+
+def colipri_weights_checkpoint(cfg: DictConfig, weights: Path, folder: Path) -> Path:
+    """Released COLIPRI weights as a ctvlp checkpoint of ``cfg`` (a COLIPRI experiment)."""
+    from lightning_modules.colipri import ColipriModule
+    from lightning_modules.colipri_interop import load_colipri_weights
+
+    path = folder / "checkpoints" / CHECKPOINT_NAME
+    stat = weights.stat()
+    key = fingerprint(
+        OmegaConf.to_container(cfg, resolve=True), str(weights.resolve()), stat.st_size, stat.st_mtime_ns
+    )
+    stamp = folder / "init.json"
+    if (
+        path.is_file()
+        and stamp.is_file()
+        and json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") == key
+    ):
+        return path
+    module = ColipriModule(OmegaConf.to_container(cfg, resolve=True))
+    load_colipri_weights(module, weights)
+    write_checkpoint(cfg, module, path)
+    stamp.write_text(json.dumps({"fingerprint": key}) + "\n", encoding="utf-8")
+    return path
+
+
+def checkpoint_module_name(path: Path) -> str:
+    return str(read_checkpoint(path).config.get("module"))
+
+
+def encoder_costs(path: Path) -> dict[str, Any]:
+    """Parameters of the image encoder and its forward + backward FLOPs per training sample (counted
+    on the meta device at the recipe's crop size; the text tower, decoders and heads are not
+    counted), and the samples the checkpoint has seen (global step x per-device batch)."""
+    checkpoint = read_checkpoint(path)
+    cfg = checkpoint_config(checkpoint.config)
+    state = checkpoint.raw["state_dict"]
+    prefix = "image_encoder." if any(k.startswith("image_encoder.") for k in state) else ""
+    costs: dict[str, Any] = {
+        "params": int(sum(v.numel() for k, v in state.items() if k.startswith(prefix))),
+        "params_scope": "image encoder" if prefix else "whole module",
+        "steps": checkpoint.global_step,
+        "samples": checkpoint.global_step
+        * int(OmegaConf.select(cfg, "data.global_batch_size") or cfg.data.batch_size or 0),
+    }
+    try:
+        module = module_class(str(cfg.module))(OmegaConf.to_container(cfg, resolve=True))
+        encoder = module.image_encoder.to("meta")
+        images = torch.randn(1, 1, *as_size3(cfg.data.crop_size), device="meta")
+        with FlopCounterMode(display=False) as counter:
+            output = encoder(images)
+            pooled = output.pooled if hasattr(output, "pooled") else output
+            pooled.float().square().mean().backward()
+        costs["flops_per_sample"] = float(counter.get_total_flops())
+    except (AttributeError, RuntimeError, TypeError, ValueError) as error:
+        log.warning("%s: FLOPs per sample not counted (%s)", path, error)
+        costs["flops_per_sample"] = None
+    if costs["flops_per_sample"] is not None:
+        costs["train_flops"] = costs["flops_per_sample"] * costs["samples"]
+    return costs

@@ -1,0 +1,80 @@
+"""The compare's PNGs (matplotlib, headless): per task, a bar per encoder with its 95 % CI as a
+whisker; and quality against training cost on a log axis (training FLOPs of the image encoder,
+else CPU/GPU hours), with each random baseline as a dashed line (it costs no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ctvlp.compare.pipeline import Row  # noqa: E402
+from ctvlp.compare.spec import CompareSpec  # noqa: E402
+from ctvlp.compare.tables import cell, cost_summary  # noqa: E402
+
+BASELINE_COLOUR = "0.6"
+
+
+def task_bars(rows: list[Row], spec: CompareSpec, task: str, path: Path) -> Path:
+    cells = [(row, cell(row, spec, task)) for row in rows]
+    names = [row.name for row, _ in cells]
+    values = [c.get("value", 0.0) for _, c in cells]
+    lower = [c["value"] - c["ci_low"] if c.get("ci_low") is not None else 0.0 for _, c in cells]
+    upper = [c["ci_high"] - c["value"] if c.get("ci_high") is not None else 0.0 for _, c in cells]
+    colours = [BASELINE_COLOUR if row.encoder.baseline else f"C{i}" for i, (row, _) in enumerate(cells)]
+    figure, axis = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 3.6))
+    axis.bar(names, values, yerr=[lower, upper], capsize=4, color=colours)
+    for index, (_, found) in enumerate(cells):
+        if "value" not in found:
+            axis.text(index, 0.0, "n/a", ha="center", va="bottom", fontsize=8)
+    axis.set_title(f"{task} (test)")
+    axis.set_ylabel(spec.metric(task).split("/", 1)[-1])
+    axis.tick_params(axis="x", labelrotation=30)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def quality_vs_cost(rows: list[Row], spec: CompareSpec, path: Path) -> Path:
+    """One panel per task: headline value against the encoder's training cost (log x)."""
+    use_flops = any(cost_summary(r).get("train_flops") for r in rows)
+    cost_key, cost_label = (
+        ("train_flops", "training FLOPs (image encoder)") if use_flops else ("cpu_h", "training CPU-hours")
+    )
+    figure, axes = plt.subplots(1, len(spec.tasks), figsize=(4.2 * len(spec.tasks), 3.6), squeeze=False)
+    for axis, task in zip(axes[0], spec.tasks, strict=True):
+        for index, row in enumerate(rows):
+            found = cell(row, spec, task)
+            if "value" not in found:
+                continue
+            cost = cost_summary(row).get(cost_key)
+            if row.encoder.baseline or not cost:
+                axis.axhline(
+                    found["value"], color=BASELINE_COLOUR, linestyle="--", label=f"{row.name} (no training)"
+                )
+                continue
+            axis.scatter([cost], [found["value"]], color=f"C{index}", label=row.name, zorder=3)
+            if found.get("ci_low") is not None and found.get("ci_high") is not None:
+                axis.vlines(cost, found["ci_low"], found["ci_high"], color=f"C{index}")
+        axis.set_xscale("log")
+        axis.set_xlabel(cost_label)
+        axis.set_title(task)
+        axis.set_ylabel(spec.metric(task).split("/", 1)[-1])
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_plots(rows: list[Row], spec: CompareSpec, folder: Path) -> list[Path]:
+    plots = folder / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    written = [task_bars(rows, spec, task, plots / f"{task}.png") for task in spec.tasks]
+    written.append(quality_vs_cost(rows, spec, plots / "quality_vs_cost.png"))
+    return written

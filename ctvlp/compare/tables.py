@@ -1,0 +1,190 @@
+"""The outputs of a compare: ``results.md`` (one row per encoder, one column per task, 95 %
+bootstrap CIs where the evaluation computed them, the best value per column in bold, costs),
+``results.json``, ``per_label.md`` and TensorBoard HParams."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ctvlp.compare.pipeline import Row
+from ctvlp.compare.spec import LOWER_IS_BETTER, CompareSpec
+
+COST_COLUMNS = (
+    ("train wall (h)", "wall_h"),
+    ("CPU-hours", "cpu_h"),
+    ("peak RSS (GB)", "peak_rss_gb"),
+    ("params (M)", "params_m"),
+    ("GFLOPs / sample", "gflops_per_sample"),
+)
+
+
+def cell(row: Row, spec: CompareSpec, task: str) -> dict[str, Any]:
+    """The headline value of ``task`` for ``row`` with its CI, or why it is missing."""
+    metric = spec.metric(task)
+    value = row.results.get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return {"metric": metric, "missing": row.missing.get(task, "not computed")}
+    return {
+        "metric": metric,
+        "value": float(value),
+        "ci_low": row.results.get(f"{metric}_ci_low"),
+        "ci_high": row.results.get(f"{metric}_ci_high"),
+    }
+
+
+def cost_summary(row: Row) -> dict[str, Any]:
+    train = row.train
+    flops = row.costs.get("flops_per_sample")
+    return {
+        "wall_h": train.wall_s / 3600 if train else None,
+        "cpu_h": train.cpu_s / 3600 if train else None,
+        "peak_rss_gb": train.peak_rss_gb if train else None,
+        "params_m": row.costs["params"] / 1e6 if "params" in row.costs else None,
+        "gflops_per_sample": flops / 1e9 if flops else None,
+        "train_flops": row.costs.get("train_flops") if train else None,
+        "samples": row.costs.get("samples"),
+        "params_scope": row.costs.get("params_scope"),
+    }
+
+
+def results_json(rows: list[Row], spec: CompareSpec) -> dict[str, Any]:
+    return {
+        "spec": spec.name,
+        "profile": spec.profile,
+        "tasks": {task: spec.metric(task) for task in spec.tasks},
+        "encoders": {
+            row.name: {
+                "source": row.encoder.source,
+                "module": row.module,
+                "baseline": row.encoder.baseline,
+                "tasks": {task: cell(row, spec, task) for task in spec.tasks},
+                "cost": cost_summary(row),
+                "jobs": {key: value for key, value in row.costs.items() if key.endswith("_wall_s")},
+                "results": row.results,
+            }
+            for row in rows
+        },
+    }
+
+
+def _best(values: list[float | None], metric: str) -> float | None:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return min(present) if metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER else max(present)
+
+
+def _format(value: float) -> str:
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def markdown(rows: list[Row], spec: CompareSpec) -> str:
+    """The table: bold marks the best value per task column; a missing cell names its reason in a
+    numbered note under the table."""
+    cells = {row.name: {task: cell(row, spec, task) for task in spec.tasks} for row in rows}
+    costs = {row.name: cost_summary(row) for row in rows}
+    best = {
+        task: _best([cells[r.name][task].get("value") for r in rows], spec.metric(task))
+        for task in spec.tasks
+    }
+    header = [
+        "encoder",
+        "source",
+        *(f"{task}<br>{spec.metric(task)}" for task in spec.tasks),
+        *(c for c, _ in COST_COLUMNS),
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes: list[str] = []
+    for row in rows:
+        entries = [row.name, row.encoder.source]
+        for task in spec.tasks:
+            found = cells[row.name][task]
+            if "value" not in found:
+                notes.append(f"{row.name} / {task}: {found['missing']}")
+                entries.append(f"n/a [{len(notes)}]")
+                continue
+            text = _format(found["value"])
+            if found.get("ci_low") is not None and found.get("ci_high") is not None:
+                text += f" [{_format(found['ci_low'])}, {_format(found['ci_high'])}]"
+            entries.append(f"**{text}**" if found["value"] == best[task] else text)
+        for _, key in COST_COLUMNS:
+            value = costs[row.name][key]
+            entries.append("—" if value is None else f"{value:.3g}")
+        lines.append("| " + " | ".join(entries) + " |")
+    lines.append("")
+    lines.append(
+        "Test split; [low, high]: 95 % bootstrap CI where the evaluation computed one. Costs are of the"
+    )
+    lines.append(
+        "encoder's training job here (— for existing runs and baselines); params and GFLOPs count the"
+    )
+    lines.append("image encoder (forward + backward per sample at the recipe's crop).")
+    if notes:
+        lines.append("")
+        lines += [f"[{number}] {note}" for number, note in enumerate(notes, start=1)]
+    return "\n".join(lines)
+
+
+def per_label_markdown(rows: list[Row], spec: CompareSpec) -> str:
+    """Per-label AUROC of each classification task: labels down, encoders across."""
+    sections = []
+    for task in spec.tasks:
+        key = spec.metric(task).rsplit("/", 1)[0] + "/AUROC"
+        tables = {
+            row.name: row.per_label.get(key) for row in rows if isinstance(row.per_label.get(key), dict)
+        }
+        if not tables:
+            continue
+        labels = sorted({label for values in tables.values() for label in values})
+        lines = [
+            f"## {task} ({key})",
+            "",
+            "| label | " + " | ".join(tables) + " |",
+            "|" + "---|" * (len(tables) + 1),
+        ]
+        for label in labels:
+            values = [tables[name].get(label) for name in tables]
+            lines.append(
+                f"| {label} | " + " | ".join("—" if v is None else f"{v:.3f}" for v in values) + " |"
+            )
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) if sections else "No per-label values (no classification task ran)."
+
+
+def write_hparams(rows: list[Row], spec: CompareSpec, folder: Path) -> None:
+    """One HParams entry per encoder (TensorBoard's HParams tab compares them)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for row in rows:
+        summary = cost_summary(row)
+        hparams = {
+            "encoder": row.name,
+            "source": row.encoder.source,
+            "module": row.module,
+            "baseline": row.encoder.baseline,
+        }
+        hparams.update({key: value for key, value in summary.items() if isinstance(value, int | float)})
+        metrics = {
+            f"compare/{task}": c["value"] for task in spec.tasks if "value" in (c := cell(row, spec, task))
+        }
+        with SummaryWriter(str(folder / "tensorboard" / row.name)) as writer:
+            writer.add_hparams(hparams, metrics or {"compare/none": math.nan}, run_name=".")
+
+
+def write_tables(rows: list[Row], spec: CompareSpec, folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "results.md": folder / "results.md",
+        "results.json": folder / "results.json",
+        "per_label.md": folder / "per_label.md",
+    }
+    paths["results.md"].write_text(markdown(rows, spec) + "\n", encoding="utf-8")
+    paths["results.json"].write_text(
+        json.dumps(results_json(rows, spec), indent=1, default=str) + "\n", encoding="utf-8"
+    )
+    paths["per_label.md"].write_text(per_label_markdown(rows, spec) + "\n", encoding="utf-8")
+    write_hparams(rows, spec, folder)
+    return paths

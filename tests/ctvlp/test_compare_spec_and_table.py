@@ -1,0 +1,112 @@
+"""Compare specs are checked before anything runs; the table marks the best value per column, shows
+CIs, and names the reason of every missing cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from ctvlp.compare.jobs import JobRecord
+from ctvlp.compare.pipeline import Row
+from ctvlp.compare.spec import CompareSpec, EncoderSpec, load_spec
+from ctvlp.compare.tables import markdown, results_json
+from ctvlp.config.errors import ConfigError
+
+
+def _write(path: Path, spec: dict) -> str:
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_spec_expands_task_groups_and_reads_encoders(tmp_path: Path) -> None:
+    spec = load_spec(
+        _write(
+            tmp_path / "s.yaml",
+            {
+                "encoders": [
+                    {"name": "a", "experiment": "colipri_c"},
+                    {"name": "b", "run": "runs/x/version_0"},
+                ],
+                "tasks": ["probe", "zeroshot", "retrieval"],
+            },
+        ),
+        profile="none",
+    )
+    assert spec.tasks == ["retrieval", "zeroshot_native", "zeroshot_short", "probe"]
+    assert spec.profile is None and spec.baselines and spec.launcher == "local"
+    assert [e.source for e in spec.encoders] == ["trained: colipri_c", "run runs/x/version_0"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"encoders": [{"name": "a", "experiment": "colipri_c"}], "tasks": ["retreival"]},
+            "Did you mean 'retrieval'",
+        ),
+        ({"encoders": [{"name": "a", "experiment": "c", "run": "r"}], "tasks": ["probe"]}, "exactly one of"),
+        (
+            {"encoders": [{"name": "a", "colipri_weights": "w.safetensors"}], "tasks": ["probe"]},
+            "needs the 'experiment'",
+        ),
+        ({"encoders": [], "tasks": ["probe"]}, "lists no encoder"),
+        ({"encoders": [{"name": "a", "experiment": "c"}] * 2, "tasks": ["probe"]}, "names repeat"),
+        (
+            {"encoders": [{"name": "a", "experiment": "c"}], "tasks": ["probe"], "lancher": "slurm"},
+            "unknown compare key",
+        ),
+        (
+            {"encoders": [{"name": "a", "experiment": "c"}], "tasks": ["probe"], "launcher": "pbs"},
+            "launcher must be",
+        ),
+    ],
+)
+def test_bad_specs_fail_before_anything_runs(tmp_path: Path, spec: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_spec(_write(tmp_path / "bad.yaml", spec))
+
+
+def _row(
+    name: str, results: dict[str, float], missing: dict[str, str] | None = None, baseline: bool = False
+) -> Row:
+    config = OmegaConf.create({"module": "colipri"})
+    encoder = EncoderSpec(name=name, experiment=None if baseline else "colipri_c", baseline=baseline)
+    row = Row(encoder, config, Path(name), results=results, missing=missing or {})
+    if not baseline:
+        row.train = JobRecord("k", [], 0, wall_s=7200.0, cpu_s=14400.0, peak_rss_gb=3.0, finished_at="")
+        row.costs = {"params": 2_500_000, "flops_per_sample": 4e9, "samples": 10, "train_flops": 4e10}
+    return row
+
+
+def test_table_bolds_the_best_shows_cis_and_explains_missing_cells() -> None:
+    spec = CompareSpec(
+        name="t", encoders=[], tasks=["retrieval", "probe"], headline={"retrieval": "test/retrieval/MnR"}
+    )
+    rows = [
+        _row(
+            "a",
+            {
+                "test/retrieval/MnR": 12.0,
+                "test/probe/AUROC": 0.71,
+                "test/probe/AUROC_ci_low": 0.65,
+                "test/probe/AUROC_ci_high": 0.77,
+            },
+        ),  # fmt: skip
+        _row("b", {"test/retrieval/MnR": 9.5}, missing={"probe": "no text encoder"}),
+        _row("random_a", {"test/retrieval/MnR": 30.0, "test/probe/AUROC": 0.5}, baseline=True),
+    ]
+    lines = markdown(rows, spec).splitlines()
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:5]}
+    # Mean rank: lower is better, so b's 9.5 is the bold one; probe: a's 0.71 with its CI.
+    assert cells["b"][1] == "**9.500**" and cells["a"][1] == "12.000"
+    assert cells["a"][2] == "**0.710 [0.650, 0.770]**"
+    assert cells["b"][2] == "n/a [1]" and "[1] b / probe: no text encoder" in lines
+    # Costs: 2 h wall, 4 CPU-hours, 2.5 M parameters, 4 GFLOPs per sample; none for the baseline.
+    assert cells["a"][3:] == ["2", "4", "3", "2.5", "4"]
+    assert cells["random_a"][3:] == ["—", "—", "—", "—", "—"]
+    summary = results_json(rows, spec)["encoders"]
+    assert summary["b"]["tasks"]["probe"] == {"metric": "test/probe/AUROC", "missing": "no text encoder"}
+    assert summary["random_a"]["baseline"] is True
