@@ -17,6 +17,7 @@ from datamodules.cache import cache_path  # noqa: E402
 from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate  # noqa: E402
 from datamodules.phantom.image_only_writer import write_phantom_image_only  # noqa: E402
 from datamodules.phantom.merlin_writer import write_phantom_merlin  # noqa: E402
+from datamodules.phantom.msd_writer import write_phantom_msd  # noqa: E402
 from datamodules.preprocess import build_cache  # noqa: E402
 from datamodules.sources.ct_rate import scan_ct_rate  # noqa: E402
 
@@ -25,6 +26,7 @@ from datamodules.sources.ct_rate import scan_ct_rate  # noqa: E402
 PHANTOM_SCANS = 300
 PHANTOM_IMAGE_ONLY_PATIENTS = 6
 MERLIN_N = 10
+MSD_LIVER_N = 10  # 5 folds: 2 test cases, 1 validation case, 7 training cases
 DEMO_SPACING = 6.0
 # 400 steps: the contrastive loss sits at ln(batch) for the first ~200 (cpu_demo.yaml), so a
 # shorter run has learned nothing to assert on. About 3 min on 2 idle cores.
@@ -40,6 +42,14 @@ def merlin_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small phantom Merlin (abdominal CT, 30 labels with -1), for the Merlin sources and recipes."""
     root = tmp_path_factory.mktemp("phantoms") / "merlin"
     write_phantom_merlin(root, MERLIN_N, seed=0, workers=2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def msd_liver_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small phantom liver dataset in the nnU-Net raw / MSD layout, for the segmentation recipe."""
+    root = tmp_path_factory.mktemp("msd") / "liver"
+    write_phantom_msd(root, MSD_LIVER_N, "liver", seed=0, workers=1, progress=False)
     return root
 
 

@@ -30,7 +30,12 @@ def test_fast_dev_run_every_experiment(
     if experiment.startswith("reportgen_"):  # a random frozen encoder and the session's tiny LM
         lm = request.getfixturevalue("tiny_lm")
         overrides = [*overrides, "reportgen.encoder_ckpt=null", f"reportgen.lm.name_or_path={lm}"]
-    if load_experiment(experiment, "cpu_demo", overrides).data.source == "merlin":
+    source = load_experiment(experiment, "cpu_demo", overrides).data.source
+    if source == "msd":  # segmentation: the session's phantom liver at 6 mm (volumes ~65^3), 32^3 patches
+        msd_root = request.getfixturevalue("msd_liver_root")
+        overrides = [f"data.root={msd_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.spacing=6.0",
+                     "data.crop_size=32"]  # fmt: skip
+    if source == "merlin":
         merlin_root = request.getfixturevalue("merlin_root")
         # the 10-scan Merlin phantom has 6 training volumes: smaller batches than cpu_demo's 8
         overrides = [f"data.root={merlin_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.batch_size=2"]

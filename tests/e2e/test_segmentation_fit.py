@@ -14,11 +14,9 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ctvlp.cli import main
-from datamodules.phantom.msd_writer import write_phantom_msd
 from datamodules.segmentation_datamodule import SegmentationDataModule
 from lightning_modules.segmentation import per_class_dice
 
-N_CASES = 10  # 5 folds: 2 test cases, 1 validation case, 7 training cases
 # 6 mm (volumes ~65^3) and 32^3 patches: the liver spans many voxels, a step and a sliding-window
 # pass are cheap on two CPU cores.
 FAST = [
@@ -32,13 +30,6 @@ FAST = [
     "segmentation.sw_batch_size=8",
     "evaluation.final_splits=[test]",
 ]
-
-
-@pytest.fixture(scope="module")
-def liver_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("msd") / "liver"
-    write_phantom_msd(root, N_CASES, "liver", seed=0, workers=1, progress=False)
-    return root
 
 
 def _fit(root: Path, runs_dir: Path, overrides: list[str]) -> Path:
@@ -62,8 +53,8 @@ def _trivial_dice(run: Path, fill: int) -> torch.Tensor:
     return torch.nanmean(torch.cat(rows), dim=0).nan_to_num(0.0)
 
 
-def test_fit_learns_the_liver_beyond_trivial_predictions(liver_root: Path, tmp_path: Path) -> None:
-    run = _fit(liver_root, tmp_path, ["trainer.max_steps=40"])
+def test_fit_learns_the_liver_beyond_trivial_predictions(msd_liver_root: Path, tmp_path: Path) -> None:
+    run = _fit(msd_liver_root, tmp_path, ["trainer.max_steps=40"])
     results = json.loads((run / "results.json").read_text())
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
