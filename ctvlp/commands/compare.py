@@ -23,7 +23,8 @@ def _log_to_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
-    logging.getLogger("ctvlp.compare").setLevel(logging.INFO)  # the progress lines, whatever the root level
+    for name in ("ctvlp.compare", __name__):  # the progress lines, whatever the root level
+        logging.getLogger(name).setLevel(logging.INFO)
     return handler
 
 

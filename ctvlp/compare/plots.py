@@ -52,10 +52,12 @@ def quality_vs_cost(rows: list[Row], spec: CompareSpec, path: Path) -> Path:
             if "value" not in found:
                 continue
             cost = cost_summary(row).get(cost_key)
-            if row.encoder.baseline or not cost:
+            if row.encoder.baseline:
                 axis.axhline(
                     found["value"], color=BASELINE_COLOUR, linestyle="--", label=f"{row.name} (no training)"
                 )
+                continue
+            if not cost:  # e.g. an existing run's CPU-hours: not measured here
                 continue
             axis.scatter([cost], [found["value"]], color=f"C{index}", label=row.name, zorder=3)
             if found.get("ci_low") is not None and found.get("ci_high") is not None:

@@ -46,7 +46,7 @@ HEADLINE = {
     "probe": "test/probe/AUROC",
     "uniferum": "test/diagnosis/auroc_mean",
     "reportgen": "test/reportgen/clinical_F1_macro",
-    "segmentation": "test/dice_mean",
+    "segmentation": "test/dice/mean",
 }
 # Lower is better for these metrics (the bold mark in the table picks the minimum).
 LOWER_IS_BETTER = ("MnR", "loss")

@@ -44,7 +44,8 @@ def cost_summary(row: Row) -> dict[str, Any]:
         "peak_rss_gb": train.peak_rss_gb if train else None,
         "params_m": row.costs["params"] / 1e6 if "params" in row.costs else None,
         "gflops_per_sample": flops / 1e9 if flops else None,
-        "train_flops": row.costs.get("train_flops") if train else None,
+        # From the checkpoint (steps x batch x FLOPs per sample): known for existing runs too.
+        "train_flops": None if row.encoder.baseline else row.costs.get("train_flops"),
         "samples": row.costs.get("samples"),
         "params_scope": row.costs.get("params_scope"),
     }

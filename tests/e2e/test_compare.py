@@ -69,6 +69,11 @@ def test_compare_writes_table_json_plots_and_baseline(compared: Path) -> None:
     assert results["encoders"]["short"]["cost"]["cpu_h"] > 0
     assert results["encoders"]["short"]["cost"]["gflops_per_sample"] > 0
     assert results["encoders"]["fixture_run"]["cost"]["cpu_h"] is None
+    # Training FLOPs come from the checkpoint (steps x batch x FLOPs per sample): 400 steps against 6.
+    assert (
+        results["encoders"]["fixture_run"]["cost"]["train_flops"]
+        > 50 * results["encoders"]["short"]["cost"]["train_flops"]
+    )
     # Learning: the 400-step fixture run retrieves better than the untrained encoder on the test split.
     trained = results["encoders"]["fixture_run"]["tasks"]["retrieval"]["value"]
     assert trained > baseline["tasks"]["retrieval"]["value"]
