@@ -177,6 +177,10 @@ class Comparison:
             texts = [r for r in members if module_class(r.module).embeds_text()]
             model = (texts or members)[0]
             name = f"random_{model.config.name}"
+            taken = {r.name for r in [*self.rows, *baselines]}
+            name = next(
+                n for n in (name, *(f"{name}_{k}" for k in range(2, len(taken) + 3))) if n not in taken
+            )
             description = architecture(model.config)[1]
             encoder = EncoderSpec(name=name, experiment=model.encoder.experiment, baseline=True)
             log.info("Baseline %s: %s as initialised (seed %s), for %s", name, description, model.config.seed,
