@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,24 +59,32 @@ def write_checkpoint(cfg: DictConfig, module: torch.nn.Module, path: Path) -> Pa
     return path
 
 
+def _written_checkpoint(
+    folder: Path, key: str, build: Callable[[], torch.nn.Module], cfg: DictConfig
+) -> Path:
+    """``folder/checkpoints/last.ckpt`` of the module ``build`` returns, written once per ``key``
+    (``init.json`` keeps the key of the file there)."""
+    path = folder / "checkpoints" / CHECKPOINT_NAME
+    stamp = folder / "init.json"
+    if path.is_file() and stamp.is_file():
+        if json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") == key:
+            return path
+    write_checkpoint(cfg, build(), path)
+    stamp.write_text(json.dumps({"fingerprint": key}) + "\n", encoding="utf-8")
+    return path
+
+
 def random_init_checkpoint(cfg: DictConfig, folder: Path) -> Path:
     """The baseline: ``cfg``'s module as initialised with ``cfg.seed`` (nothing trained; pretrained
     parts the recipe loads, such as a frozen text backbone, stay as loaded). Reused while the config
     is unchanged."""
-    path = folder / "checkpoints" / CHECKPOINT_NAME
-    key = fingerprint(OmegaConf.to_container(cfg, resolve=True))
-    stamp = folder / "init.json"
-    if (
-        path.is_file()
-        and stamp.is_file()
-        and json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") == key
-    ):
-        return path
-    torch.manual_seed(int(cfg.seed))
-    module = module_class(str(cfg.module))(OmegaConf.to_container(cfg, resolve=True))
-    write_checkpoint(cfg, module, path)
-    stamp.write_text(json.dumps({"fingerprint": key}) + "\n", encoding="utf-8")
-    return path
+    container = OmegaConf.to_container(cfg, resolve=True)
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(int(cfg.seed))
+        return module_class(str(cfg.module))(container)
+
+    return _written_checkpoint(folder, fingerprint(container), build, cfg)
 
 
 def colipri_weights_checkpoint(cfg: DictConfig, weights: Path, folder: Path) -> Path:
@@ -83,27 +92,16 @@ def colipri_weights_checkpoint(cfg: DictConfig, weights: Path, folder: Path) -> 
     from lightning_modules.colipri import ColipriModule
     from lightning_modules.colipri_interop import load_colipri_weights
 
-    path = folder / "checkpoints" / CHECKPOINT_NAME
+    container = OmegaConf.to_container(cfg, resolve=True)
+
+    def build() -> torch.nn.Module:
+        module = ColipriModule(container)
+        load_colipri_weights(module, weights)
+        return module
+
     stat = weights.stat()
-    key = fingerprint(
-        OmegaConf.to_container(cfg, resolve=True), str(weights.resolve()), stat.st_size, stat.st_mtime_ns
-    )
-    stamp = folder / "init.json"
-    if (
-        path.is_file()
-        and stamp.is_file()
-        and json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") == key
-    ):
-        return path
-    module = ColipriModule(OmegaConf.to_container(cfg, resolve=True))
-    load_colipri_weights(module, weights)
-    write_checkpoint(cfg, module, path)
-    stamp.write_text(json.dumps({"fingerprint": key}) + "\n", encoding="utf-8")
-    return path
-
-
-def checkpoint_module_name(path: Path) -> str:
-    return str(read_checkpoint(path).config.get("module"))
+    key = fingerprint(container, str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+    return _written_checkpoint(folder, key, build, cfg)
 
 
 def encoder_costs(path: Path) -> dict[str, Any]:

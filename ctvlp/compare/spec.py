@@ -29,8 +29,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ctvlp.config.errors import ConfigError, did_you_mean
-from ctvlp.config.evaluation_tasks import TASK_GROUPS
 from ctvlp.config.evaluation_tasks import TASKS as EVAL_TASKS
+from ctvlp.config.evaluation_tasks import parse_tasks as parse_eval_tasks
 from ctvlp.config.loader import experiments_dir
 
 # Tasks scored by `ctvlp eval` on the encoder itself, then the tasks that train something on top.
@@ -124,17 +124,14 @@ def resolve_spec_path(spec: str) -> Path:
 
 
 def parse_tasks(names: list[str], where: str) -> list[str]:
-    chosen: set[str] = set()
-    for name in names:
-        if name in TASK_GROUPS:
-            chosen.update(TASK_GROUPS[name])
-        elif name in TASKS:
-            chosen.add(name)
-        else:
-            raise ConfigError(
-                f"{where}: unknown task '{name}'.{did_you_mean(name, [*TASKS, *TASK_GROUPS])} "
-                f"Tasks: {', '.join([*TASKS, *TASK_GROUPS])}"
-            )
+    """Spec task names -> tasks in table order: ``ctvlp eval``'s tasks (and groups such as
+    ``zeroshot``), then the tasks trained on top of each encoder."""
+    evaluated = [n for n in names if n not in TRAINED_TASKS]
+    try:
+        chosen = set(parse_eval_tasks(evaluated)) if evaluated else set()
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}; trained on each encoder: {', '.join(TRAINED_TASKS)}") from error
+    chosen.update(n for n in names if n in TRAINED_TASKS)
     if not chosen:
         raise ConfigError(f"{where}: 'tasks' is empty")
     return [t for t in TASKS if t in chosen]

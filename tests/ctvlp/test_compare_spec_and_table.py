@@ -45,7 +45,7 @@ def test_spec_expands_task_groups_and_reads_encoders(tmp_path: Path) -> None:
     [
         (
             {"encoders": [{"name": "a", "experiment": "colipri_c"}], "tasks": ["retreival"]},
-            "Did you mean 'retrieval'",
+            "Unknown evaluation task 'retreival'",
         ),
         ({"encoders": [{"name": "a", "experiment": "c", "run": "r"}], "tasks": ["probe"]}, "exactly one of"),
         (
