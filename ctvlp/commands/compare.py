@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         names = ", ".join(row.name for row in comparison.rows)
         log.info("compare %s (%s): %d encoders (%s); tasks %s; in %s", spec.name, spec.profile or "no profile",
                  len(comparison.rows), names, ", ".join(spec.tasks), out)  # fmt: skip
-        rows = comparison.run()
+        log.info("%s is rewritten after every stage", out / "results.md")
+        rows = comparison.run(after_each=lambda: write_tables(comparison.rows, spec, out, hparams=False))
         paths = write_tables(rows, spec, out)
         plots = write_plots(rows, spec, out)
     finally:

@@ -1,6 +1,8 @@
-"""The stages of a compare, run in order with progress and an ETA: each encoder's checkpoint
-(trained, imported, or a random baseline), then its evaluation, Uniferum's own evaluation, report
-generation and segmentation fine-tuning on top of it. Every job that finished before with the same
+"""The stages of a compare, run in order with progress and an ETA, one encoder at a time: its
+checkpoint (trained, imported, or a random baseline), then its evaluation, Uniferum's own
+evaluation, report generation and segmentation fine-tuning on top of it. Each random baseline
+follows the first encoder of its architecture, so a compare stopped half-way has complete rows
+beside their baseline. Every job that finished before with the same
 fingerprint is reused (:mod:`ctvlp.compare.jobs`), so a re-run only computes what is missing.
 
 Layout of ``runs/compare/<spec>/`` (one folder per row)::
@@ -101,7 +103,7 @@ class Progress:
         estimates = [self.estimate(kind) for kind in self.remaining_kinds]
         return None if any(e is None for e in estimates) else sum(estimates) / 60  # type: ignore[misc]
 
-    def run(self, stages: list[Stage]) -> None:
+    def run(self, stages: list[Stage], after_each: Callable[[], None] | None = None) -> None:
         self.remaining_kinds = [s.kind for s in stages]
         for stage in stages:
             self.done += 1
@@ -122,6 +124,8 @@ class Progress:
             if record is not None and not record.ok:
                 state = f"FAILED (exit {record.returncode}; see its job.log)"
             log.info("%s: %s; ETA %s", prefix, state, "unknown" if eta is None else f"{eta:.0f} min")
+            if after_each is not None:
+                after_each()
 
 
 def _job(label: str, folder: Path, arguments: list[str], key: str, cfg: DictConfig | None = None) -> Job:
@@ -147,6 +151,8 @@ class Comparison:
         self.spec, self.out, self.device = spec, out, device
         self.launch = SlurmLauncher(spec.slurm) if spec.launcher == "slurm" else run_local
         self.rows = [self._row(encoder) for encoder in spec.encoders]
+        # Architecture key -> its random baseline row.
+        self.baseline_of: dict[str, Row] = {}
         if spec.baselines:
             self.rows += self._baselines()
 
@@ -186,12 +192,25 @@ class Comparison:
             log.info("Baseline %s: %s as initialised (seed %s), for %s", name, description, model.config.seed,
                      ", ".join(r.name for r in members))  # fmt: skip
             baselines.append(Row(encoder, model.config, self.out / name))
+            self.baseline_of[architecture(model.config)[0]] = baselines[-1]
         return baselines
 
+    def stage_order(self) -> list[Row]:
+        """The rows in the order their stages run: the spec's encoders, each random baseline right
+        after the first encoder of its architecture."""
+        order: list[Row] = []
+        for row in (r for r in self.rows if not r.encoder.baseline):
+            order.append(row)
+            baseline = self.baseline_of.get(architecture(row.config)[0])
+            if baseline is not None and baseline not in order:
+                order.append(baseline)
+        return order
+
     def stages(self) -> list[Stage]:
-        stages = [Stage(f"{row.name}: checkpoint", "train", self._prepare(row)) for row in self.rows]
+        stages = []
         eval_tasks = [t for t in self.spec.tasks if t in EVAL_TASKS]
-        for row in self.rows:
+        for row in self.stage_order():
+            stages.append(Stage(f"{row.name}: checkpoint", "train", self._prepare(row)))
             if eval_tasks:
                 stages.append(
                     Stage(f"{row.name}: eval {','.join(eval_tasks)}", "eval", self._evaluate(row, eval_tasks))
@@ -341,9 +360,10 @@ class Comparison:
         for task in tasks:
             row.costs[f"{task}_wall_s"] = record.wall_s
 
-    def run(self) -> list[Row]:
+    def run(self, after_each: Callable[[], None] | None = None) -> list[Row]:
+        """Run every stage (``after_each`` is called after each one, e.g. to rewrite the table)."""
         stages = self.stages()
-        Progress(len(stages)).run(stages)
+        Progress(len(stages)).run(stages, after_each)
         for row in self.rows:
             for task in self.spec.tasks:
                 value = row.results.get(self.spec.metric(task), math.nan)

@@ -26,7 +26,11 @@ def cell(row: Row, spec: CompareSpec, task: str) -> dict[str, Any]:
     metric = spec.metric(task)
     value = row.results.get(metric)
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return {"metric": metric, "missing": row.missing.get(task, "not computed")}
+        # Every cell has its reason once the compare ends; only a table written mid-way is pending.
+        return {
+            "metric": metric,
+            "missing": row.missing.get(task, "pending (the compare has not reached it)"),
+        }
     return {
         "metric": metric,
         "value": float(value),
@@ -175,7 +179,9 @@ def write_hparams(rows: list[Row], spec: CompareSpec, folder: Path) -> None:
             writer.add_hparams(hparams, metrics or {"compare/none": math.nan}, run_name=".")
 
 
-def write_tables(rows: list[Row], spec: CompareSpec, folder: Path) -> dict[str, Path]:
+def write_tables(rows: list[Row], spec: CompareSpec, folder: Path, hparams: bool = True) -> dict[str, Path]:
+    """The table, its JSON and the per-label tables; the HParams too unless ``hparams`` is False
+    (the tables rewritten after every stage: one HParams entry per row is written at the end)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {
         "results.md": folder / "results.md",
@@ -187,5 +193,6 @@ def write_tables(rows: list[Row], spec: CompareSpec, folder: Path) -> dict[str, 
         json.dumps(results_json(rows, spec), indent=1, default=str) + "\n", encoding="utf-8"
     )
     paths["per_label.md"].write_text(per_label_markdown(rows, spec) + "\n", encoding="utf-8")
-    write_hparams(rows, spec, folder)
+    if hparams:
+        write_hparams(rows, spec, folder)
     return paths

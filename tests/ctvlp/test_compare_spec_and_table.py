@@ -10,9 +10,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from ctvlp.compare.jobs import JobRecord
-from ctvlp.compare.pipeline import Row
+from ctvlp.compare.pipeline import Comparison, Row
 from ctvlp.compare.spec import CompareSpec, EncoderSpec, load_spec
-from ctvlp.compare.tables import markdown, results_json
+from ctvlp.compare.tables import cell, markdown, results_json
 from ctvlp.config.errors import ConfigError
 
 
@@ -110,3 +110,32 @@ def test_table_bolds_the_best_shows_cis_and_explains_missing_cells() -> None:
     summary = results_json(rows, spec)["encoders"]
     assert summary["b"]["tasks"]["probe"] == {"metric": "test/probe/AUROC", "missing": "no text encoder"}
     assert summary["random_a"]["baseline"] is True
+
+
+def test_stages_run_one_encoder_at_a_time_with_its_baseline_after_the_first_of_its_kind(
+    tmp_path: Path,
+) -> None:
+    spec = load_spec(
+        _write(
+            tmp_path / "s.yaml",
+            {
+                "encoders": [
+                    {"name": "c", "experiment": "colipri_c"},
+                    {"name": "g", "experiment": "greenrfm"},
+                    {"name": "cr", "experiment": "colipri_cr"},
+                ],
+                "tasks": ["retrieval", "segmentation"],
+            },
+        ),
+        profile="cpu_demo",
+    )
+    comparison = Comparison(spec, tmp_path / "out")
+    assert [r.name for r in comparison.rows] == ["c", "g", "cr", "random_colipri_c", "random_greenrfm"]
+    labels = [stage.label for stage in comparison.stages()]
+    assert labels == [
+        f"{name}: {stage}"
+        for name in ("c", "random_colipri_c", "g", "random_greenrfm", "cr")
+        for stage in ("checkpoint", "eval retrieval", "segmentation")
+    ]
+    # A table written before a row's stages ran says so in the cell.
+    assert cell(comparison.rows[2], spec, "retrieval")["missing"].startswith("pending")
