@@ -12,6 +12,10 @@ from typing import Any
 from ctvlp.compare.pipeline import Row
 from ctvlp.compare.spec import LOWER_IS_BETTER, CompareSpec
 
+# The reason of a cell that a table written mid-way has not reached yet (every cell has its own
+# reason once the compare ends).
+PENDING = "pending"
+
 COST_COLUMNS = (
     ("train wall (h)", "wall_h"),
     ("CPU-hours", "cpu_h"),
@@ -26,10 +30,9 @@ def cell(row: Row, spec: CompareSpec, task: str) -> dict[str, Any]:
     metric = spec.metric(task)
     value = row.results.get(metric)
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        # Every cell has its reason once the compare ends; only a table written mid-way is pending.
         return {
             "metric": metric,
-            "missing": row.missing.get(task, "pending (the compare has not reached it)"),
+            "missing": row.missing.get(task, PENDING),
         }
     return {
         "metric": metric,
@@ -107,6 +110,9 @@ def markdown(rows: list[Row], spec: CompareSpec) -> str:
         entries = [row.name, row.encoder.source]
         for task in spec.tasks:
             found = cells[row.name][task]
+            if found.get("missing") == PENDING:
+                entries.append(PENDING)
+                continue
             if "value" not in found:
                 notes.append(f"{row.name} / {task}: {found['missing']}")
                 entries.append(f"n/a [{len(notes)}]")

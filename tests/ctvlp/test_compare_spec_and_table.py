@@ -138,4 +138,6 @@ def test_stages_run_one_encoder_at_a_time_with_its_baseline_after_the_first_of_i
         for stage in ("checkpoint", "eval retrieval", "segmentation")
     ]
     # A table written before a row's stages ran says so in the cell.
-    assert cell(comparison.rows[2], spec, "retrieval")["missing"].startswith("pending")
+    assert cell(comparison.rows[2], spec, "retrieval")["missing"] == "pending"
+    table = markdown(comparison.rows, spec)
+    assert "| cr | trained: colipri_cr | pending | pending |" in table and "[1]" not in table
