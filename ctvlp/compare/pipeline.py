@@ -210,7 +210,10 @@ class Comparison:
         stages = []
         eval_tasks = [t for t in self.spec.tasks if t in EVAL_TASKS]
         for row in self.stage_order():
-            stages.append(Stage(f"{row.name}: checkpoint", "train", self._prepare(row)))
+            # Trainings estimate their ETA from trainings only, not from instant checkpoints.
+            instant = row.encoder.baseline or row.encoder.colipri_weights or row.checkpoint is not None
+            kind = "checkpoint" if instant else "train"
+            stages.append(Stage(f"{row.name}: checkpoint", kind, self._prepare(row)))
             if eval_tasks:
                 stages.append(
                     Stage(f"{row.name}: eval {','.join(eval_tasks)}", "eval", self._evaluate(row, eval_tasks))
