@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 RECORD_NAME = "job.json"
 SUBMITTED_NAME = "submitted.json"
+# Written when a job starts here: if the compare is killed with it, no job.json says it ran.
+STARTED_NAME = "started.json"
 # SLURM states of a job that may still write its job.json (sacct's names, as submitit reports them).
 SLURM_ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "UNKNOWN")
 
@@ -90,7 +92,7 @@ class Job:
 
     def attempted(self) -> bool:
         """Whether this same job ran or was submitted before (and did not finish well)."""
-        for name in (RECORD_NAME, SUBMITTED_NAME):
+        for name in (RECORD_NAME, SUBMITTED_NAME, STARTED_NAME):
             path = self.folder / name
             if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("fingerprint") == self.key:
                 return True
@@ -140,6 +142,10 @@ def run_job(job: Job) -> JobRecord:
         earlier.reused = True
         return earlier
     job.folder.mkdir(parents=True, exist_ok=True)
+    rank_zero = int(os.environ.get("SLURM_PROCID", "0")) == 0
+    if rank_zero:
+        started = {"fingerprint": job.key, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (job.folder / STARTED_NAME).write_text(json.dumps(started) + "\n", encoding="utf-8")
     start = time.monotonic()
     with job.log_path.open("w", encoding="utf-8") as out:
         out.write(" ".join(job.command) + "\n\n")
@@ -159,7 +165,7 @@ def run_job(job: Job) -> JobRecord:
     )
     record_data = asdict(record)
     record_data.pop("reused")
-    if int(os.environ.get("SLURM_PROCID", "0")) == 0:
+    if rank_zero:
         (job.folder / RECORD_NAME).write_text(json.dumps(record_data, indent=1) + "\n", encoding="utf-8")
     if not record.ok:
         log.error("%s failed (exit %d); its log: %s", job.label, record.returncode, job.log_path)
