@@ -4,6 +4,7 @@ else CPU/GPU hours), with each random baseline as a dashed line (it costs no tra
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,8 @@ from ctvlp.compare.spec import CompareSpec  # noqa: E402
 from ctvlp.compare.tables import cell, cost_summary  # noqa: E402
 
 BASELINE_COLOUR = "0.6"
+# Panels per line of quality_vs_cost.png (eight tasks in one line made a 34-inch-wide figure).
+PANELS_PER_ROW = 4
 
 
 def task_bars(rows: list[Row], spec: CompareSpec, task: str, path: Path) -> Path:
@@ -45,8 +48,12 @@ def quality_vs_cost(rows: list[Row], spec: CompareSpec, path: Path) -> Path:
     cost_key, cost_label = (
         ("train_flops", "training FLOPs (image encoder)") if use_flops else ("cpu_h", "training CPU-hours")
     )
-    figure, axes = plt.subplots(1, len(spec.tasks), figsize=(4.2 * len(spec.tasks), 3.6), squeeze=False)
-    for axis, task in zip(axes[0], spec.tasks, strict=True):
+    columns = min(PANELS_PER_ROW, len(spec.tasks))
+    lines = math.ceil(len(spec.tasks) / columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.6 * lines), squeeze=False)
+    for axis in axes.flat[len(spec.tasks) :]:
+        axis.set_visible(False)
+    for axis, task in zip(axes.flat, spec.tasks, strict=False):
         for index, row in enumerate(rows):
             found = cell(row, spec, task)
             if "value" not in found:

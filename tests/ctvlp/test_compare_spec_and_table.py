@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 from omegaconf import OmegaConf
+from PIL import Image
 
 from ctvlp.compare.jobs import JobRecord
 from ctvlp.compare.pipeline import Comparison, Row
+from ctvlp.compare.plots import write_plots
 from ctvlp.compare.spec import CompareSpec, EncoderSpec, load_spec
 from ctvlp.compare.tables import cell, markdown, results_json
 from ctvlp.config.errors import ConfigError
@@ -141,3 +143,16 @@ def test_stages_run_one_encoder_at_a_time_with_its_baseline_after_the_first_of_i
     assert cell(comparison.rows[2], spec, "retrieval")["missing"] == "pending"
     table = markdown(comparison.rows, spec)
     assert "| cr | trained: colipri_cr | pending | pending |" in table and "[1]" not in table
+
+
+def test_plots_put_eight_task_panels_on_two_lines_and_mark_missing_bars(tmp_path: Path) -> None:
+    tasks = ["retrieval", "zeroshot_native", "zeroshot_short", "zeroshot_prompts", "probe", "uniferum"]
+    spec = CompareSpec(name="t", encoders=[], tasks=[*tasks, "reportgen", "segmentation"])
+    rows = [
+        _row("a", {"test/retrieval/R@5": 0.3, "test/probe/AUROC": 0.7, "test/dice/mean": 0.4}),
+        _row("random_a", {"test/retrieval/R@5": 0.1, "test/probe/AUROC": 0.5}, baseline=True),
+    ]
+    written = write_plots(rows, spec, tmp_path)
+    assert [p.name for p in written] == [f"{t}.png" for t in spec.tasks] + ["quality_vs_cost.png"]
+    width, height = Image.open(tmp_path / "plots" / "quality_vs_cost.png").size
+    assert (width, height) == (4 * 4.2 * 120, 2 * 3.6 * 120)  # four panels a line, at 120 dpi
