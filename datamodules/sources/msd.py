@@ -208,6 +208,8 @@ def label_problem(image: Path, label: Path, dataset: MsdDataset) -> str | None:
         image_shape, image_affine = _header(image)
     except Exception as error:
         return f"unreadable image header: {type(error).__name__}: {error}"
+    if len(image_shape) != 3:
+        return f"image is not 3D: shape {image_shape} (one CT channel per file, as dataset.json says)"
     try:
         shape, affine = _header(label)
     except Exception as error:

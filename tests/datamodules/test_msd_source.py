@@ -233,3 +233,28 @@ def test_dataset_json_checks(tmp_path: Path) -> None:
         msd.read_dataset_json(region)
     with pytest.raises(DataRootError, match="dataset.json"):
         msd.read_dataset_json(tmp_path / "missing")
+
+
+def test_scan_quarantines_an_image_without_labels_and_a_4d_image_and_serves_the_rest(
+    liver_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "bad"
+    shutil.copytree(liver_root, root)
+    (root / "labelsTr" / "liver_000.nii.gz").unlink()
+    four_d = root / "imagesTr" / "liver_001_0000.nii.gz"
+    image = nib.load(four_d)
+    volume = np.asarray(image.dataobj)
+    nib.save(nib.Nifti1Image(np.stack([volume, volume], axis=-1), image.affine), four_d)
+    scan = get_source("msd").scan(root, [])
+    reasons = {case: reason for case, _, reason in scan.rejected}
+    assert reasons == {
+        "liver_000": "no label map labelsTr/liver_000.nii.gz",
+        "liver_001": f"image is not 3D: shape {(*volume.shape, 2)} (one CT channel per file, as dataset.json says)",
+    }
+    assert [r.id for r in scan.records] == [f"liver_{i:03d}" for i in range(2, N_GOOD + 2)]
+
+    dataset = json.loads((root / "dataset.json").read_text())
+    del dataset["labels"]
+    (root / "dataset.json").write_text(json.dumps(dataset))
+    with pytest.raises(DataRootError, match="'labels' must be a non-empty object"):
+        get_source("msd").scan(root, [])
