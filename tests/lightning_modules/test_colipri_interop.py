@@ -178,3 +178,38 @@ def test_a_text_projection_cannot_be_exported(tiny_bert: Path, tmp_path: Path) -
     module = ColipriModule(OmegaConf.to_container(cfg, resolve=True))
     with pytest.raises(ColipriFormatError, match="no projection"):
         export_colipri(module, tmp_path / "x.safetensors")
+
+
+def test_import_colipri_writes_a_fit_checkpoint_with_the_weights(
+    tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ctvlp.cli import main
+    from ctvlp.commands.eval import load_checkpoint
+
+    ours = _our_module(tiny_bert, seed=5)
+    weights, _ = export_colipri(ours, tmp_path / "released.safetensors")
+    sizes = [f"data.crop_size={CROP}", f"model.proj_dim={PROJ}", f"model.pool_heads={HEADS}"]
+    argv = ["import-colipri", "--weights", str(weights), "--experiment", "colipri_c", "--profile", "cpu_demo"]
+    argv += [
+        "--out",
+        str(tmp_path / "run"),
+        "data.root=unused",
+        f"model.text.name_or_path={tiny_bert}",
+        *sizes,
+    ]
+    assert main(argv) == 0
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    _, imported, _ = load_checkpoint(checkpoint)
+    assert isinstance(imported, ColipriModule)
+    images, input_ids, attention_mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            imported.eval().encode_image(images), ours.encode_image(images), atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(
+            imported.encode_text(input_ids, attention_mask), ours.encode_text(input_ids, attention_mask),
+            atol=1e-5, rtol=0,
+        )  # fmt: skip
+    refused = ["import-colipri", "--weights", str(weights), "--experiment", "mae", "--profile", "cpu_demo"]
+    assert main([*refused, "--out", str(tmp_path / "x"), "data.root=unused"]) == 2
+    assert "COLIPRI weights load into a COLIPRI experiment" in capsys.readouterr().err
