@@ -163,6 +163,19 @@ def export_colipri(module: ColipriModule, path: Path) -> tuple[Path, Path]:
     return path, config_path
 
 
+def colipri_module_from_weights(cfg: Any, path: Path) -> ColipriModule:
+    """The COLIPRI model of the experiment config ``cfg`` (a DictConfig) with the colipri weights at
+    ``path`` loaded; a config of another module is refused before anything is built."""
+    if str(cfg.module) != "colipri":
+        raise ColipriFormatError(
+            f"the experiment '{cfg.get('name')}' is a '{cfg.module}' recipe; COLIPRI weights load into a COLIPRI "
+            "experiment (colipri_c, colipri_cr, colipri_cm, colipri_crm) whose sizes match them"
+        )
+    module = ColipriModule(OmegaConf.to_container(cfg, resolve=True))
+    load_colipri_weights(module, path)
+    return module
+
+
 def load_colipri_weights(module: ColipriModule, path: Path) -> None:
     """Load a colipri ``.safetensors`` into ``module`` (whose config must match the architecture).
 

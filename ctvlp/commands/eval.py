@@ -56,7 +56,7 @@ from evaluation.runner import (
 )
 from lightning_modules.base import ObjectiveModule
 from lightning_modules.colipri import ColipriModule
-from lightning_modules.colipri_interop import ColipriFormatError, load_colipri_weights
+from lightning_modules.colipri_interop import ColipriFormatError, colipri_module_from_weights
 from lightning_modules.nets.text_encoder import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,8 @@ def _from_colipri(args: argparse.Namespace) -> tuple[DictConfig, ColipriModule, 
     if not path.is_file():
         raise FileNotFoundError(f"--colipri-weights {path}: no such file")
     cfg = load_experiment(args.experiment, args.profile, _overrides(args))
-    module = ColipriModule(OmegaConf.to_container(cfg, resolve=True))
     try:
-        load_colipri_weights(module, path)
+        module = colipri_module_from_weights(cfg, path)
     except ColipriFormatError as error:
         raise ConfigError(str(error)) from error
     return cfg, module, 0, None, checkpoint_identity(path)

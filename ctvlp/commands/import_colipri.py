@@ -18,11 +18,6 @@ def run_import(args: argparse.Namespace) -> int:
     if not weights.is_file():
         raise FileNotFoundError(f"--weights {weights}: no such file (a colipri-format .safetensors)")
     cfg = load_experiment(args.experiment, args.profile, list(args.overrides))
-    if str(cfg.module) != "colipri":
-        raise ConfigError(
-            f"--experiment {args.experiment} is a '{cfg.module}' recipe; COLIPRI weights load into a COLIPRI "
-            "experiment (colipri_c, colipri_cr, colipri_cm, colipri_crm) whose sizes match them"
-        )
     try:
         checkpoint = colipri_weights_checkpoint(cfg, weights, Path(args.out))
     except ColipriFormatError as error:

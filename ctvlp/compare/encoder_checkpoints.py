@@ -89,19 +89,12 @@ def random_init_checkpoint(cfg: DictConfig, folder: Path) -> Path:
 
 def colipri_weights_checkpoint(cfg: DictConfig, weights: Path, folder: Path) -> Path:
     """Released COLIPRI weights as a ctvlp checkpoint of ``cfg`` (a COLIPRI experiment)."""
-    from lightning_modules.colipri import ColipriModule
-    from lightning_modules.colipri_interop import load_colipri_weights
+    from lightning_modules.colipri_interop import colipri_module_from_weights
 
     container = OmegaConf.to_container(cfg, resolve=True)
-
-    def build() -> torch.nn.Module:
-        module = ColipriModule(container)
-        load_colipri_weights(module, weights)
-        return module
-
     stat = weights.stat()
     key = fingerprint(container, str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
-    return _written_checkpoint(folder, key, build, cfg)
+    return _written_checkpoint(folder, key, lambda: colipri_module_from_weights(cfg, weights), cfg)
 
 
 def encoder_costs(path: Path) -> dict[str, Any]:

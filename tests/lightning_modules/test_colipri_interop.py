@@ -213,3 +213,7 @@ def test_import_colipri_writes_a_fit_checkpoint_with_the_weights(
     refused = ["import-colipri", "--weights", str(weights), "--experiment", "mae", "--profile", "cpu_demo"]
     assert main([*refused, "--out", str(tmp_path / "x"), "data.root=unused"]) == 2
     assert "COLIPRI weights load into a COLIPRI experiment" in capsys.readouterr().err
+    # ctvlp eval --colipri-weights builds through the same helper, so it refuses the same way.
+    evaluate = ["eval", "--colipri-weights", str(weights), "--experiment", "mae", "--profile", "cpu_demo"]
+    assert main([*evaluate, "--out", str(tmp_path / "e"), "data.root=unused"]) == 2
+    assert "COLIPRI weights load into a COLIPRI experiment" in capsys.readouterr().err
