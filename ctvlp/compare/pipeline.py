@@ -2,8 +2,8 @@
 checkpoint (trained, imported, or a random baseline), then its evaluation, Uniferum's own
 evaluation, report generation and segmentation fine-tuning on top of it. Each random baseline
 follows the first encoder of its architecture, so a compare stopped half-way has complete rows
-beside their baseline. Every job that finished before with the same
-fingerprint is reused (:mod:`ctvlp.compare.jobs`), so a re-run only computes what is missing.
+beside their baseline. Every job that finished before with the same fingerprint is reused
+(:mod:`ctvlp.compare.jobs`), so a re-run only computes what is missing.
 
 Layout of ``runs/compare/<spec>/`` (one folder per row)::
 
@@ -112,20 +112,22 @@ class Progress:
             log.info("%s: running", prefix)
             start = time.monotonic()
             record = stage.work()
-            seconds = time.monotonic() - start
-            if isinstance(record, str):  # submitted to SLURM, or still running there
-                log.info("%s: %s", prefix, record)
-                continue
-            reused = record is not None and record.reused
-            if not reused:
-                self.durations.setdefault(stage.kind, []).append(seconds)
-            eta = self.eta_minutes()
-            state = "reused (finished earlier)" if reused else f"done in {seconds / 60:.1f} min"
-            if record is not None and not record.ok:
-                state = f"FAILED (exit {record.returncode}; see its job.log)"
-            log.info("%s: %s; ETA %s", prefix, state, "unknown" if eta is None else f"{eta:.0f} min")
+            self._report(prefix, stage.kind, record, time.monotonic() - start)
             if after_each is not None:
                 after_each()
+
+    def _report(self, prefix: str, kind: str, record: JobRecord | str | None, seconds: float) -> None:
+        if isinstance(record, str):  # submitted to SLURM, or still running there
+            log.info("%s: %s", prefix, record)
+            return
+        reused = record is not None and record.reused
+        if not reused:
+            self.durations.setdefault(kind, []).append(seconds)
+        eta = self.eta_minutes()
+        state = "reused (finished earlier)" if reused else f"done in {seconds / 60:.1f} min"
+        if record is not None and not record.ok:
+            state = f"FAILED (exit {record.returncode}; see its job.log)"
+        log.info("%s: %s; ETA %s", prefix, state, "unknown" if eta is None else f"{eta:.0f} min")
 
 
 def _job(label: str, folder: Path, arguments: list[str], key: str, cfg: DictConfig | None = None) -> Job:

@@ -30,10 +30,7 @@ def cell(row: Row, spec: CompareSpec, task: str) -> dict[str, Any]:
     metric = spec.metric(task)
     value = row.results.get(metric)
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return {
-            "metric": metric,
-            "missing": row.missing.get(task, PENDING),
-        }
+        return {"metric": metric, "missing": row.missing.get(task, PENDING)}
     return {
         "metric": metric,
         "value": float(value),

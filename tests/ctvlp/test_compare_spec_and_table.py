@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from ctvlp.compare.jobs import JobRecord
-from ctvlp.compare.pipeline import Comparison, Row
+from ctvlp.compare.pipeline import Comparison, Progress, Row, Stage
 from ctvlp.compare.plots import write_plots
 from ctvlp.compare.spec import CompareSpec, EncoderSpec, load_spec
 from ctvlp.compare.tables import cell, markdown, results_json
@@ -156,3 +156,14 @@ def test_plots_put_eight_task_panels_on_two_lines_and_mark_missing_bars(tmp_path
     assert [p.name for p in written] == [f"{t}.png" for t in spec.tasks] + ["quality_vs_cost.png"]
     width, height = Image.open(tmp_path / "plots" / "quality_vs_cost.png").size
     assert (width, height) == (4 * 4.2 * 120, 2 * 3.6 * 120)  # four panels a line, at 120 dpi
+
+
+def test_progress_calls_after_each_after_every_stage_including_a_slurm_submission() -> None:
+    done = JobRecord("k", [], 0, wall_s=1.0, cpu_s=1.0, peak_rss_gb=0.1, finished_at="")
+    outcomes = ["submitted as SLURM job 7; run ctvlp compare again once it ends", done, None]
+    stages = [Stage(f"s{i}", "eval", lambda o=outcome: o) for i, outcome in enumerate(outcomes)]
+    calls: list[int] = []
+    progress = Progress(len(stages))
+    progress.run(stages, after_each=lambda: calls.append(progress.done))
+    assert calls == [1, 2, 3]
+    assert len(progress.durations["eval"]) == 2  # the submission is not timed as a finished eval
