@@ -13,12 +13,13 @@ import dataclasses
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationToMissingValueError, OmegaConfBaseException
 
 from ctvlp.config.batch import plan_from_data
 from ctvlp.config.errors import ConfigError, did_you_mean
@@ -380,6 +381,15 @@ def _check_data_geometry(cfg: DictConfig) -> None:
         )
 
 
+def _not_set_message(keys: list[str]) -> str:
+    hints = {
+        "data.root": " (the CT-RATE 'dataset/' folder, e.g. data.root=/data/CT-RATE/dataset;"
+        " or use PROFILE=cpu_demo for the bundled phantom)",
+    }
+    detail = "; ".join(f"'{k}'{hints.get(k, '')}" for k in keys)
+    return f"Required config value(s) not set: {detail}"
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Return ``cfg`` merged into the typed schema, or raise :class:`ConfigError`."""
     _check_unknown_keys(cfg, _schema_keys(ExperimentConfig))
@@ -388,7 +398,13 @@ def validate(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as error:
         raise ConfigError(f"Invalid configuration: {error}") from error
     typed.module = current_module_name(str(typed.module))
-    missing = sorted(OmegaConf.missing_keys(typed))
+    try:
+        missing = sorted(OmegaConf.missing_keys(typed))
+    except InterpolationToMissingValueError as error:
+        # A key that interpolates a missing value (the image-only source's root: ${data.root})
+        # fails inside missing_keys: the value it points at is the one to set.
+        pointed = re.search(r"Missing mandatory value: (\S+)", str(error))
+        raise ConfigError(_not_set_message([pointed.group(1) if pointed else str(error)])) from error
     if typed.data.sources:  # a source list replaces the data.source / data.root shorthand
         missing = [k for k in missing if k != "data.root"]
         for item in typed.data.sources:
@@ -399,12 +415,7 @@ def validate(cfg: DictConfig) -> DictConfig:
                     f"Allowed: {', '.join(CHOICES['data.source'])}"
                 )
     if missing:
-        hints = {
-            "data.root": " (the CT-RATE 'dataset/' folder, e.g. data.root=/data/CT-RATE/dataset;"
-            " or use PROFILE=cpu_demo for the bundled phantom)",
-        }
-        detail = "; ".join(f"'{k}'{hints.get(k, '')}" for k in missing)
-        raise ConfigError(f"Required config value(s) not set: {detail}")
+        raise ConfigError(_not_set_message(missing))
     _check_choices(typed)
     _check_consistency(typed)
     _one_device_batch(typed)

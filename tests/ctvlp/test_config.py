@@ -78,6 +78,9 @@ def test_wrong_type_is_reported() -> None:
 def test_missing_data_root_explains_what_to_set() -> None:
     with pytest.raises(ConfigError, match=r"data\.root.*cpu_demo"):
         load_experiment("colipri_c")
+    # colipri_crm's image-only source interpolates data.root: the same message, not a traceback.
+    with pytest.raises(ConfigError, match=r"not set: 'data\.root'.*cpu_demo"):
+        load_experiment("colipri_crm")
 
 
 def test_unknown_experiment_and_profile() -> None:
