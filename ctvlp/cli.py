@@ -22,6 +22,7 @@ from ctvlp.commands import (
 )
 from ctvlp.commands import eval as eval_command
 from ctvlp.config.errors import ConfigError
+from ctvlp.console import tolerate_ascii_console
 from datamodules.errors import DataRootError, MissingLabelColumnError
 
 USER_ERRORS = (ConfigError, DataRootError, MissingLabelColumnError, FileNotFoundError)
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerate_ascii_console()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     # Dot-list overrides may come after options (``fit NAME --profile P k=v``), which argparse

@@ -18,10 +18,10 @@ def collect_results(metrics: dict[str, object]) -> dict[str, float]:
 
 
 def write_results(path: Path, results: dict[str, float]) -> None:
-    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     existing.update(results)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(dict(sorted(existing.items())), indent=2) + "\n")
+    tmp.write_text(json.dumps(dict(sorted(existing.items())), indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 

@@ -62,7 +62,7 @@ def write_label_names(root: Path, labels: Sequence[str]) -> None:
     folder = Path(root) / FINDING_MASKS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     names = {str(FINDING_LABEL_VALUES[label]): label for label in labels}
-    (folder / LABELS_NAME).write_text(json.dumps(names, indent=1) + "\n")
+    (folder / LABELS_NAME).write_text(json.dumps(names, indent=1) + "\n", encoding="utf-8")
 
 
 def read_label_names(root: Path) -> dict[int, str]:
@@ -74,7 +74,7 @@ def read_label_names(root: Path) -> dict[int, str]:
             f"them; real data needs masks supplied as {EXPECTED_LAYOUT}."
         )
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
         names = {int(value): str(name) for value, name in raw.items()}
     except (ValueError, AttributeError) as error:
         raise BadFindingMaskError(f"{path} is not a JSON object {{value: label name}}: {error}") from error

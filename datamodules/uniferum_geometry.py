@@ -133,7 +133,7 @@ def ensure_boxes(index: CacheIndex, lung_margin_mm: float = 5.0) -> dict[str, Cr
     path = index.root / BOXES_NAME
     key = _boxes_key(index, lung_margin_mm)
     if path.is_file():
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("key") == key:
             return {
                 i: CropBox(tuple(b["centre"]), tuple(b["z_keep"]) if b["z_keep"] else None)  # type: ignore[arg-type]

@@ -153,7 +153,7 @@ class _TokenWriter:
 def _load_cached(directory: Path, key: str, mode: TokenMode, with_text: bool) -> SplitFeatures | None:
     """The cached features when their fingerprint matches (and they hold text if needed)."""
     meta_path = directory / META_NAME
-    if not meta_path.is_file() or json.loads(meta_path.read_text()).get("fingerprint") != key:
+    if not meta_path.is_file() or json.loads(meta_path.read_text(encoding="utf-8")).get("fingerprint") != key:
         return None
     saved = torch.load(directory / EMBEDDINGS_NAME, weights_only=True)
     if with_text and "text" not in saved:
@@ -250,7 +250,7 @@ def extract_features(
             saved["text"] = text
         torch.save(saved, directory / EMBEDDINGS_NAME)
         (directory / META_NAME).write_text(
-            json.dumps({"fingerprint": key, "volumes": volumes, "mode": token_mode})
+            json.dumps({"fingerprint": key, "volumes": volumes, "mode": token_mode}), encoding="utf-8"
         )
     return features
 

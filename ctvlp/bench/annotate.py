@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctvlp.bench.chat_server import FakeChatServer
+from ctvlp.console import tolerate_ascii_console
 from datamodules.annotation.pipeline import AnnotateOptions, annotate
 
 ANSWER = json.dumps({"positive": ["Right upper lobe nodule."], "negative": ["No pleural effusion."]})
@@ -49,6 +50,7 @@ def measure(root: Path, url: str, concurrency: int, out: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tolerate_ascii_console()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

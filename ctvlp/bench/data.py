@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ctvlp.console import tolerate_ascii_console
+
 CROP = 160
 TARGET_SPACING = 2.0
 
@@ -45,7 +47,7 @@ def _peak_rss_mb() -> float:
     """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent
     through fork + exec, so a child would report the parent's peak."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("VmHWM:"):
                 return float(line.split()[1]) / 1024.0
     except OSError:
@@ -313,6 +315,7 @@ def _print_build(build: dict, shape: list[int], device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerate_ascii_console()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

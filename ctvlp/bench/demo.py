@@ -32,6 +32,8 @@ from pathlib import Path
 import lightning as L
 from omegaconf import OmegaConf
 
+from ctvlp.console import tolerate_ascii_console
+
 CASES = {
     "before": ["model.text.frozen_cache_mb=0", "data.text.shuffles_per_report=0"],
     "cache only": ["data.text.shuffles_per_report=0"],
@@ -139,6 +141,7 @@ def table(results: list[Timing]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerate_ascii_console()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", help="(internal) run one case as JSON and print its timing")
     parser.add_argument("--experiment", default="colipri_c", help="a COLIPRI experiment (default colipri_c)")
@@ -168,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_demo.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    (out / "bench_demo.md").write_text(markdown + "\n")
+    (out / "bench_demo.json").write_text(
+        json.dumps([asdict(r) for r in results], indent=2) + "\n", encoding="utf-8"
+    )
+    (out / "bench_demo.md").write_text(markdown + "\n", encoding="utf-8")
     return 0
 
 

@@ -43,6 +43,7 @@ from ctvlp.bench.train import (
 )
 from ctvlp.config.batch import plan_from_data
 from ctvlp.config.loader import load_experiment
+from ctvlp.console import tolerate_ascii_console
 
 NO_GPU_MESSAGE = (
     "make bench-gpu measures CUDA kernels, MFU and GPU memory, but torch.cuda.is_available() is False "
@@ -329,6 +330,7 @@ def _run(case: GpuCase) -> GpuMeasurement:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerate_ascii_console()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", help="(internal) run one case as JSON and print its measurement")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU configuration (tests the code path)")
@@ -360,9 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         "results": [asdict(r) for r in results],
     }
     json_path, md_path = args.out / f"{stem}.json", args.out / f"{stem}.md"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     header = f"{environment['device']}, torch {environment['torch']}, {environment['date']}"
-    md_path.write_text(f"# make bench-gpu{' --smoke' if args.smoke else ''}\n\n{header}\n\n{markdown}\n")
+    md_path.write_text(
+        f"# make bench-gpu{' --smoke' if args.smoke else ''}\n\n{header}\n\n{markdown}\n", encoding="utf-8"
+    )
     print()
     print(markdown)
     print(f"\nWrote {json_path} and {md_path}")

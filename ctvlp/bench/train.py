@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ctvlp.console import tolerate_ascii_console
 from lightning_modules.nets.greenrfm_encoders import GreenRFMImageEncoder
 from lightning_modules.nets.image_encoder import build_image_encoder
 from lightning_modules.nets.primus_encoder import set_activation_checkpointing
@@ -256,6 +257,7 @@ def table(results: list[Measurement]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tolerate_ascii_console()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", help="(internal) run one case as JSON and print its measurement")
     parser.add_argument(

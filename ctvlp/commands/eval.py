@@ -154,14 +154,16 @@ def write_outputs(out: Path, output: EvalOutput, global_step: int) -> dict[str, 
     run = RunDir(out)
     out.mkdir(parents=True, exist_ok=True)
     write_results(run.results, output.results)
-    merged: dict[str, float] = json.loads(run.results.read_text())
-    run.results_table.write_text(results_table(merged) + "\n")
+    merged: dict[str, float] = json.loads(run.results.read_text(encoding="utf-8"))
+    run.results_table.write_text(results_table(merged) + "\n", encoding="utf-8")
     per_label_path = out / PER_LABEL_NAME
-    per_label = json.loads(per_label_path.read_text()) if per_label_path.exists() else {}
+    per_label = json.loads(per_label_path.read_text(encoding="utf-8")) if per_label_path.exists() else {}
     per_label.update(output.per_label)  # merged like results.json: tasks may be evaluated separately
-    per_label_path.write_text(json.dumps(per_label, indent=1, sort_keys=True) + "\n")
+    per_label_path.write_text(json.dumps(per_label, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     if "probe" in output.details:
-        (out / PROBE_SELECTION_NAME).write_text(json.dumps(output.details["probe"], indent=1) + "\n")
+        (out / PROBE_SELECTION_NAME).write_text(
+            json.dumps(output.details["probe"], indent=1) + "\n", encoding="utf-8"
+        )
     writer = SummaryWriter(str(run.tensorboard))
     for key, value in output.results.items():
         writer.add_scalar(key, value, global_step)

@@ -232,15 +232,17 @@ def _write_outputs(
     run = RunDir(out)
     out.mkdir(parents=True, exist_ok=True)
     write_results(run.results, dense.results)
-    merged: dict[str, float] = json.loads(run.results.read_text())
-    run.results_table.write_text(results_table(merged) + "\n")
+    merged: dict[str, float] = json.loads(run.results.read_text(encoding="utf-8"))
+    run.results_table.write_text(results_table(merged) + "\n", encoding="utf-8")
     details = {
         "thresholds": dense.thresholds,
         "volumes_per_finding": dense.volumes,
         "volumes_without_mask": {split: scores.without_mask for split, scores in collected.items()},
         "skipped": masks.skipped,
     }
-    (out / DETAILS_NAME).write_text(json.dumps(details, indent=1, sort_keys=True, default=str) + "\n")
+    (out / DETAILS_NAME).write_text(
+        json.dumps(details, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8"
+    )
     writer = SummaryWriter(str(run.tensorboard))
     for key, value in dense.results.items():
         writer.add_scalar(key, value, step)

@@ -101,6 +101,6 @@ def evaluate_cappa_reports(
         results.update({f"{split}/{REPORT_TASK}/{name}": value for name, value in scores.items()})
     run.mkdir(parents=True, exist_ok=True)
     write_results(run / "results.json", results)
-    merged = json.loads((run / "results.json").read_text())
-    (run / "results.md").write_text(results_table(merged) + "\n")
+    merged = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    (run / "results.md").write_text(results_table(merged) + "\n", encoding="utf-8")
     return run, results

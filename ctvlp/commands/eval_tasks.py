@@ -90,10 +90,10 @@ def evaluate_task_checkpoint(
             trainer.validate(module, dataloaders=loader, verbose=False)
         results.update(collect_results(trainer.callback_metrics))
     write_results(run / "results.json", results)
-    merged = json.loads((run / "results.json").read_text())
-    (run / "results.md").write_text(results_table(merged) + "\n")
+    merged = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    (run / "results.md").write_text(results_table(merged) + "\n", encoding="utf-8")
     if texts:
-        (run / "task_texts.json").write_text(json.dumps(texts, indent=1) + "\n")
+        (run / "task_texts.json").write_text(json.dumps(texts, indent=1) + "\n", encoding="utf-8")
     return run, results
 
 

@@ -108,7 +108,7 @@ def _encoder_architecture(config: dict, path: Path) -> dict[str, Any]:
 
 def _patch_size(args: argparse.Namespace, crop: tuple[int, int, int]) -> tuple[int, int, int]:
     if args.plans:
-        plans = json.loads(Path(args.plans).read_text())
+        plans = json.loads(Path(args.plans).read_text(encoding="utf-8"))
         configurations = plans.get("configurations", {})
         if args.configuration not in configurations:
             raise ConfigError(

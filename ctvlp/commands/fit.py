@@ -162,7 +162,7 @@ def fit(cfg: DictConfig, resume: str | None = None) -> FitResult:
         trainer.logger.log_hyperparams(flatten_config(cfg), metrics=results)
     if trainer.is_global_zero:
         write_results(run.results, results)
-        run.results_table.write_text(results_table(results) + "\n")
+        run.results_table.write_text(results_table(results) + "\n", encoding="utf-8")
     return FitResult(run, results)
 
 

@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = list(spec.metrics)
     table = collect(sweep_dir, runs, metrics)
     summary = markdown(runs, table, metrics)
-    (sweep_dir / "results.md").write_text(summary + "\n")
-    (sweep_dir / "results.json").write_text(json.dumps(table, indent=2) + "\n")
+    (sweep_dir / "results.md").write_text(summary + "\n", encoding="utf-8")
+    (sweep_dir / "results.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
     print("\n" + summary)
     print(
         f"\nTable: {sweep_dir / 'results.md'}; compare runs in TensorBoard's HParams tab: tensorboard --logdir {sweep_dir}"

@@ -42,7 +42,7 @@ def launch_local(spec: SweepSpec, runs: list[SweepRun], sweep_dir: Path) -> dict
         log_path = sweep_dir / f"{run.run_id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
-        with log_path.open("w") as log:
+        with log_path.open("w", encoding="utf-8") as log:
             code = subprocess.call(fit_command(spec, run, sweep_dir), stdout=log, stderr=subprocess.STDOUT)
         minutes = (time.monotonic() - start) / 60
         status[run.run_id] = "done" if code == 0 else f"failed (exit {code}, see {log_path})"

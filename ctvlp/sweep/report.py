@@ -15,7 +15,7 @@ def collect(sweep_dir: Path, runs: list[SweepRun], metrics: list[str]) -> dict[s
     table: dict[str, dict[str, float]] = {}
     for run in runs:
         found = sorted(run_dir_of(sweep_dir, run).glob("version_*/results.json"))
-        results = json.loads(found[-1].read_text()) if found else {}
+        results = json.loads(found[-1].read_text(encoding="utf-8")) if found else {}
         table[run.run_id] = {metric: float(results.get(metric, math.nan)) for metric in metrics}
     return table
 

@@ -309,7 +309,7 @@ def write_volume(job: VolumeJob) -> None:
 
 def _read_manifest(out: Path) -> dict | None:
     try:
-        return json.loads((out / MANIFEST).read_text())
+        return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -504,15 +504,15 @@ def _write_tables(out: Path, scans: list[_Scan]) -> None:
         ):
             (out / table).parent.mkdir(parents=True, exist_ok=True)
             frame.to_csv(out / table, index=False)
-        (out / layout.no_chest).write_text("".join(f"{h}\n" for h in heads))
+        (out / layout.no_chest).write_text("".join(f"{h}\n" for h in heads), encoding="utf-8")
     short = {
         name: {"positive": s.report.positive, "negative": s.report.negative}
         for s in scans
         for name, _, _ in s.volumes
     }
-    (out / "shortened_findings.json").write_text(json.dumps(short, indent=1))
+    (out / "shortened_findings.json").write_text(json.dumps(short, indent=1), encoding="utf-8")
     sections = {name: s.report.sections for s in scans if not s.head for name, _, _ in s.volumes}
-    (out / "structured_findings.json").write_text(json.dumps(sections, indent=1))
+    (out / "structured_findings.json").write_text(json.dumps(sections, indent=1), encoding="utf-8")
 
 
 def write_phantom_ct_rate(
@@ -557,5 +557,5 @@ def write_phantom_ct_rate(
         "summary": summary,
         "label_counts_per_scan": counts,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return PhantomSummary(root=out, **summary, seed=seed)

@@ -140,7 +140,7 @@ def write_series(job: SeriesJob) -> None:
 
 def _is_complete(out: Path, n: int, seed: int, n_dicom: int) -> dict | None:
     try:
-        m = json.loads((out / MANIFEST).read_text())
+        m = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if m.get("version") != VERSION or (m.get("n"), m.get("seed"), m.get("n_dicom")) != (n, seed, n_dicom):
@@ -200,5 +200,5 @@ def write_phantom_image_only(
         "n_dicom_series": sum(job.dicom for job in jobs),
     }
     manifest = {"version": VERSION, "n": n, "seed": seed, "n_dicom": n_dicom, "summary": summary}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return ImageOnlySummary(root=out, **summary, seed=seed)

@@ -242,7 +242,7 @@ def _pick(rng: np.random.Generator, options: list[str]) -> str:
 
 def _is_complete(out: Path, n: int, seed: int) -> dict | None:
     try:
-        m = json.loads((out / MANIFEST).read_text())
+        m = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if m.get("version") != VERSION or m.get("n") != n or m.get("seed") != seed:
@@ -314,7 +314,7 @@ def write_phantom_merlin(
         out / layout.LABELS, index=False
     )
     pd.DataFrame(meta_rows).to_csv(out / layout.METADATA, index=False)
-    (out / "shortened_findings.json").write_text(json.dumps(short, indent=1))
+    (out / "shortened_findings.json").write_text(json.dumps(short, indent=1), encoding="utf-8")
     summary = {
         "n_studies": n,
         "n_train": splits.count("train"),
@@ -323,5 +323,5 @@ def write_phantom_merlin(
     }
     findings = {study_id(seed, i): job.case.findings for i, job in enumerate(jobs)}
     manifest = {"version": VERSION, "n": n, "seed": seed, "summary": summary, "findings": findings}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return MerlinPhantomSummary(root=out, **summary, seed=seed)

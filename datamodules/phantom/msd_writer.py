@@ -196,7 +196,7 @@ def dataset_json(task: str, n: int) -> dict:
 
 def _is_complete(out: Path, task: str, n: int, seed: int) -> bool:
     try:
-        m = json.loads((out / MANIFEST).read_text())
+        m = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return (m.get("version"), m.get("task"), m.get("n"), m.get("seed")) == (VERSION, task, n, seed)
@@ -234,7 +234,7 @@ def write_phantom_msd(
         grid = Grid((nxy, nxy, int(round(fov_z / s_z))), (s_xy, s_xy, s_z))
         jobs.append(CaseJob(f"{task}_{i:03d}", out, case, lesions, grid, (seed, _S_NOISE, i)))
     run_jobs(write_case, jobs, workers, progress, f"phantom msd {task}", unit="case")
-    (out / "dataset.json").write_text(json.dumps(dataset_json(task, n), indent=1) + "\n")
+    (out / "dataset.json").write_text(json.dumps(dataset_json(task, n), indent=1) + "\n", encoding="utf-8")
     manifest = {"version": VERSION, "task": task, "n": n, "seed": seed}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return MsdSummary(out, task, n, dict(LABELS[task]), seed)

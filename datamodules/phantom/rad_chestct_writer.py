@@ -158,7 +158,7 @@ def case_cells(case: ChestCase) -> set[tuple[str, str]]:
 
 def _is_complete(out: Path, n: int, seed: int, scale: float) -> dict | None:
     try:
-        m = json.loads((out / MANIFEST).read_text())
+        m = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if m.get("version") != VERSION or (m.get("n"), m.get("seed"), m.get("scale")) != (n, seed, scale):
@@ -225,5 +225,5 @@ def write_phantom_rad_chestct(
         "summary": summary,
         "ct_rate_labels": labels,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return RadChestPhantomSummary(root=out, **summary, seed=seed, scale=scale)

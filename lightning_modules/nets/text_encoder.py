@@ -73,7 +73,7 @@ def _needs_remote_code(path: str) -> bool:
     """Directories whose config maps Auto classes to bundled code (e.g. CXR-BERT) need remote code."""
     config_file = Path(path) / "config.json"
     try:
-        return "auto_map" in json.loads(config_file.read_text())
+        return "auto_map" in json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
 

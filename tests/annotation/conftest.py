@@ -28,8 +28,12 @@ class GroundTruth:
         self.root = root
         reports = pd.concat([pd.read_csv(root / lay.reports, dtype=str).fillna("") for lay in SPLIT_LAYOUTS])
         labels = pd.concat([pd.read_csv(root / lay.labels) for lay in SPLIT_LAYOUTS])
-        shortened = json.loads((root / "shortened_findings.json").read_text())
-        heads = {line for lay in SPLIT_LAYOUTS for line in (root / lay.no_chest).read_text().split()}
+        shortened = json.loads((root / "shortened_findings.json").read_text(encoding="utf-8"))
+        heads = {
+            line
+            for lay in SPLIT_LAYOUTS
+            for line in (root / lay.no_chest).read_text(encoding="utf-8").split()
+        }
         reports = reports[~reports["VolumeName"].isin(heads)]
         labels = labels[~labels["VolumeName"].isin(heads)]
         self.volumes = list(reports["VolumeName"])
@@ -38,7 +42,7 @@ class GroundTruth:
             row["VolumeName"]: {n: int(row[n]) for n in CT_RATE_LABELS} for _, row in labels.iterrows()
         }
         self.shortened = shortened
-        self.structured = json.loads((root / "structured_findings.json").read_text())
+        self.structured = json.loads((root / "structured_findings.json").read_text(encoding="utf-8"))
         self.by_findings = {f: v for v, f in self.findings.items()}
 
     def sections(self, volume: str) -> dict[str, list[str]]:

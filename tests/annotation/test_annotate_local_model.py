@@ -31,8 +31,10 @@ def test_garbage_from_a_random_lm_is_listed_for_review(annotate_root, tmp_path, 
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "done 0, retried 6, failed 6" in printed
-    review = [json.loads(line) for line in (out / "annotate_review.jsonl").read_text().splitlines()]
+    review = [
+        json.loads(line) for line in (out / "annotate_review.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(review) == 6 and all(r["reason"] and r["status"] == "failed" for r in review)
-    assert json.loads((out / "shortened_findings.json").read_text()) == {}
-    meta = json.loads((out / "shortened_findings.json.meta.json").read_text())
+    assert json.loads((out / "shortened_findings.json").read_text(encoding="utf-8")) == {}
+    meta = json.loads((out / "shortened_findings.json.meta.json").read_text(encoding="utf-8"))
     assert meta["model"] == "tiny_lm" and meta["failed_reports"] == 3

@@ -62,7 +62,7 @@ def test_sidecars_equal_ground_truth_through_faults(
         row["VolumeName"]: {n: row[n] for n in CT_RATE_LABELS} for _, row in labels.iterrows()
     } == truth.labels
 
-    meta = json.loads((out / "shortened_findings.json.meta.json").read_text())
+    meta = json.loads((out / "shortened_findings.json.meta.json").read_text(encoding="utf-8"))
     assert meta["prompt_version"] == "shorten-v1" and meta["model"] == "fake" and meta["date"]
     assert (
         f"done {3 * len(read_items('ct_rate', annotate_root))}, retried" in printed and "failed 0" in printed
@@ -70,7 +70,7 @@ def test_sidecars_equal_ground_truth_through_faults(
     retried = int(printed.split("retried ")[1].split(",")[0])
     assert retried > 5
     for path in out.iterdir():  # the key goes in the header only
-        assert "sk-test-secret" not in path.read_text()
+        assert "sk-test-secret" not in path.read_text(encoding="utf-8")
 
 
 def test_invalid_replies_go_to_review_file(annotate_root, truth, chat_server, tmp_path, capsys):
@@ -87,7 +87,9 @@ def test_invalid_replies_go_to_review_file(annotate_root, truth, chat_server, tm
     assert main(_cli(annotate_root, out, server.url, "--tasks", "shorten", "--retries", "2")) == 0
     printed = capsys.readouterr().out
     assert "failed 1" in printed and "annotate_review.jsonl" in printed
-    review = [json.loads(line) for line in (out / "annotate_review.jsonl").read_text().splitlines()]
+    review = [
+        json.loads(line) for line in (out / "annotate_review.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert [(r["id"], r["task"], r["attempts"]) for r in review] == [(bad_volume, "shorten", 3)]
     assert "'negative' must be a list" in review[0]["reason"]
     shortened = load_shortened_findings(out / "shortened_findings.json")
@@ -110,7 +112,7 @@ def test_resume_after_sigkill_redoes_nothing(annotate_root, truth, chat_server, 
     )
     progress = out / "annotate_progress.jsonl"
     deadline = time.monotonic() + 120
-    while not (progress.exists() and len(progress.read_text().splitlines()) >= 4):
+    while not (progress.exists() and len(progress.read_text(encoding="utf-8").splitlines()) >= 4):
         assert process.poll() is None, "annotate ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -176,16 +178,18 @@ def test_limit_keeps_earlier_results_and_a_foreign_sidecar_is_kept(
     server = chat_server()
     out = tmp_path / "out"
     out.mkdir()
-    (out / "shortened_findings.json").write_text("{}")  # e.g. a hand-made file: kept as .orig
+    (out / "shortened_findings.json").write_text(
+        "{}", encoding="utf-8"
+    )  # e.g. a hand-made file: kept as .orig
     n_items = len(read_items("ct_rate", annotate_root))
     assert main(_cli(annotate_root, out, server.url, "--tasks", "shorten")) == 0
     assert server.requests == n_items
-    assert (out / "shortened_findings.json.orig").read_text() == "{}"
+    assert (out / "shortened_findings.json.orig").read_text(encoding="utf-8") == "{}"
     assert main(_cli(annotate_root, out, server.url, "--tasks", "shorten", "--limit", "2")) == 0
     assert server.requests == n_items  # nothing to redo
     shortened = load_shortened_findings(out / "shortened_findings.json")
     assert len(shortened) == len(truth.volumes)  # the limited run kept every earlier result
-    assert (out / "shortened_findings.json.orig").read_text() == "{}"
+    assert (out / "shortened_findings.json.orig").read_text(encoding="utf-8") == "{}"
 
 
 def test_labels_as_a_list_in_the_order_asked():
@@ -255,7 +259,9 @@ def test_paraphrased_sections_are_listed_for_review(annotate_root, truth, chat_s
     server = chat_server(answer=answer)
     out = tmp_path / "out"
     assert main(_cli(annotate_root, out, server.url, "--tasks", "sections", "--retries", "1")) == 0
-    review = [json.loads(line) for line in (out / "annotate_review.jsonl").read_text().splitlines()]
+    review = [
+        json.loads(line) for line in (out / "annotate_review.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert [(r["id"], r["task"]) for r in review] == [(bad_volume, "sections")]
     assert "not copied verbatim" in review[0]["reason"]
     assert volume_key(bad_volume) not in load_structured_sections(out / "structured_findings.json")

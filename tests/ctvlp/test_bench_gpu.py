@@ -25,6 +25,8 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         timeout=900,
+        encoding="utf-8",
+        errors="replace",
     )
 
 
@@ -61,7 +63,7 @@ def test_a_cpu_is_refused_without_smoke(tmp_path: Path) -> None:
 def test_smoke_runs_every_configuration_and_writes_json_and_markdown(tmp_path: Path) -> None:
     result = _bench("--smoke", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "bench_gpu_smoke.json").read_text())
+    report = json.loads((tmp_path / "bench_gpu_smoke.json").read_text(encoding="utf-8"))
     assert report["smoke"] is True and report["torch"] == torch.__version__
     assert set(report["sdpa_backends_enabled"]) == {"flash", "memory_efficient", "cudnn", "math"}
     results = report["results"]
@@ -83,7 +85,7 @@ def test_smoke_runs_every_configuration_and_writes_json_and_markdown(tmp_path: P
             assert r["attention_kernel"] == "none"
         else:
             assert r["attention_kernel"] in SDPA_KERNELS.values()
-    markdown = (tmp_path / "bench_gpu_smoke.md").read_text()
+    markdown = (tmp_path / "bench_gpu_smoke.md").read_text(encoding="utf-8")
     assert "| case | attention kernel | s/step | samples/s | TFLOP/s | MFU | peak mem (GiB) |" in markdown
     for r in results:
         assert f"| {r['case']} | {r['attention_kernel']} | {r['seconds_per_step']:.3f} |" in markdown

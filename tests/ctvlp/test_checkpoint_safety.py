@@ -84,7 +84,7 @@ def _plain(value: object) -> bool:
 def _evaluate(checkpoint: Path, out: Path) -> dict[str, float]:
     arguments = ["eval", "--ckpt", str(checkpoint), "--out", str(out), "--no-progress"]
     assert main([*arguments, "--tasks", "retrieval", "--splits", "val"]) == 0
-    return json.loads((out / "results.json").read_text())
+    return json.loads((out / "results.json").read_text(encoding="utf-8"))
 
 
 def test_a_checkpoint_of_ctvlp_fit_loads_and_evaluates(trained_run: Path, tmp_path: Path) -> None:

@@ -39,10 +39,10 @@ def test_the_started_marker_exists_while_the_job_runs_and_counts_as_an_attempt(t
 def test_a_finished_job_is_reused_under_its_fingerprint_only(tmp_path: Path) -> None:
     job = ScriptJob("b: eval", tmp_path / "job", [], "k1", script="print('scored')")
     first = run_job(job)
-    assert first.ok and "scored" in job.log_path.read_text()
+    assert first.ok and "scored" in job.log_path.read_text(encoding="utf-8")
     again = run_job(job)
     assert again.reused and again.finished_at == first.finished_at
-    record = json.loads((tmp_path / "job" / RECORD_NAME).read_text())
+    record = json.loads((tmp_path / "job" / RECORD_NAME).read_text(encoding="utf-8"))
     assert record["fingerprint"] == "k1" and record["returncode"] == 0
     failing = ScriptJob("b: eval", tmp_path / "job", [], "k2", script="import sys; sys.exit(4)")
     assert failing.finished() is None

@@ -19,7 +19,7 @@ from ctvlp.config.errors import ConfigError
 
 
 def _write(path: Path, spec: dict) -> str:
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     return str(path)
 
 

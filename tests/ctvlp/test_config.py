@@ -45,8 +45,10 @@ def test_profile_per_module_section_applies_to_that_module_only() -> None:
 
 def test_profile_per_module_names_must_be_modules(tmp_path: Path) -> None:
     (tmp_path / "profiles").mkdir()
-    (tmp_path / "base.yaml").write_text("name: base\nmodule: colipri\ndata:\n  root: /x\n")
-    (tmp_path / "profiles" / "small.yaml").write_text("per_module:\n  greenfm:\n    seed: 1\n")
+    (tmp_path / "base.yaml").write_text("name: base\nmodule: colipri\ndata:\n  root: /x\n", encoding="utf-8")
+    (tmp_path / "profiles" / "small.yaml").write_text(
+        "per_module:\n  greenfm:\n    seed: 1\n", encoding="utf-8"
+    )
     with pytest.raises(ConfigError, match=r"per_module names \['greenfm'\], which are not modules"):
         load_experiment("base", "small", root=tmp_path)
 
@@ -92,8 +94,8 @@ def test_unknown_experiment_and_profile() -> None:
 
 def test_typo_in_a_yaml_file_is_caught(tmp_path: Path) -> None:
     (tmp_path / "profiles").mkdir()
-    (tmp_path / "base.yaml").write_text("name: base\ndata:\n  root: /x\n")
-    (tmp_path / "bad.yaml").write_text("defaults: [base]\noptim:\n  warmup_step: 3\n")
+    (tmp_path / "base.yaml").write_text("name: base\ndata:\n  root: /x\n", encoding="utf-8")
+    (tmp_path / "bad.yaml").write_text("defaults: [base]\noptim:\n  warmup_step: 3\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="Did you mean 'optim.warmup_steps'"):
         load_experiment("bad", root=tmp_path)
 

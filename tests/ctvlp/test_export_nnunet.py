@@ -103,7 +103,7 @@ def test_patch_size_from_nnunet_plans_and_refusals(
 ) -> None:
     path, encoder = checkpoint
     plans = tmp_path / "nnUNetPlans.json"
-    plans.write_text('{"configurations": {"3d_fullres": {"patch_size": [48, 32, 40]}}}')
+    plans.write_text('{"configurations": {"3d_fullres": {"patch_size": [48, 32, 40]}}}', encoding="utf-8")
     out = tmp_path / "w.pth"
     assert _export(path, out, "--num-classes", "2", "--plans", str(plans)) == 0
     network = nnunet_primus(96, 4, 4, num_classes=2, patch_size=(48, 32, 40))

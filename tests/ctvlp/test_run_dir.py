@@ -13,7 +13,7 @@ from ctvlp.run_dir import resolve_checkpoint
 
 def _run(tmp_path: Path, module: str, *checkpoints: str) -> Path:
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "config.yaml").write_text(f"name: x\nmodule: {module}\n")
+    (tmp_path / "config.yaml").write_text(f"name: x\nmodule: {module}\n", encoding="utf-8")
     for name in checkpoints:
         (tmp_path / "checkpoints" / name).write_bytes(b"")
     return tmp_path

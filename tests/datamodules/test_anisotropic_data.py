@@ -93,8 +93,8 @@ def test_anisotropic_cache_has_the_per_axis_grid(aniso_cache_dir, aniso_index, s
     root = aniso_index.root
     assert root == (aniso_cache_dir / "ct_rate" / "6x6x12mm-paper").absolute()
     assert aniso_index.spacing == SPACING
-    assert json.loads((root / "index.json").read_text())["spacing"] == list(SPACING)
-    assert json.loads((root / BUILD_NAME).read_text())["spacing"] == list(SPACING)
+    assert json.loads((root / "index.json").read_text(encoding="utf-8"))["spacing"] == list(SPACING)
+    assert json.loads((root / BUILD_NAME).read_text(encoding="utf-8"))["spacing"] == list(SPACING)
     records = {r.id: r for r in scan_ct_rate(small_ct_rate_root).records}
     assert len(aniso_index.entries) == len(records)
     with_masks = 0

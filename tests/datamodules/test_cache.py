@@ -78,7 +78,7 @@ def test_index_round_trip_and_completeness(tmp_path: Path) -> None:
         root=tmp_path, spacing=2.0, interpolation="paper", label_names=["a", "b"], entries=[entry]
     )
     index.save()
-    data = (tmp_path / "index.json").read_text()
+    data = (tmp_path / "index.json").read_text(encoding="utf-8")
     assert '"file": "volumes/v_1.npy"' in data and "null" in data and "NaN" not in data
 
     loaded = CacheIndex.load(tmp_path)

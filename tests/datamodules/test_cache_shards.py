@@ -63,7 +63,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     start = time.perf_counter()
     procs = []
     for k in (1, 2):
-        log = open(base / f"shard{k}.log", "w")  # noqa: SIM115 - closed below, after the process ends
+        log = open(base / f"shard{k}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below, after the process ends
         command = [
             sys.executable, "-m", "ctvlp.cli", "preprocess", "--source", "ct_rate", "--root", str(data),
             "--spacing", str(SPACING), "--cache-dir", str(sharded_dir), "--shard", f"{k}/2",
@@ -76,7 +76,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for proc, log in procs:
         proc.wait(timeout=300)
         log.close()
-    outputs = [(base / f"shard{k}.log").read_text() for k in (1, 2)]
+    outputs = [(base / f"shard{k}.log").read_text(encoding="utf-8") for k in (1, 2)]
     for (proc, _), output in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, output
     print(f"2 shard processes: {time.perf_counter() - start:.1f} s")
@@ -96,10 +96,10 @@ def test_shards_build_the_same_cache_as_one_process(built: dict[str, Path]) -> N
     for name in ("index.json", "quarantine.csv", "build.json", "source.json"):
         assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
 
-    index = json.loads((single / "index.json").read_text())
+    index = json.loads((single / "index.json").read_text(encoding="utf-8"))
     ids = [e["id"] for e in index["entries"]]
     assert len(ids) >= 15
-    quarantine = (single / "quarantine.csv").read_text()
+    quarantine = (single / "quarantine.csv").read_text(encoding="utf-8")
     assert "without a volume file" in quarantine  # the scan's row, first
     assert len(quarantine.splitlines()) == 3  # header, the scan's row, the builder's row
 
@@ -112,9 +112,9 @@ def test_shards_build_the_same_cache_as_one_process(built: dict[str, Path]) -> N
     # Each shard built its own half (round-robin over sorted ids) and said so.
     halves = []
     for k in (1, 2):
-        result = json.loads((sharded / SHARDS_DIR / f"{k}-of-2.json").read_text())
+        result = json.loads((sharded / SHARDS_DIR / f"{k}-of-2.json").read_text(encoding="utf-8"))
         halves.append({e["id"] for _, e in result["entries"]} | {r[0] for _, r in result["failed"]})
-        assert f"shard {k}/2:" in built[f"log{k}"].read_text()
+        assert f"shard {k}/2:" in built[f"log{k}"].read_text(encoding="utf-8")
     assert not halves[0] & halves[1]
     assert halves[0] | halves[1] >= set(ids)
     assert abs(len(halves[0]) - len(halves[1])) <= 1

@@ -80,7 +80,9 @@ def test_structured_sidecar_overrides_the_keyword_rules(phantom_overrides, tmp_p
     plain = _datamodule(phantom_overrides, "colipri_c")
     entry = plain.datasets["val"].entries[0]
     sidecar = tmp_path / "structured.json"
-    sidecar.write_text(json.dumps({f"{entry.id}.nii.gz": {"Tubes, Lines, and Devices": ["A port."]}}))
+    sidecar.write_text(
+        json.dumps({f"{entry.id}.nii.gz": {"Tubes, Lines, and Devices": ["A port."]}}), encoding="utf-8"
+    )
     structured = _datamodule(
         phantom_overrides, "colipri_c", (f"data.text.structured_findings_json={sidecar}",)
     )

@@ -114,8 +114,8 @@ def make_fake_ct_rate(base: Path) -> Path:
     _write_csv(root / "multi_abnormality_labels/valid_predicted_labels.csv", labels)
     _write_csv(root / "metadata/validation_metadata.csv", metadata)
 
-    (root / "no_chest_train.txt").write_text("train_2_a_1.nii.gz\n")
-    (root / "no_chest_valid.txt").write_text("valid_2_a_1\n")
+    (root / "no_chest_train.txt").write_text("train_2_a_1.nii.gz\n", encoding="utf-8")
+    (root / "no_chest_valid.txt").write_text("valid_2_a_1\n", encoding="utf-8")
     return base
 
 

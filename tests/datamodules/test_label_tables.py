@@ -30,11 +30,11 @@ def _labels_by_id(index) -> dict[str, list[float]]:
 
 def test_read_label_table_values_and_errors(tmp_path):
     table = tmp_path / "t.csv"
-    table.write_text("VolumeName,Cardiomegaly,Emphysema\na_1.nii.gz,1,-1\nb_1,0,\n")
+    table.write_text("VolumeName,Cardiomegaly,Emphysema\na_1.nii.gz,1,-1\nb_1,0,\n", encoding="utf-8")
     values = read_label_table(table, ["Cardiomegaly", "Emphysema"])
     assert values["a_1"]["Cardiomegaly"] == 1.0 and math.isnan(values["a_1"]["Emphysema"])
     assert values["b_1"]["Cardiomegaly"] == 0.0 and math.isnan(values["b_1"]["Emphysema"])
-    table.write_text("VolumeName,Cardiomegaly,Emphysema\na_1,1,0\nb_1,yes,0\n")
+    table.write_text("VolumeName,Cardiomegaly,Emphysema\na_1,1,0\nb_1,yes,0\n", encoding="utf-8")
     with pytest.raises(DataRootError, match=r"row 3 \(VolumeName=b_1\), column 'Cardiomegaly': 'yes'"):
         read_label_table(table, ["Cardiomegaly", "Emphysema"])
     with pytest.raises(MissingLabelColumnError, match="Atelectasis"):

@@ -65,7 +65,7 @@ def test_source_masks_minus_one_and_keeps_official_splits(merlin_root: Path) -> 
 
 def test_visible_findings_are_in_the_voxels(merlin_root: Path) -> None:
     """Splenomegaly and renal cysts as the labels say, measured in the preprocessed RAS+ volume."""
-    manifest = json.loads((merlin_root / "phantom_manifest.json").read_text())
+    manifest = json.loads((merlin_root / "phantom_manifest.json").read_text(encoding="utf-8"))
     records = {r.id: r for r in scan_merlin(merlin_root).records}
     checked = 0
     for sid, findings in manifest["findings"].items():

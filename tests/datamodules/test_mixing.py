@@ -143,7 +143,9 @@ def test_every_paired_source_of_a_mix_reads_its_own_structured_sidecar(make_mixe
     assert plain.mixed_train.parts[0][(0, 0)]["sections"]["Lungs and Airways"]  # keyword rules
     sidecar = merlin_root / STRUCTURED_FINDINGS_FILE
     entry = merlin_part.entries[0]
-    sidecar.write_text(json.dumps({f"{entry.id}.nii.gz": {"Tubes, Lines, and Devices": ["A port."]}}))
+    sidecar.write_text(
+        json.dumps({f"{entry.id}.nii.gz": {"Tubes, Lines, and Devices": ["A port."]}}), encoding="utf-8"
+    )
     try:
         mixed = make_mixed()
         mixed.setup()

@@ -77,7 +77,7 @@ def test_phantom_writes_a_layout_nnunet_accepts(task: str, liver_root: Path, tmp
     else:
         root = tmp_path / "lung"
         _cli(phantom_command, ["phantom", "--source", "msd_lung", "--out", str(root), "--n", "2"])
-    dataset = json.loads((root / "dataset.json").read_text())
+    dataset = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert dataset["channel_names"] == {"0": "CT"}
     organ = "liver" if task == "liver" else "lung"
     assert dataset["labels"] == {"background": 0, organ: 1, "lesion": 2}
@@ -114,7 +114,7 @@ def test_scan_quarantines_a_shifted_label_and_an_unknown_value(corrupted_root: P
 
 def test_cache_holds_nearest_neighbour_labels_on_the_volume_grid(cache: msd.MsdCache) -> None:
     assert len(cache.index.entries) == N_GOOD and cache.index.label_names == []
-    with open(cache.index.quarantine_path, newline="") as f:
+    with open(cache.index.quarantine_path, newline="", encoding="utf-8") as f:
         quarantined = {row["id"]: row["reason"] for row in csv.DictReader(f)}
     assert set(quarantined) == {f"liver_{N_GOOD:03d}", f"liver_{N_GOOD + 1:03d}"}
     assert "label grid differs" in quarantined[f"liver_{N_GOOD:03d}"]
@@ -136,7 +136,7 @@ def test_cache_holds_nearest_neighbour_labels_on_the_volume_grid(cache: msd.MsdC
 
 
 def test_normalisation_statistics_are_foreground_based_and_stored(cache: msd.MsdCache) -> None:
-    saved = json.loads((cache.root / msd.SEGMENTATION_JSON).read_text())
+    saved = json.loads((cache.root / msd.SEGMENTATION_JSON).read_text(encoding="utf-8"))
     norm = saved["normalisation"]
     assert saved["sampling"]["samples_per_case"] == msd.SAMPLES_PER_CASE
     pool = np.concatenate(
@@ -210,7 +210,7 @@ def test_generic_preprocess_then_finish(liver_root: Path, tmp_path: Path) -> Non
 
 def _write_dataset_json(root: Path, **fields) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset.json").write_text(json.dumps(fields))
+    (root / "dataset.json").write_text(json.dumps(fields), encoding="utf-8")
     return root
 
 
@@ -253,8 +253,8 @@ def test_scan_quarantines_an_image_without_labels_and_a_4d_image_and_serves_the_
     }
     assert [r.id for r in scan.records] == [f"liver_{i:03d}" for i in range(2, N_GOOD + 2)]
 
-    dataset = json.loads((root / "dataset.json").read_text())
+    dataset = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     del dataset["labels"]
-    (root / "dataset.json").write_text(json.dumps(dataset))
+    (root / "dataset.json").write_text(json.dumps(dataset), encoding="utf-8")
     with pytest.raises(DataRootError, match="'labels' must be a non-empty object"):
         get_source("msd").scan(root, [])

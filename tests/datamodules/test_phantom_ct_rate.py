@@ -60,7 +60,7 @@ def _tables(root: Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
         pd.read_csv(root / "radiology_text_reports" / rep),
         pd.read_csv(root / "multi_abnormality_labels" / lab),
         pd.read_csv(root / "metadata" / meta),
-        (root / no_chest).read_text().split(),
+        (root / no_chest).read_text(encoding="utf-8").split(),
     )
 
 
@@ -124,7 +124,7 @@ def test_csv_columns_match_ct_rate(root: Path) -> None:
 def test_tree_and_rows_agree(root: Path) -> None:
     files = sorted(p.relative_to(root).as_posix() for p in root.glob("*_fixed/**/*.nii.gz"))
     assert files and all(PATH_RE.match(f) for f in files), files
-    short = json.loads((root / "shortened_findings.json").read_text())
+    short = json.loads((root / "shortened_findings.json").read_text(encoding="utf-8"))
     all_names: set[str] = set()
     for split in FILES:
         names = {Path(f).name for f in files if f.startswith(f"{split}_fixed/")}
@@ -141,7 +141,7 @@ def test_tree_and_rows_agree(root: Path) -> None:
     assert all(set(v) == {"positive", "negative"} for v in short.values())
     # Patients with two scans and scans with two reconstructions both occur; splits are by patient.
     assert any("_b_" in n for n in all_names) and any(n.endswith("_2.nii.gz") for n in all_names)
-    manifest = json.loads((root / "phantom_manifest.json").read_text())
+    manifest = json.loads((root / "phantom_manifest.json").read_text(encoding="utf-8"))
     assert (manifest["n"], manifest["seed"], manifest["n_volumes"]) == (N, SEED, len(files))
 
 
@@ -201,7 +201,7 @@ def test_labels_agree_with_voxels(root: Path) -> None:
 
 def test_effusion_side_is_physical(root: Path) -> None:
     """Unilateral pleural fluid is on the side the report names, whatever the storage orientation."""
-    short = json.loads((root / "shortened_findings.json").read_text())
+    short = json.loads((root / "shortened_findings.json").read_text(encoding="utf-8"))
     checked = 0
     for name, _, _, meta in _chest_volumes(root):
         positive = short[name]["positive"]

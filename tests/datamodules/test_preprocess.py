@@ -199,7 +199,7 @@ def _good_records(folder: Path, n: int = 2) -> list[Record]:
 
 
 def _quarantine(root: Path) -> dict[str, str]:
-    with open(root / "quarantine.csv", newline="") as f:
+    with open(root / "quarantine.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert all(set(r) == {"id", "path", "reason"} for r in rows)
     return {r["id"]: r["reason"] for r in rows}

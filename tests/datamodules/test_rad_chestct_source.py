@@ -57,7 +57,7 @@ def test_phantom_layout_and_columns(rad_root: Path) -> None:
 def test_source_summary_labels_and_splits(rad_root: Path) -> None:
     scan = scan_rad_chestct(rad_root)
     assert scan.rejected == [] and len(scan.records) == 5
-    manifest = json.loads((rad_root / "phantom_manifest.json").read_text())
+    manifest = json.loads((rad_root / "phantom_manifest.json").read_text(encoding="utf-8"))
     tables = {t: pd.read_csv(rad_root / t).set_index("NoteAcc_DEID") for t in TABLES}
     for record in scan.records:
         assert record.split == {"trn": "train", "val": "val", "tst": "test"}[record.id[:3]]

@@ -207,7 +207,7 @@ def phantom_valid(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     layout = next(layout for layout in SPLIT_LAYOUTS if layout.prefix == "valid")
     reports = pd.read_csv(Path(root) / layout.reports)
     labels = pd.read_csv(Path(root) / layout.labels)
-    heads = set((Path(root) / layout.no_chest).read_text().split())
+    heads = set((Path(root) / layout.no_chest).read_text(encoding="utf-8").split())
     frame = reports.merge(labels, on="VolumeName", how="inner", validate="one_to_one")
     return frame[~frame["VolumeName"].isin(heads)].reset_index(drop=True)
 

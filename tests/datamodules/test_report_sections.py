@@ -81,7 +81,7 @@ def test_load_structured_sections(tmp_path):
         "train_1_a_1.nii.gz": {"Pleura": ["No effusion."], "tubes, lines, and devices": []},
         "train_2_a_1": {"Lungs and Airways": ["Nodule."]},
     }
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data), encoding="utf-8")
     loaded = load_structured_sections(path)
     assert set(loaded) == {"train_1_a_1", "train_2_a_1"}
     assert tuple(loaded["train_1_a_1"]) == SECTION_NAMES
@@ -93,13 +93,13 @@ def test_load_structured_sections(tmp_path):
 
 def test_unknown_section_error_names_valid_ones(tmp_path):
     path = tmp_path / "sections.json"
-    path.write_text(json.dumps({"v": {"Lungs": ["x."]}}))
+    path.write_text(json.dumps({"v": {"Lungs": ["x."]}}), encoding="utf-8")
     with pytest.raises(ValueError, match="Unknown report section 'Lungs'.*Lungs and Airways.*Upper Abdomen"):
         load_structured_sections(path)
-    path.write_text(json.dumps({"v": {"Pleura": "not a list"}}))
+    path.write_text(json.dumps({"v": {"Pleura": "not a list"}}), encoding="utf-8")
     with pytest.raises(ValueError, match="list of strings"):
         load_structured_sections(path)
-    path.write_text(json.dumps([1, 2]))
+    path.write_text(json.dumps([1, 2]), encoding="utf-8")
     with pytest.raises(ValueError, match="JSON object"):
         load_structured_sections(path)
     assert canonical_section_name("  mediastinum AND hila ") == "Mediastinum and Hila"

@@ -39,7 +39,9 @@ def test_sentence_shuffle_changes_order_not_content() -> None:
 
 def test_shortened_findings_replace_with_probability(tmp_path) -> None:
     sidecar = tmp_path / "short.json"
-    sidecar.write_text('{"v.nii.gz": {"positive": ["Right lung nodule."], "negative": ["No effusion."]}}')
+    sidecar.write_text(
+        '{"v.nii.gz": {"positive": ["Right lung nodule."], "negative": ["No effusion."]}}', encoding="utf-8"
+    )
     shortened = load_shortened_findings(sidecar)
     always = ReportTransform("findings", shorten_p=1.0, shortened=shortened)
     assert always("v", SECTIONS, random.Random(0)) == "Right lung nodule. No effusion."
@@ -53,6 +55,6 @@ def test_shortened_findings_replace_with_probability(tmp_path) -> None:
 
 def test_bad_sidecar_is_rejected(tmp_path) -> None:
     sidecar = tmp_path / "short.json"
-    sidecar.write_text('{"v": {"positive": []}}')
+    sidecar.write_text('{"v": {"positive": []}}', encoding="utf-8")
     with pytest.raises(ValueError, match="negative"):
         load_shortened_findings(sidecar)

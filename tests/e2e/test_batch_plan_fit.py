@@ -49,7 +49,7 @@ def test_fit_derives_the_per_device_batch_and_records_the_plan(
     hparams = checkpoint["hyper_parameters"]["config"]
     assert {k: hparams["data"][k] for k in resolved} == resolved
     assert {k: hparams["trainer"][k] for k in trainer_resolved} == trainer_resolved
-    saved = yaml.safe_load((run / "tensorboard" / "hparams.yaml").read_text())["config"]
+    saved = yaml.safe_load((run / "tensorboard" / "hparams.yaml").read_text(encoding="utf-8"))["config"]
     assert {k: saved["data"][k] for k in resolved} == resolved
 
     # Each optimiser step drew two micro-batches from the stream.

@@ -36,7 +36,7 @@ def _spec(path: Path, trained_run: Path, phantom_overrides: list[str]) -> Path:
         ],
         "tasks": ["retrieval", "probe"],
     }
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path
 
 
@@ -52,7 +52,7 @@ def compared(
 
 def test_compare_writes_table_json_plots_and_baseline(compared: Path) -> None:
     out = compared / "runs" / "compare" / "two"
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert list(results["encoders"]) == ["fixture_run", "short", "random_colipri_c"]
     baseline = results["encoders"]["random_colipri_c"]
     assert baseline["baseline"] and baseline["source"] == "random init"
@@ -62,7 +62,7 @@ def test_compare_writes_table_json_plots_and_baseline(compared: Path) -> None:
     # The probe grid bootstraps its CI; the table shows it and bolds one best value per column.
     probe = results["encoders"]["fixture_run"]["tasks"]["probe"]
     assert probe["ci_low"] <= probe["value"] <= probe["ci_high"]
-    table = (out / "results.md").read_text().splitlines()
+    table = (out / "results.md").read_text(encoding="utf-8").splitlines()
     assert [line.split("|")[1].strip() for line in table[2:5]] == ["fixture_run", "short", "random_colipri_c"]
     assert sum(line.count("**") // 2 for line in table[2:5]) >= 2
     # The trained row carries its training cost; the existing run and the baseline carry none.
@@ -79,7 +79,7 @@ def test_compare_writes_table_json_plots_and_baseline(compared: Path) -> None:
     assert trained > baseline["tasks"]["retrieval"]["value"]
     for name in ("retrieval.png", "probe.png", "quality_vs_cost.png"):
         assert (out / "plots" / name).stat().st_size > 5_000
-    assert "| label |" in (out / "per_label.md").read_text()
+    assert "| label |" in (out / "per_label.md").read_text(encoding="utf-8")
     events = EventAccumulator(str(out / "tensorboard" / "short"))
     events.Reload()
     assert "compare/retrieval" in events.Tags()["scalars"]

@@ -42,7 +42,7 @@ def dense_evaluated(trained_run: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def test_dense_zeroshot_writes_metrics_maps_and_overlays(dense_evaluated: Path, trained_run: Path) -> None:
     out = dense_evaluated
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     per_label = {k: v for k, v in results.items() if k.startswith("test/dense_zeroshot.")}
     assert per_label and not any(k.startswith("val/") for k in results)  # val only picks thresholds
     aurocs = [v for k, v in per_label.items() if k.endswith("/AUROC") and not math.isnan(v)]
@@ -51,9 +51,9 @@ def test_dense_zeroshot_writes_metrics_maps_and_overlays(dense_evaluated: Path, 
     assert 0.0 <= results["test/dense_zeroshot/Dice"] <= 1.0
     print(f"\ntest/dense_zeroshot/AUROC = {results['test/dense_zeroshot/AUROC']:.4f}, "
           f"Dice = {results['test/dense_zeroshot/Dice']:.4f}; per finding: {per_label}")  # fmt: skip
-    details = json.loads((out / "dense_zeroshot.json").read_text())
+    details = json.loads((out / "dense_zeroshot.json").read_text(encoding="utf-8"))
     assert details["volumes_per_finding"]["test"] and not details["skipped"]
-    assert "| test | dense_zeroshot |" in (out / "results.md").read_text()
+    assert "| test | dense_zeroshot |" in (out / "results.md").read_text(encoding="utf-8")
 
     # Maps: probabilities on the evaluation crop, each beside the crop's finding mask, same affine.
     cfg = checkpoint_config(read_checkpoint(resolve_checkpoint(trained_run)).config, [])

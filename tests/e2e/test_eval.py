@@ -50,7 +50,7 @@ def evaluated(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def test_eval_writes_results_table_per_label_values_and_tensorboard(evaluated: tuple[Path, float]) -> None:
     out, elapsed = evaluated
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert all(len(key.split("/")) == 3 for key in results)
     for split in ("val", "test"):
         assert f"{split}/retrieval/R@5" in results and f"{split}/retrieval/R@5_chance" in results
@@ -62,13 +62,13 @@ def test_eval_writes_results_table_per_label_values_and_tensorboard(evaluated: t
                     results[f"{split}/{task}/{metric}_ci_high"],
                 )
                 assert 0 <= low <= high <= 1 and 0 <= value <= 1
-    table = (out / "results.md").read_text()
+    table = (out / "results.md").read_text(encoding="utf-8")
     assert table.startswith("| split | task |") and "| test | probe |" in table and " [" in table
-    per_label = json.loads((out / "results_per_label.json").read_text())
+    per_label = json.loads((out / "results_per_label.json").read_text(encoding="utf-8"))
     assert "Lung nodule" in per_label["test/probe/AUROC"] and "val/probe/threshold" in per_label
     # The phantom never draws five of the 18 labels: excluded and named, never counted as 0.
     assert "Bronchiectasis" in per_label["test/probe/excluded"]
-    selection = json.loads((out / "probe_selection.json").read_text())
+    selection = json.loads((out / "probe_selection.json").read_text(encoding="utf-8"))
     assert len(selection["val_AUPRC"]) == 20 and selection["selected"] in selection["val_AUPRC"]
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
@@ -89,7 +89,7 @@ def test_native_zero_shot_finds_the_phantom_abnormalities(evaluated: tuple[Path,
     fixture's 400 steps, 0.597 once the phantom's test split gained a second non-chest scan and two
     duplicate-Findings cases (COLIPRI's retrieval protocol); the former 150-step fixture on 120
     scans, still on the ln(batch) plateau, gave 0.50."""
-    results = json.loads((evaluated[0] / "results.json").read_text())
+    results = json.loads((evaluated[0] / "results.json").read_text(encoding="utf-8"))
     assert results["test/zeroshot_native/AUROC"] > 0.58, results["test/zeroshot_native/AUROC"]
 
 
@@ -102,7 +102,7 @@ def test_native_zero_shot_finds_the_phantom_abnormalities(evaluated: tuple[Path,
     "Passes (XPASS) once the encoder is trained at GPU scale.",
 )
 def test_probe_finds_the_phantom_abnormalities(evaluated: tuple[Path, float]) -> None:
-    results = json.loads((evaluated[0] / "results.json").read_text())
+    results = json.loads((evaluated[0] / "results.json").read_text(encoding="utf-8"))
     assert results["test/probe/AUROC"] >= 0.75, results["test/probe/AUROC"]
 
 

@@ -44,12 +44,12 @@ def test_eval_defaults_to_probes_for_a_module_without_text(
     short_run: Callable[[str], Path], tmp_path: Path
 ) -> None:
     assert main(["eval", "--ckpt", str(short_run("mae")), "--out", str(tmp_path), *LIGHT_EVAL]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     tasks = {key.split("/")[1] for key in results}
     assert tasks == {"probe"}, sorted(results)
     for split in ("val", "test"):
         assert 0.0 <= results[f"{split}/probe/AUROC"] <= 1.0
-    selection = json.loads((tmp_path / "probe_selection.json").read_text())
+    selection = json.loads((tmp_path / "probe_selection.json").read_text(encoding="utf-8"))
     assert len(selection["val_AUPRC"]) == 20 and selection["selected"] in selection["val_AUPRC"]
 
 

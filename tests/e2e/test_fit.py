@@ -58,7 +58,7 @@ def test_training_learns_retrieval_above_chance(trained_run: Path) -> None:
     """After the fixture's 400 steps the true report ranks well above chance on both held-out
     splits: R@5 over 1.5x its chance level, and the mean rank more than 3 null standard deviations
     better than a random ranking's (N + 1) / 2 (sd ~ sqrt(N / 12) for N volumes)."""
-    results = json.loads((trained_run / "results.json").read_text())
+    results = json.loads((trained_run / "results.json").read_text(encoding="utf-8"))
     for split in ("val", "test"):
         for k in (1, 5, 10):
             assert f"{split}/retrieval/R@{k}" in results and f"{split}/retrieval/R@{k}_chance" in results
@@ -66,7 +66,7 @@ def test_training_learns_retrieval_above_chance(trained_run: Path) -> None:
         chance = results[f"{split}/retrieval/MnR_chance"]
         volumes = 2 * chance - 1
         assert results[f"{split}/retrieval/MnR"] < chance - 3 * math.sqrt(volumes / 12), results
-    assert (trained_run / "results.md").read_text().startswith("| split | task |")
+    assert (trained_run / "results.md").read_text(encoding="utf-8").startswith("| split | task |")
 
 
 def test_run_directory_layout(trained_run: Path) -> None:
@@ -74,7 +74,7 @@ def test_run_directory_layout(trained_run: Path) -> None:
     checkpoints = {p.name for p in (trained_run / "checkpoints").iterdir()}
     assert "last.ckpt" in checkpoints
     assert any(name.startswith("best-step") for name in checkpoints), checkpoints
-    results = json.loads((trained_run / "results.json").read_text())
+    results = json.loads((trained_run / "results.json").read_text(encoding="utf-8"))
     for split in ("val", "test"):  # evaluation.final_tasks: zero-shot beside retrieval
         for task in ("retrieval/R@5", "zeroshot_native/AUROC", "zeroshot_short/AUROC"):
             assert 0.0 <= results[f"{split}/{task}"] <= 1.0, sorted(results)

@@ -124,7 +124,7 @@ def test_cappa_pretraining_without_a_text_encoder(phantom_overrides: list[str], 
     code = main(["eval", "--ckpt", str(run), "--tasks", "reportgen", "--splits", "test", "--out", str(out),
                  "evaluation.bootstrap_resamples=0", "--no-progress"])  # fmt: skip
     assert code == 0
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert 0.0 <= results["test/reportgen/clinical_F1_micro"] <= 1.0 and "test/reportgen/BLEU-4" in results
     assert (out / "reports_test.csv").read_text(encoding="utf-8").startswith("id,reference,generated")
 
@@ -141,7 +141,7 @@ def _check_both_losses_go_down(run: Path) -> None:
     assert last < sum(clip[:3]) / 3 - 0.1, clip
     assert last < math.log(8) - 0.05, clip  # cpu_demo batch 8
     _check_report_samples(events, volumes=2, modes=("parallel",))
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     assert results["val/retrieval/R@5"] > results["val/retrieval/R@5_chance"], results
 
 

@@ -62,7 +62,7 @@ def test_both_stages_run_in_one_fit(green_run: Path) -> None:
 
 
 def test_zero_shot_leaves_chance_after_both_stages(green_run: Path) -> None:
-    results = json.loads((green_run / "results.json").read_text())
+    results = json.loads((green_run / "results.json").read_text(encoding="utf-8"))
     for prompt in ("p1", "p2", "p3", "p4", "p5", "mean"):
         for metric in ("AUROC", "ACC", "F1", "precision", "sensitivity", "specificity"):
             assert f"test/zeroshot_prompt_{prompt}/{metric}" in results
@@ -76,11 +76,11 @@ def test_zero_shot_leaves_chance_after_both_stages(green_run: Path) -> None:
 
 
 def test_eval_reads_a_greenrfm_checkpoint_by_dot_product(green_run: Path) -> None:
-    fitted = json.loads((green_run / "results.json").read_text())
+    fitted = json.loads((green_run / "results.json").read_text(encoding="utf-8"))
     code = main(["eval", "--ckpt", str(green_run), "--tasks", "retrieval,zeroshot_prompts", "--splits", "test",
                  "--no-progress"])  # fmt: skip
     assert code == 0
-    results = json.loads((green_run / "results.json").read_text())
+    results = json.loads((green_run / "results.json").read_text(encoding="utf-8"))
     # the same weights scored the same way: eval and fit's own evaluation agree
     assert results["test/zeroshot_prompt_p1/AUROC"] == pytest.approx(
         fitted["test/zeroshot_prompt_p1/AUROC"], abs=1e-5
@@ -93,7 +93,7 @@ def demo_run(phantom_overrides: list[str], tmp_path_factory: pytest.TempPathFact
     runs_dir = tmp_path_factory.mktemp("greenrfm_demo")
     assert main(["fit", "greenrfm", "--profile", "cpu_demo", *phantom_overrides, f"runs_dir={runs_dir}"]) == 0
     (run,) = sorted((runs_dir / "greenrfm").glob("version_*"))
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     print(
         {k: round(v, 4) for k, v in results.items() if k.startswith("test/") and k.endswith(("AUROC", "R@5"))}
     )

@@ -144,7 +144,7 @@ def test_colipri_crm_mae_falls_clearly_below_the_mean_predictor(crm_run: tuple[P
     """75 alternating MAE steps in the schedule's tail: the decoder starts at the mean predictor
     (zero readout) and must end clearly below it (measured on val: 0.160 vs 0.252 on this
     300-scan phantom, 0.167 vs 0.252 on make demo's 800)."""
-    results = json.loads((crm_run[0] / "results.json").read_text())
+    results = json.loads((crm_run[0] / "results.json").read_text(encoding="utf-8"))
     for split in ("val", "test"):
         loss, reference = results[f"{split}/mae/loss"], results[f"{split}/mae/loss_mean_predictor"]
         print(f"CRM {split} MAE loss {loss:.4f} vs mean predictor {reference:.4f}")
@@ -153,7 +153,7 @@ def test_colipri_crm_mae_falls_clearly_below_the_mean_predictor(crm_run: tuple[P
 
 @pytest.mark.slow
 def test_colipri_crm_results_have_validation_retrieval_and_zero_shot(crm_run: tuple[Path, float]) -> None:
-    results = json.loads((crm_run[0] / "results.json").read_text())
+    results = json.loads((crm_run[0] / "results.json").read_text(encoding="utf-8"))
     for key in (
         "val/retrieval/R@5",
         "val/retrieval/R@5_chance",
@@ -171,7 +171,7 @@ def test_mae_alone_beats_the_mean_predictor(phantom_overrides: list[str], tmp_pa
     """The cpu_demo MAE run at 300 steps (about a minute with one thread)."""
     steps = ["trainer.max_steps=300", "trainer.val_check_interval=100"]
     run = _fit("mae", tmp_path, [*phantom_overrides, *steps, "evaluation.final_splits=[val]"])
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     loss, reference = results["val/mae/loss"], results["val/mae/loss_mean_predictor"]
     print(f"MAE val loss {loss:.4f} vs mean predictor {reference:.4f}")
     assert loss < 0.75 * reference, results

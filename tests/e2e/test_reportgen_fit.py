@@ -49,7 +49,7 @@ def test_fit_writes_scored_reports_and_eval_agrees(
         "reportgen.log_reports=1", "evaluation.final_splits=[test]", "evaluation.bootstrap_resamples=0",
     ]  # fmt: skip
     run = _fit(experiment, [*phantom_overrides, *short], tmp_path)
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     for metric in METRICS:
         assert f"test/reportgen/{metric}" in results
         assert f"test/reportgen_baseline/{metric}" in results
@@ -66,7 +66,7 @@ def test_fit_writes_scored_reports_and_eval_agrees(
     code = main(["eval", "--ckpt", str(run), "--tasks", "reportgen", "--splits", "test", "--out", str(out),
                  "--no-progress"])  # fmt: skip
     assert code == 0
-    evaluated = json.loads((out / "results.json").read_text())
+    evaluated = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert evaluated["test/reportgen/BLEU-1"] == pytest.approx(results["test/reportgen/BLEU-1"], abs=1e-6)
     assert [r["generated"] for r in _rows(out / "reports_test.csv")] == [r["generated"] for r in rows]
 

@@ -55,7 +55,7 @@ def _trivial_dice(run: Path, fill: int) -> torch.Tensor:
 
 def test_fit_learns_the_liver_beyond_trivial_predictions(msd_liver_root: Path, tmp_path: Path) -> None:
     run = _fit(msd_liver_root, tmp_path, ["trainer.max_steps=40"])
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     losses = [e.value for e in events.Scalars("train/loss")]

@@ -34,7 +34,7 @@ def _write_spec(path: Path, phantom_overrides: list[str]) -> Path:
         "params": {"optim.lr": [BASE_LR, OTHER_LR], "loss.kind": ["sigmoid"]},
         "metrics": ["val/retrieval/R@1", "val/retrieval/R@5"],
     }
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path
 
 
@@ -52,7 +52,7 @@ def test_star_sweep_tabulates_and_skips_finished_runs(
     spec = _write_spec(tmp_path / "star.yaml", phantom_overrides)
     assert main(["sweep", str(spec), "--runs-dir", str(tmp_path / "runs")]) == 0
     first = capsys.readouterr().out
-    table = (tmp_path / "runs" / "sweeps" / "star" / "results.md").read_text().splitlines()
+    table = (tmp_path / "runs" / "sweeps" / "star" / "results.md").read_text(encoding="utf-8").splitlines()
     assert table[0] == "| run | change | val/retrieval/R@1 | val/retrieval/R@5 |"
     assert [row.split("|")[1].strip() for row in table[2:]] == ["base", f"lr={OTHER_LR}", "kind=sigmoid"]
     assert "—" not in "".join(table[2:])  # every run produced its metrics

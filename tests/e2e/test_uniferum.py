@@ -33,7 +33,7 @@ def short_run(phantom_overrides: list[str], tmp_path_factory: pytest.TempPathFac
 
 
 def test_fit_reports_diagnosis_segmentation_and_held_out_metrics(short_run: Path) -> None:
-    results = json.loads((short_run / "results.json").read_text())
+    results = json.loads((short_run / "results.json").read_text(encoding="utf-8"))
     for split in ("val", "test"):
         assert f"{split}/diagnosis/auroc_mean" in results
         assert f"{split}/diagnosis/auprc_mean" in results
@@ -50,20 +50,20 @@ def test_fit_reports_diagnosis_segmentation_and_held_out_metrics(short_run: Path
 
 def test_eval_scores_a_new_task_text(short_run: Path) -> None:
     text = "Diagnose the presence of fluid in the pericardial sac around the heart"
-    fitted = json.loads((short_run / "results.json").read_text())
+    fitted = json.loads((short_run / "results.json").read_text(encoding="utf-8"))
     code = main(
         ["eval", "--ckpt", str(short_run), "--splits", "test", "--no-progress",
          "--task-text", f"{HELD_OUT}={text}"]
     )  # fmt: skip
     assert code == 0
-    assert json.loads((short_run / "task_texts.json").read_text()) == {HELD_OUT: text}
-    results = json.loads((short_run / "results.json").read_text())
+    assert json.loads((short_run / "task_texts.json").read_text(encoding="utf-8")) == {HELD_OUT: text}
+    results = json.loads((short_run / "results.json").read_text(encoding="utf-8"))
     assert 0.0 <= results["test/heldout.pericardial_effusion/auroc"] <= 1.0
     # The run directory stands for its best checkpoint, the weights fit's own test evaluation used.
     assert results["test/diagnosis/auroc_mean"] == pytest.approx(
         fitted["test/diagnosis/auroc_mean"], abs=1e-6
     )
-    assert (short_run / "results.md").read_text().startswith("| split | task |")
+    assert (short_run / "results.md").read_text(encoding="utf-8").startswith("| split | task |")
 
 
 def test_efficientnet_vision_trains_through_the_cli(phantom_overrides: list[str], tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def learning_run(
     ]  # fmt: skip
     assert main(arguments) == 0
     minutes = (time.perf_counter() - start) / 60
-    results = json.loads((_run(base / "runs", "uniferum_seg") / "results.json").read_text())
+    results = json.loads((_run(base / "runs", "uniferum_seg") / "results.json").read_text(encoding="utf-8"))
     summary = {k: round(v, 4) for k, v in results.items() if k.startswith("test/") and "mean" in k}
     print(f"\nuniferum_seg cpu_demo, {LEARNING_STEPS}: {minutes:.1f} min, {summary}")
     return results, minutes

@@ -57,7 +57,7 @@ def _protocol(root: Path, records: list[Any]) -> RetrievalPairs:
 
 def test_phantom_counts(phantom: tuple[Path, PhantomSummary]) -> None:
     root, summary = phantom
-    listed = (root / "no_chest_valid.txt").read_text().split()
+    listed = (root / "no_chest_valid.txt").read_text(encoding="utf-8").split()
     assert len(listed) == 2  # the phantom's validation head CTs
     assert summary.n_duplicate_findings >= 2
     records = _test_split(root)  # the data layer already left the listed head CTs out
@@ -79,12 +79,12 @@ def test_a_cache_built_without_the_list_gives_the_same_pairs(
     root, _ = phantom
     expected = _protocol(root, _test_split(root))
     listed = root / "no_chest_valid.txt"
-    text = listed.read_text()
+    text = listed.read_text(encoding="utf-8")
     try:
-        listed.write_text("")
+        listed.write_text("", encoding="utf-8")
         records = _test_split(root)
     finally:
-        listed.write_text(text)
+        listed.write_text(text, encoding="utf-8")
     assert len(records) == expected.reports
     pairs = _protocol(root, records)
     assert pairs == expected

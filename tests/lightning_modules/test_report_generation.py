@@ -160,12 +160,12 @@ def test_unusable_lm_directories_are_clear_errors(tiny_lm: Path, tmp_path: Path)
     no_pad.mkdir()
     for file in tiny_lm.iterdir():
         (no_pad / file.name).write_bytes(file.read_bytes())
-    config = json.loads((no_pad / "tokenizer_config.json").read_text())
+    config = json.loads((no_pad / "tokenizer_config.json").read_text(encoding="utf-8"))
     config.pop("pad_token", None)
-    (no_pad / "tokenizer_config.json").write_text(json.dumps(config))
+    (no_pad / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     # (a qwen2 config would make transformers give its tokenizer class's default pad token)
-    model_config = json.loads((no_pad / "config.json").read_text())
-    (no_pad / "config.json").write_text(json.dumps({**model_config, "model_type": "gpt2"}))
+    model_config = json.loads((no_pad / "config.json").read_text(encoding="utf-8"))
+    (no_pad / "config.json").write_text(json.dumps({**model_config, "model_type": "gpt2"}), encoding="utf-8")
     with pytest.raises(ConfigError, match="no pad token"):
         _module(no_pad)
     no_tokenizer = tmp_path / "no_tokenizer"
