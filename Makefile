@@ -84,11 +84,11 @@ bench-data: $(STAMP)
 bench-annotate: $(STAMP)
 	$(BIN)/python -m ctvlp.bench.annotate $(ARGS)
 
-# The demo fit before and after its frozen-text speed-ups (text cache off and unlimited augmentation
-# against the cpu_demo profile), 150 steps each on make demo's phantom, to runs/bench/bench_demo.{json,md}
-# (ARGS="--steps 300 --experiment colipri_crm" etc., see --help).
+# The demo fit before and after its speed-ups (glibc's default allocator, the text cache off and
+# unlimited augmentation, against the cpu_demo profile; ctvlp/bench/demo.py), 150 steps of each case
+# on make demo's phantom, to runs/bench/bench_demo.{json,md} (ARGS="--steps 600 --cases before,after").
 bench-demo: $(STAMP)
-	$(BIN)/python -m ctvlp.bench.demo --data-root $(PHANTOM_DIR) $(ARGS)
+	$(BIN)/python -m ctvlp.bench.demo --data-root $(PHANTOM_DIR) --experiment $(DEMO_EXPERIMENT) $(ARGS)
 
 tb: $(STAMP)
 	$(BIN)/tensorboard --logdir runs --host $(TB_HOST)

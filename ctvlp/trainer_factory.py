@@ -1,4 +1,5 @@
-"""Builds the Lightning Trainer from the ``trainer`` config: precision, logger, callbacks."""
+"""Builds the Lightning Trainer from the ``trainer`` config: precision, logger, callbacks (and, on a
+CPU, the allocator setting of ``ctvlp/cpu_allocator.py``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from callbacks.rng_state import RngStateCallback
 from callbacks.selection_metric_check import SelectionMetricCheck
 from callbacks.volume_preview import VolumePreviewCallback
 from ctvlp.config.batch import BatchPlan, plan_from_data
+from ctvlp.cpu_allocator import keep_freed_memory
 from ctvlp.model_selection import model_selection
 from ctvlp.run_dir import RunDir
 from lightning_modules.objective_schedule import ObjectiveSchedule
@@ -99,6 +101,8 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
     if selection.configured:
         log.info("Best checkpoint by %s (%s)", selection.metric, selection.mode)
         callbacks.append(SelectionMetricCheck(selection.metric, str(cfg.module)))
+    if not uses_gpu(t) and t.cpu_keep_freed_memory:  # activations stay mapped, not page-faulted in again
+        keep_freed_memory()
     return L.Trainer(
         default_root_dir=str(run.path),
         max_steps=int(t.max_steps),

@@ -1,17 +1,22 @@
-"""``make bench-demo``: the demo fit (cpu_demo profile) before and after its frozen-text speed-ups,
-timed in the same run on the same data.
+"""``make bench-demo``: the demo fit (cpu_demo profile) before and after its speed-ups, timed in the
+same run on the same data.
 
-- before: ``model.text.frozen_cache_mb=0`` and ``data.text.shuffles_per_report=0``: the frozen
-  MiniLM encodes every report of every step in a padded batch, every report gets a fresh
-  augmentation draw;
-- cache only: the cache on, augmentation unlimited (it shows the hit rate the paper's sentence
-  shuffle leaves, ``--cases`` to skip it);
-- after: the profile as configured (the cache on, 2 augmentation variants per report).
+- before: ``trainer.cpu_keep_freed_memory=false``, ``model.text.frozen_cache_mb=0`` and
+  ``data.text.shuffles_per_report=0``: glibc's default allocator (every large activation mapped
+  afresh each step), the frozen MiniLM encodes every report of every step in a padded batch, every
+  report gets a fresh augmentation draw;
+- allocator: freed memory kept for the next step (``ctvlp/cpu_allocator.py``), the text as before;
+- text cache: also the frozen text cache, augmentation unlimited (it shows the hit rate the paper's
+  sentence shuffle leaves);
+- after: the profile as configured, what ``make demo`` runs (also 2 augmentation variants per
+  report, so the cache hits).
 
-Each case trains ``--steps`` steps (default 150) through the real Trainer in a fresh subprocess,
-with no validation, periodic evaluation or final evaluation. Printed and written to
-``<out>/bench_demo.{json,md}``: seconds per step after ``--warmup`` steps (wall), the case's wall and
-CPU seconds (user + system of the subprocess and its data workers, steadier than wall on shared
+``--cases`` picks some. ``--whole-fit`` times ``ctvlp fit`` end to end instead, as ``make demo``
+runs it (the profile's 600 steps, validation, periodic and final evaluation): wall and CPU seconds
+only. Otherwise each case trains ``--steps`` steps (default 150) through the real Trainer in
+a fresh subprocess, with no validation, periodic evaluation or final evaluation. Printed and written
+to ``<out>/bench_demo.{json,md}``: seconds per step after ``--warmup`` steps (wall), the case's wall
+and CPU seconds (user + system of the subprocess and its data workers, steadier than wall on shared
 cores), the text cache's hit rate, and each ratio against "before". Hits grow with the steps: the
 first epoch of the stream (75 steps on the 800-scan phantom) meets an empty cache, so a short run
 understates the gain of the 600-step demo.
@@ -34,9 +39,11 @@ from omegaconf import OmegaConf
 
 from ctvlp.console import tolerate_ascii_console
 
+NO_CACHE = ["model.text.frozen_cache_mb=0", "data.text.shuffles_per_report=0"]
 CASES = {
-    "before": ["model.text.frozen_cache_mb=0", "data.text.shuffles_per_report=0"],
-    "cache only": ["data.text.shuffles_per_report=0"],
+    "before": ["trainer.cpu_keep_freed_memory=false", *NO_CACHE],
+    "allocator": NO_CACHE,
+    "text cache": ["data.text.shuffles_per_report=0"],
     "after": [],
 }
 
@@ -44,8 +51,8 @@ CASES = {
 @dataclass
 class Timing:
     case: str
-    steps: int
-    seconds_per_step: float  # wall, steps after the warm-up
+    steps: int | None  # None: the whole fit (--whole-fit), the profile's steps
+    seconds_per_step: float | None  # wall, steps after the warm-up (None: --whole-fit)
     wall_seconds: float  # the whole subprocess: start-up, model load, steps
     cpu_seconds: float  # user + system of the subprocess and its children
     cache_hit_rate: float | None
@@ -96,11 +103,24 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _timed(command: list[str], name: str) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``command``; its result, wall seconds and CPU seconds (it and its children)."""
+    cpu, wall = _children_cpu_seconds(), time.perf_counter()
+    out = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace")
+    wall, cpu = time.perf_counter() - wall, _children_cpu_seconds() - cpu
+    if out.returncode != 0:
+        raise RuntimeError(f"case {name!r} failed:\n{out.stderr[-3000:]}")
+    return out, wall, cpu
+
+
 def run_case(name: str, args: argparse.Namespace, runs_dir: str) -> Timing:
+    data = [f"data.root={args.data_root}", f"data.cache_dir={args.cache_dir}", f"runs_dir={runs_dir}"]
+    if args.whole_fit:  # `ctvlp fit` as make demo runs it: every step, validation and evaluation
+        command = [sys.executable, "-m", "ctvlp.cli", "fit", args.experiment, "--profile", "cpu_demo"]
+        _, wall, cpu = _timed([*command, *data, *CASES[name]], name)
+        return Timing(name, None, None, wall, cpu, None)
     overrides = [
-        f"data.root={args.data_root}",
-        f"data.cache_dir={args.cache_dir}",
-        f"runs_dir={runs_dir}",
+        *data,
         f"trainer.max_steps={args.steps}",
         "trainer.limit_val_batches=0",
         f"trainer.checkpoint_every_n_steps={args.steps}",
@@ -109,16 +129,7 @@ def run_case(name: str, args: argparse.Namespace, runs_dir: str) -> Timing:
         *CASES[name],
     ]
     case = {"experiment": args.experiment, "overrides": overrides, "warmup": args.warmup}
-    cpu, wall = _children_cpu_seconds(), time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "ctvlp.bench.demo", "--case", json.dumps(case)],
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-    )
-    wall, cpu = time.perf_counter() - wall, _children_cpu_seconds() - cpu
-    if out.returncode != 0:
-        raise RuntimeError(f"case {name!r} failed:\n{out.stderr[-3000:]}")
+    out, wall, cpu = _timed([sys.executable, "-m", "ctvlp.bench.demo", "--case", json.dumps(case)], name)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return Timing(name, args.steps, result["seconds_per_step"], wall, cpu, result["cache_hit_rate"])
 
@@ -132,10 +143,16 @@ def table(results: list[Timing]) -> str:
     ]
     for r in results:
         hits = "—" if r.cache_hit_rate is None else f"{r.cache_hit_rate:.1%}"
+        if r.seconds_per_step is None or base.seconds_per_step is None:
+            step, step_ratio = "—", "—"
+        else:
+            step, step_ratio = (
+                f"{r.seconds_per_step:.3f}",
+                f"{base.seconds_per_step / r.seconds_per_step:.2f}x",
+            )
         lines.append(
-            f"| {r.case} | {r.seconds_per_step:.3f} | {r.wall_seconds:.1f} | {r.cpu_seconds:.1f} | {hits} | "
-            f"{base.seconds_per_step / r.seconds_per_step:.2f}x | {base.wall_seconds / r.wall_seconds:.2f}x | "
-            f"{base.cpu_seconds / r.cpu_seconds:.2f}x |"
+            f"| {r.case} | {step} | {r.wall_seconds:.1f} | {r.cpu_seconds:.1f} | {hits} | {step_ratio} | "
+            f"{base.wall_seconds / r.wall_seconds:.2f}x | {base.cpu_seconds / r.cpu_seconds:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -144,11 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     tolerate_ascii_console()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", help="(internal) run one case as JSON and print its timing")
-    parser.add_argument("--experiment", default="colipri_c", help="a COLIPRI experiment (default colipri_c)")
+    parser.add_argument(
+        "--experiment", default="colipri_crm", help="a COLIPRI experiment (default colipri_crm, the demo's)"
+    )
     parser.add_argument("--data-root", default="data/phantom_ct_rate", help="the phantom `make demo` writes")
     parser.add_argument("--cache-dir", default="cache", help="its preprocessed cache (default ./cache)")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of s/step")
+    parser.add_argument(
+        "--whole-fit",
+        action="store_true",
+        help="time `ctvlp fit` end to end as make demo runs it (the profile's steps, validation, periodic "
+        "and final evaluation; wall and CPU only) instead of --steps training steps",
+    )
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {list(CASES)}")
     parser.add_argument("--out", default="runs/bench", help="where bench_demo.{json,md} go")
     args = parser.parse_args(argv)
@@ -164,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_demo_runs_") as runs_dir:
         for name in names:
-            print(f"  {name}: {args.steps} steps of {args.experiment} ...", flush=True)
+            what = "the whole cpu_demo fit" if args.whole_fit else f"{args.steps} steps"
+            print(f"  {name}: {what} of {args.experiment} ...", flush=True)
             results.append(run_case(name, args, runs_dir))
     markdown = table(results)
     print()
