@@ -39,7 +39,12 @@ from ctvlp.config.errors import ConfigError
 from ctvlp.config.loader import checkpoint_config
 from datamodules.datamodule import CTDataModule
 from datamodules.labels import CT_RATE_LABELS
-from datamodules.report_labeller import label_reports
+from datamodules.report_classifier import (
+    ReportLabeller,
+    RuleBasedLabeller,
+    labeller_from_config,
+    record_labeller,
+)
 from datamodules.transforms import as_size3
 from evaluation.report_metrics import report_generation_metrics
 from lightning_modules.base import ObjectiveModule, image_encoder_from_config
@@ -314,18 +319,23 @@ class ReportGenerationModule(ObjectiveModule):
         if not rows or not self.trainer.is_global_zero:
             return
         self._remember_most_frequent_report()
-        write_reports_csv(Path(self.trainer.default_root_dir) / f"reports_{split}.csv", rows)
+        run_dir = Path(self.trainer.default_root_dir)
+        write_reports_csv(run_dir / f"reports_{split}.csv", rows)
+        labeller = labeller_from_config(self.cfg)
+        record_labeller(run_dir, labeller)
         references = [r["reference"] for r in rows]
         results = score_reports(
             references,
             [r["generated"] for r in rows],
             int(self.cfg.evaluation.bootstrap_resamples),
             int(self.cfg.evaluation.bootstrap_seed),
+            labeller,
         )
         for name, value in results.items():
             self.log(f"{split}/reportgen/{name}", value, rank_zero_only=True)
         if self.most_frequent_report is not None:
-            baseline = score_reports(references, [self.most_frequent_report] * len(references), 0, 0)
+            most_frequent = [self.most_frequent_report] * len(references)
+            baseline = score_reports(references, most_frequent, 0, 0, labeller)
             for name, value in baseline.items():
                 self.log(f"{split}/reportgen_baseline/{name}", value, rank_zero_only=True)
 
@@ -336,14 +346,20 @@ class ReportGenerationModule(ObjectiveModule):
 
 
 def score_reports(
-    references: list[str], generated: list[str], bootstrap_resamples: int, seed: int
+    references: list[str],
+    generated: list[str],
+    bootstrap_resamples: int,
+    seed: int,
+    labeller: ReportLabeller | None = None,
 ) -> dict[str, float]:
-    """Every report metric, the clinical ones from the rule-based CT-RATE labeller on both sides."""
+    """Every report metric, the clinical ones from ``labeller`` on both sides (default: the rule-based
+    CT-RATE labeller; ``evaluation.report_classifier`` names another, datamodules/report_classifier.py)."""
+    labeller = labeller or RuleBasedLabeller()
     return report_generation_metrics(
         references,
         generated,
-        label_reports(references),
-        label_reports(generated),
+        labeller(references),
+        labeller(generated),
         list(CT_RATE_LABELS),
         bootstrap_resamples=bootstrap_resamples,
         seed=seed,

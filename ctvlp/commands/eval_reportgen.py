@@ -8,7 +8,8 @@
 
 Both write ``reports_<split>.csv`` (id, reference, generated) into the run (or ``--out``) and the
 same results keys, ``<split>/reportgen/<metric>`` (lightning_modules/report_generation.py:
-BLEU-1/4, ROUGE-L, METEOR, CRG, clinical precision / recall / F1 from the rule-based labeller).
+BLEU-1/4, ROUGE-L, METEOR, CRG, clinical precision / recall / F1 from the rule-based labeller, or
+the classifier of ``evaluation.report_classifier``; ``clinical_labeller.txt`` says which).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ctvlp.config.errors import ConfigError
 from ctvlp.config.loader import checkpoint_config
 from ctvlp.results import results_table, write_results
 from ctvlp.run_dir import Checkpoint
+from datamodules.report_classifier import labeller_from_config, record_labeller
 from lightning_modules.registry import module_class
 from lightning_modules.report_generation import score_reports, write_reports_csv
 
@@ -81,6 +83,8 @@ def evaluate_cappa_reports(
     datamodule.prepare_data()
     datamodule.setup("validate")
     run = out or checkpoint.run
+    labeller = labeller_from_config(cfg)
+    record_labeller(run, labeller)
     results: dict[str, float] = {}
     for split in splits:
         rows: list[dict[str, Any]] = []
@@ -97,6 +101,7 @@ def evaluate_cappa_reports(
             [r["generated"] for r in rows],
             int(cfg.evaluation.bootstrap_resamples),
             int(cfg.evaluation.bootstrap_seed),
+            labeller,
         )
         results.update({f"{split}/{REPORT_TASK}/{name}": value for name, value in scores.items()})
     run.mkdir(parents=True, exist_ok=True)

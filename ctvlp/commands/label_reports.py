@@ -1,4 +1,5 @@
-"""``ctvlp label-reports``: the 18 CT-RATE labels of each report in a CSV, by the rule-based labeller.
+"""``ctvlp label-reports``: the 18 CT-RATE labels of each report in a CSV, by the rule-based labeller
+(or, with ``--classifier DIR``, a local text classifier: datamodules/report_classifier.py).
 
 Reads ``--in`` (one report per row), labels the ``--text-column`` with
 :mod:`datamodules.report_labeller` and writes ``--out``: the ``--id-column`` first, then one 0/1
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctvlp.config.errors import ConfigError
 from datamodules.labels import CT_RATE_LABELS
+from datamodules.report_classifier import RULE_BASED_NAME, report_labeller
 from datamodules.report_labeller import is_blank_report, label_reports
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="score hedged mentions ('possible', 'cannot be excluded') 0 instead of 1",
     )
+    parser.add_argument(
+        "--classifier",
+        metavar="DIR",
+        help="label with this local Hugging Face sequence-classification model instead (e.g. CT-RATE's "
+        "RadBERT classifier saved with save_pretrained; its id2label names the 18 labels)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.5, help="--classifier: sigmoid probability of a present label"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -66,7 +78,15 @@ def run(args: argparse.Namespace) -> int:
             return 2
     texts = frame[args.text_column].tolist()
     empty = sum(is_blank_report(text) for text in texts)
-    labels = label_reports(texts, uncertain_as_positive=not args.uncertain_as_negative)
+    if args.classifier:
+        if args.uncertain_as_negative:
+            raise ConfigError(
+                "--uncertain-as-negative is a rule of the rule-based labeller; --classifier has none"
+            )
+        labeller = report_labeller(args.classifier, args.threshold)
+        labels = labeller(texts)
+    else:
+        labels = label_reports(texts, uncertain_as_positive=not args.uncertain_as_negative)
     out = pd.DataFrame(labels, columns=CT_RATE_LABELS)
     out.insert(0, args.id_column, frame[args.id_column].to_numpy())
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"label-reports: {len(texts) - empty} report(s) labelled, {empty} empty (all 0); "
-        f"positives: {positives}; written to {args.out}"
+        f"positives: {positives}; written to {args.out} "
+        f"(labeller: {labeller.name if args.classifier else RULE_BASED_NAME})"
     )
     return 0

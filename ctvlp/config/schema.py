@@ -254,6 +254,11 @@ class EvaluationConfig:
     # Disk budget for the fp16 probe-token cache under <run>/eval_features; above it, only
     # avg/max-pooled tokens are kept and the attention probes are skipped.
     feature_cache_gb: float = 64.0
+    # The clinical report metrics' labeller: null = the rule-based CT-RATE labeller; a local Hugging
+    # Face sequence-classification directory (e.g. CT-RATE's RadBERT classifier) = that model, a label
+    # present at sigmoid >= the threshold (datamodules/report_classifier.py).
+    report_classifier: str | None = None
+    report_classifier_threshold: float = 0.5
 
 
 @dataclass
