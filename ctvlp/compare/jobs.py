@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -133,6 +134,33 @@ class PeakMemory:
         self._thread.join()
 
 
+@contextlib.contextmanager
+def _terminated_with(process: subprocess.Popen) -> Any:
+    """While the job runs, a SIGTERM to this process (``kill PID``, a scheduler's stop) ends the job
+    too before this process exits: otherwise the job lives on as an orphan and a re-run starts a
+    second one in the same folder. (Ctrl-C needs none of this: it reaches the whole process group.)
+    Only the main thread may set handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        log.warning("Stopping: the running job (pid %d) is terminated with this process", process.pid)
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_job(job: Job) -> JobRecord:
     """Run ``job`` here unless an identical one finished before; its output goes to ``job.log``.
     Under SLURM with several tasks (one per GPU), every task runs the command (one rank each) and
@@ -151,7 +179,7 @@ def run_job(job: Job) -> JobRecord:
         out.write(" ".join(job.command) + "\n\n")
         out.flush()
         process = subprocess.Popen(job.command, stdout=out, stderr=subprocess.STDOUT)
-        with PeakMemory(process.pid) as memory:
+        with _terminated_with(process), PeakMemory(process.pid) as memory:
             _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     record = JobRecord(
