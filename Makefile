@@ -39,7 +39,7 @@ demo: $(STAMP)
 	$(BIN)/ctvlp phantom --source image_only --out $(IMAGE_ONLY_DIR) --n 12 --seed 0
 	$(BIN)/ctvlp preprocess --source ct_rate --root $(PHANTOM_DIR) --spacing 6 --workers 2
 	$(BIN)/ctvlp tiny-lm --reports $(PHANTOM_DIR)/radiology_text_reports/train_reports.csv --out data/tiny_lm
-	$(BIN)/ctvlp fit $(DEMO_EXPERIMENT) --profile cpu_demo
+	$(BIN)/ctvlp fit $(DEMO_EXPERIMENT) --profile cpu_demo trainer.cpu_keep_freed_memory=true
 
 # The import layers first (seconds; .importlinter), then the default suite.
 test: $(STAMP)
