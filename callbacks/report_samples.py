@@ -11,7 +11,8 @@ The callback knows no module class: the module decodes (``ReportGenerator.report
 ``ColipriModule`` with RRG, ``CapPaModule`` and ``ReportGenerationModule`` do, and returns each
 volume's reference and reports.
 
-Beside each report goes what the rule-based CT-RATE labeller (``ctvlp label-reports``) reads in it,
+Beside each report goes what the run's CT-RATE labeller reads in it (the rule-based one of
+``ctvlp label-reports``, or ``evaluation.report_classifier``: datamodules/report_classifier.py),
 and each mode's clinical micro-F1 against the references over the logged volumes is logged as
 ``val/report_samples/<mode>/clinical_F1_micro`` (a few volumes: a sign of life, not a metric), so a
 report that names no finding is never shown without saying so.
@@ -26,7 +27,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from datamodules.labels import CT_RATE_LABELS
-from datamodules.report_labeller import label_reports
+from datamodules.report_classifier import ReportLabeller, RuleBasedLabeller
 from evaluation.report_metrics import clinical_metrics
 
 TAG_PREFIX = "reports"
@@ -51,8 +52,9 @@ class ReportGenerator(Protocol):
 
 
 class ReportSamplesCallback(L.Callback):
-    def __init__(self, num_volumes: int = 3) -> None:
+    def __init__(self, num_volumes: int = 3, labeller: ReportLabeller | None = None) -> None:
         self.num_volumes = num_volumes
+        self.labeller = labeller or RuleBasedLabeller()
 
     def generate(
         self, trainer: L.Trainer, pl_module: ReportGenerator
@@ -68,7 +70,7 @@ class ReportSamplesCallback(L.Callback):
         with torch.no_grad(), trainer.precision_plugin.forward_context():
             reports = pl_module.report_samples(batch)
         titles = list(reports[0])
-        labels = {title: label_reports([r[title] for r in reports]) for title in titles}
+        labels = {title: self.labeller([r[title] for r in reports]) for title in titles}
         texts = []
         for i, (sample, titled) in enumerate(zip(samples, reports, strict=True)):
             markdown = "\n\n".join(_block(title, text) for title, text in titled.items())

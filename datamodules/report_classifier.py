@@ -48,10 +48,15 @@ class ReportLabeller(Protocol):
 
 
 class RuleBasedLabeller:
-    name = RULE_BASED_NAME
+    """:mod:`datamodules.report_labeller`; hedged mentions ("cannot be excluded") count as positive
+    unless ``uncertain_as_positive`` is False."""
+
+    def __init__(self, uncertain_as_positive: bool = True) -> None:
+        self.uncertain_as_positive = uncertain_as_positive
+        self.name = RULE_BASED_NAME if uncertain_as_positive else f"{RULE_BASED_NAME}, uncertain as negative"
 
     def __call__(self, texts: Sequence[str | None]) -> np.ndarray:
-        return label_reports(texts)
+        return label_reports(texts, uncertain_as_positive=self.uncertain_as_positive)
 
 
 def _normalised(name: str) -> str:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from callbacks.report_samples import ReportSamplesCallback
 from ctvlp.config.evaluation_tasks import IMAGE_ONLY_TASKS
+from datamodules.report_classifier import labeller_from_config
 from lightning_modules import rrg
 from lightning_modules.base import ObjectiveModule, image_encoder_from_config
 
@@ -51,7 +52,7 @@ class CapPaModule(rrg.ReportSamples, ObjectiveModule):
         """The periodic probes, plus greedy report samples at every validation."""
         return [
             *super().configure_callbacks(),
-            ReportSamplesCallback(int(self.cfg.objectives.rrg.log_reports)),
+            ReportSamplesCallback(int(self.cfg.objectives.rrg.log_reports), labeller_from_config(self.cfg)),
         ]
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from callbacks.mae_reconstruction import MAEReconstructionCallback
 from callbacks.report_samples import ReportSamplesCallback
 from datamodules.batching import IMAGE_ONLY, SECOND_VIEW
 from datamodules.mixing import data_sources
+from datamodules.report_classifier import labeller_from_config
 from evaluation.retrieval import retrieval_metrics
 from lightning_modules import mae_objective, rrg
 from lightning_modules.base import ObjectiveModule, image_encoder_from_config
@@ -99,7 +100,11 @@ class ColipriModule(rrg.ReportSamples, mae_objective.MAEReconstructions, Objecti
         """The periodic evaluation, plus report samples with RRG and reconstructions with MAE."""
         callbacks = super().configure_callbacks()
         if self.rrg_head is not None:
-            callbacks.append(ReportSamplesCallback(int(self.cfg.objectives.rrg.log_reports)))
+            callbacks.append(
+                ReportSamplesCallback(
+                    int(self.cfg.objectives.rrg.log_reports), labeller_from_config(self.cfg)
+                )
+            )
         if self.mae_head is not None:
             callbacks.append(MAEReconstructionCallback(int(self.cfg.objectives.mae.log_volumes)))
         return callbacks

@@ -176,7 +176,7 @@ class ReportGenerationModule(ObjectiveModule):
         return self
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [ReportSamplesCallback(int(self.cfg.reportgen.log_reports))]
+        return [ReportSamplesCallback(int(self.cfg.reportgen.log_reports), labeller_from_config(self.cfg))]
 
     def on_fit_start(self) -> None:
         self._remember_most_frequent_report()

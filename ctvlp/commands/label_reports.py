@@ -20,8 +20,8 @@ import pandas as pd
 
 from ctvlp.config.errors import ConfigError
 from datamodules.labels import CT_RATE_LABELS
-from datamodules.report_classifier import RULE_BASED_NAME, report_labeller
-from datamodules.report_labeller import is_blank_report, label_reports
+from datamodules.report_classifier import RuleBasedLabeller, report_labeller
+from datamodules.report_labeller import is_blank_report
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +78,16 @@ def run(args: argparse.Namespace) -> int:
             return 2
     texts = frame[args.text_column].tolist()
     empty = sum(is_blank_report(text) for text in texts)
-    if args.classifier:
-        if args.uncertain_as_negative:
-            raise ConfigError(
-                "--uncertain-as-negative is a rule of the rule-based labeller; --classifier has none"
-            )
-        labeller = report_labeller(args.classifier, args.threshold)
-        labels = labeller(texts)
-    else:
-        labels = label_reports(texts, uncertain_as_positive=not args.uncertain_as_negative)
+    if args.classifier and args.uncertain_as_negative:
+        raise ConfigError(
+            "--uncertain-as-negative is a rule of the rule-based labeller; --classifier has none"
+        )
+    labeller = (
+        report_labeller(args.classifier, args.threshold)
+        if args.classifier
+        else RuleBasedLabeller(uncertain_as_positive=not args.uncertain_as_negative)
+    )
+    labels = labeller(texts)
     out = pd.DataFrame(labels, columns=CT_RATE_LABELS)
     out.insert(0, args.id_column, frame[args.id_column].to_numpy())
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +102,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"label-reports: {len(texts) - empty} report(s) labelled, {empty} empty (all 0); "
         f"positives: {positives}; written to {args.out} "
-        f"(labeller: {labeller.name if args.classifier else RULE_BASED_NAME})"
+        f"(labeller: {labeller.name})"
     )
     return 0

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from callbacks.report_samples import ReportSamplesCallback
 from ctvlp.cli import main
 from ctvlp.config.errors import ConfigError
 from datamodules.labels import CT_RATE_LABELS
@@ -22,6 +23,7 @@ from datamodules.report_classifier import (
     record_labeller,
     report_labeller,
 )
+from lightning_modules.cappa import CapPaModule
 from lightning_modules.nets.text_encoder import resolve_text_model_path
 from lightning_modules.report_generation import score_reports
 
@@ -142,3 +144,26 @@ def test_label_reports_command_with_a_classifier(
     assert frame["Emphysema"].tolist() == [1, 0]
     assert int(frame[list(CT_RATE_LABELS)].to_numpy().sum()) == 1
     assert f"labeller: report classifier {reversed_classifier}" in capsys.readouterr().out
+    # Hedging is a rule of the rule-based labeller: asking a classifier for it is refused.
+    out.unlink()
+    assert main([*argv, "--uncertain-as-negative"]) == 2
+    assert "--uncertain-as-negative" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_report_samples_in_tensorboard_use_the_configured_labeller(reversed_classifier: Path) -> None:
+    """The labels and clinical F1 beside the generated reports in TensorBoard come from the same
+    labeller as the run's clinical metrics."""
+    sections = {"model": {"image": {"size": "tiny"}}, "objectives": {"rrg": {"depth": 1}}}
+    default = CapPaModule.from_sections(**sections, module="cappa")
+    configured = CapPaModule.from_sections(
+        **sections, module="cappa", evaluation={"report_classifier": str(reversed_classifier)}
+    )
+    labellers = [
+        next(c for c in m.configure_callbacks() if isinstance(c, ReportSamplesCallback)).labeller
+        for m in (default, configured)
+    ]
+    assert isinstance(labellers[0], RuleBasedLabeller)
+    assert labellers[1] is report_labeller(str(reversed_classifier))
+    texts = ["Clear lungs."]
+    assert labellers[0](texts).sum() == 0 and labellers[1](texts)[0, EMPHYSEMA] == 1

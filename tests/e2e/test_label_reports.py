@@ -65,6 +65,7 @@ def test_label_reports_writes_ct_rate_columns(
     assert main([*argv, "--out", str(strict), "--uncertain-as-negative"]) == 0
     row = pd.read_csv(strict)[CT_RATE_LABELS].to_numpy()[2].tolist()
     assert row == _expected("Coronary artery wall calcification", "Medical material")
+    assert "uncertain as negative" in capsys.readouterr().out
 
 
 def test_label_reports_missing_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
