@@ -65,6 +65,9 @@ class CroppedVolumeDataset(Dataset):
     """
 
     kind = VOLUME
+    # False: training samples take the centre crop too (their augmentation, if any, still draws
+    # from the sample's stream): a frozen encoder's token cache needs the same crop at every epoch.
+    random_crop = True
 
     def __init__(
         self,
@@ -116,7 +119,7 @@ class CroppedVolumeDataset(Dataset):
     ) -> tuple[torch.Tensor, tuple[tuple[int, ...], tuple[int, ...], SpatialParams]]:
         """A crop of ``entry`` (random with ``rng``, else the centre one), augmented from ``rng``
         when ``augment``; with the box it was read from and its spatial parameters."""
-        start = crop_start(entry.shape, self.size, self.crop_field, rng)
+        start = crop_start(entry.shape, self.size, self.crop_field, rng if self.random_crop else None)
         augment = augment and rng is not None
         params = self.spatial.draw(rng) if augment and self.spatial is not None else SpatialParams()
         read_start, read_size = spatial_read_box(start, self.size, params, self.spacing)

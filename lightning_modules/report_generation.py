@@ -13,7 +13,9 @@ sequence only; image and instruction positions carry no loss. With ``reportgen.t
 (RadFM: 3) a report token that spells a medical term (lightning_modules/report_terms.py) weighs w,
 the others 1; the loss is the weighted mean.
 
-Validation logs the teacher-forced loss (``val/reportgen/loss``, the model selection metric) and,
+Validation logs the teacher-forced loss (``val/reportgen/loss``, the model selection metric), the
+same loss with each report paired with another volume of its batch (``val/reportgen/loss_other_image``:
+above ``loss`` when the LM reads the image) and,
 through ``ReportSamplesCallback``, a few generated reports beside their reference. The final
 evaluation (``ctvlp fit``'s val/test, ``ctvlp eval --tasks reportgen``) generates a report for
 every volume, writes ``reports_<split>.csv`` (id, reference, generated) into the run directory and
@@ -55,6 +57,7 @@ from lightning_modules.nets.causal_lm import (
     load_causal_lm,
     load_lm_tokenizer,
 )
+from lightning_modules.nets.frozen_token_cache import VolumeTokenCache
 from lightning_modules.nets.report_projectors import build_projector
 from lightning_modules.registry import module_class
 from lightning_modules.report_terms import TermMatcher, default_term_patterns, read_term_file
@@ -103,6 +106,31 @@ def lm_tokenizer(cfg: DictConfig) -> Any:
         return load_lm_tokenizer(cfg.reportgen.lm.name_or_path)
     except LanguageModelError as error:
         raise ConfigError(str(error)) from error
+
+
+def frozen_token_cache(cfg: DictConfig) -> VolumeTokenCache | None:
+    """``reportgen.token_cache_mb`` > 0: the frozen encoder's tokens per volume, computed once. The
+    inputs must then be the same at every epoch: training takes the centre crop (the datamodule)
+    and augmentation must be off, else a ConfigError."""
+    budget = float(cfg.reportgen.token_cache_mb)
+    if budget <= 0:
+        return None
+    augmented = {
+        "data.augmentation.level": cfg.data.augmentation.level,
+        "data.spatial_augmentation": cfg.data.spatial_augmentation,
+    }
+    on = [f"{key}={value}" for key, value in augmented.items() if value != "none"]
+    if on:
+        raise ConfigError(
+            f"reportgen.token_cache_mb={budget:g} caches each volume's tokens once, but {', '.join(on)} "
+            "changes the crop at every epoch: set them to none, or reportgen.token_cache_mb=0"
+        )
+    log.info(
+        "Frozen-encoder token cache: up to %g MB of fp16 tokens per process; training takes the centre "
+        "crop (reportgen.token_cache_mb=0: random crops, the encoder at every step)",
+        budget,
+    )
+    return VolumeTokenCache(budget)
 
 
 class ReportGenerationModule(ObjectiveModule):
@@ -159,6 +187,7 @@ class ReportGenerationModule(ObjectiveModule):
                     "reportgen.term_weight needs a fast tokenizer (character offsets of tokens); "
                     f"the tokenizer of {lm.name_or_path} is a slow one"
                 )
+        self.token_cache = frozen_token_cache(self.cfg)
         self.truncated_reports = 0
         self.most_frequent_report: str | None = None
         self._generated: list[dict[str, str]] = []
@@ -166,9 +195,11 @@ class ReportGenerationModule(ObjectiveModule):
     # ------------------------------------------------------------------------------- data
     @classmethod
     def build_datamodule(cls, cfg: DictConfig) -> L.LightningDataModule:
-        return ReportGenerationDataModule(
+        datamodule = ReportGenerationDataModule(
             cfg.data, lm_tokenizer(cfg), int(cfg.reportgen.lm.max_length), int(cfg.seed)
         )
+        datamodule.centre_train_crops = float(cfg.reportgen.token_cache_mb) > 0
+        return datamodule
 
     def train(self, mode: bool = True) -> ReportGenerationModule:
         super().train(mode)
@@ -219,10 +250,25 @@ class ReportGenerationModule(ObjectiveModule):
         weight = torch.tensor([w + [0.0] * (length - len(w)) for w in weights], device=self.device)
         return ids, weight
 
-    def prompt_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def image_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(B, N, C) frozen-encoder tokens of the batch's volumes, through the token cache if on."""
+        images = batch["image"].to(self.device)
+        if self.token_cache is None:
+            return self.image_encoder(images).tokens
+        was_full = self.token_cache.full
+        tokens = self.token_cache.tokens(self.image_encoder, images, [str(i) for i in batch["image_id"]])
+        if self.token_cache.full and not was_full:
+            log.warning(
+                "reportgen.token_cache_mb=%g is full after %d volumes: the tokens of the others are "
+                "computed at every visit (raise the budget to cache every volume)",
+                self.cfg.reportgen.token_cache_mb,
+                len(self.token_cache),
+            )
+        return tokens
+
+    def prompt_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, P, H): the image positions and the instruction, as the LM's input embeddings."""
-        with torch.no_grad():
-            tokens = self.image_encoder(images).tokens
         embed = self.lm.get_input_embeddings()
         instruction = embed(self.instruction_ids).unsqueeze(0)
         image = self.projector(tokens.to(instruction.dtype), instruction)
@@ -233,10 +279,11 @@ class ReportGenerationModule(ObjectiveModule):
             parts = [markers[:, :1], image, markers[:, 1:], parts[1]]
         return torch.cat(parts, dim=1)
 
-    def report_loss(self, images: torch.Tensor, reports: list[str]) -> torch.Tensor:
-        """Teacher-forced, (term-)weighted mean cross-entropy over report tokens and end of sequence."""
+    def report_loss(self, tokens: torch.Tensor, reports: list[str]) -> torch.Tensor:
+        """Teacher-forced, (term-)weighted mean cross-entropy over report tokens and end of sequence,
+        from the frozen encoder's ``tokens`` (:meth:`image_tokens`)."""
         ids, weight = self.report_tokens(reports)
-        prompt = self.prompt_embeddings(images)
+        prompt = self.prompt_embeddings(tokens)
         inputs = torch.cat([prompt, self.lm.get_input_embeddings()(ids)], dim=1)
         mask = torch.cat(
             [torch.ones(prompt.shape[:2], dtype=torch.long, device=self.device), (weight > 0).long()], dim=1
@@ -250,10 +297,11 @@ class ReportGenerationModule(ObjectiveModule):
         return (losses * weight).sum() / weight.sum().clamp_min(1.0)
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor) -> list[str]:
-        """One report per volume: greedy or beam search (``reportgen.num_beams``)."""
+    def generate(self, tokens: torch.Tensor) -> list[str]:
+        """One report per volume of the frozen encoder's ``tokens``: greedy or beam search
+        (``reportgen.num_beams``)."""
         rg = self.cfg.reportgen
-        prompt = self.prompt_embeddings(images)
+        prompt = self.prompt_embeddings(tokens)
         mask = torch.ones(prompt.shape[:2], dtype=torch.long, device=self.device)
         output = self.lm.generate(
             inputs_embeds=prompt,
@@ -269,7 +317,7 @@ class ReportGenerationModule(ObjectiveModule):
     def report_samples(self, batch: dict[str, Any]) -> list[dict[str, str]]:
         """For ``ReportSamplesCallback``: each volume's reference and generated report."""
         mode = "greedy" if int(self.cfg.reportgen.num_beams) == 1 else f"beam {self.cfg.reportgen.num_beams}"
-        generated = self.generate(batch["image"].to(self.device))
+        generated = self.generate(self.image_tokens(batch))
         return [
             {"reference": ref, f"generated ({mode})": gen}
             for ref, gen in zip(batch["report"], generated, strict=True)
@@ -277,10 +325,14 @@ class ReportGenerationModule(ObjectiveModule):
 
     # ---------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.guard_loss(self.report_loss(batch["image"], list(batch["report"])))
+        loss = self.guard_loss(self.report_loss(self.image_tokens(batch), list(batch["report"])))
         size = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         self.log("train/truncated_reports", float(self.truncated_reports), batch_size=size)
+        if self.token_cache is not None:
+            cache = self.token_cache
+            looked_up = cache.hits + cache.misses + cache.uncached
+            self.log("train/token_cache_hit_rate", cache.hits / max(looked_up, 1), batch_size=size)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -295,10 +347,18 @@ class ReportGenerationModule(ObjectiveModule):
         return self.trainer.state.fn != "fit"
 
     def _evaluation_step(self, batch: dict[str, Any], split: str) -> None:
-        loss = self.report_loss(batch["image"], list(batch["report"]))
-        self.log(f"{split}/reportgen/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
+        tokens, reports = self.image_tokens(batch), list(batch["report"])
+        size = tokens.shape[0]
+        self.log(
+            f"{split}/reportgen/loss", self.report_loss(tokens, reports), batch_size=size, sync_dist=True
+        )
+        if size > 1:
+            # Each report against the next volume's image: a loss above the matched one says the LM
+            # reads the image, whatever greedy decoding makes of it.
+            other = self.report_loss(tokens.roll(1, dims=0), reports)
+            self.log(f"{split}/reportgen/loss_other_image", other, batch_size=size, sync_dist=True)
         if self._final():
-            generated = self.generate(batch["image"])
+            generated = self.generate(tokens)
             for image_id, ref, gen in zip(batch["image_id"], batch["report"], generated, strict=True):
                 self._generated.append({"id": str(image_id), "reference": ref, "generated": gen})
 
@@ -376,13 +436,17 @@ def write_reports_csv(path: Path, rows: list[dict[str, str]]) -> None:
 
 
 class ReportGenerationDataModule(CTDataModule):
-    """Paired volumes with their Findings; volumes with empty Findings are skipped (counted)."""
+    """Paired volumes with their Findings; volumes with empty Findings are skipped (counted).
+    ``centre_train_crops``: training takes the centre crop too (the frozen encoder's token cache)."""
+
+    centre_train_crops = False
 
     def setup(self, stage: str | None = None) -> None:
         already = bool(self.splits)
         super().setup(stage)
         if already:
             return
+        self.datasets["train"].random_crop = not self.centre_train_crops
         for name, dataset in self.datasets.items():
             kept = [e for e in dataset.entries if (e.sections.get("findings") or "").strip()]
             skipped = len(dataset.entries) - len(kept)

@@ -480,6 +480,11 @@ class ReportGenConfig:
     max_new_tokens: int = 256
     # Validation volumes whose generated reports go to TensorBoard beside the reference (0 = none).
     log_reports: int = 3
+    # MB of host memory per process for the frozen encoder's fp16 tokens, computed once per volume
+    # (0 = off: the encoder runs at every step). On, training takes the centre crop (the same at
+    # every epoch) and data augmentation must be off; volumes beyond the budget are encoded at
+    # every visit (a warning says so).
+    token_cache_mb: float = 0.0
 
 
 @dataclass

@@ -10,9 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ctvlp.cli import main
+from ctvlp.config.loader import load_experiment
+from lightning_modules.report_generation import ReportGenerationModule
 
 METRICS = ("BLEU-1", "BLEU-4", "ROUGE-L", "CRG", "clinical_F1_micro", "clinical_F1_macro")
 
@@ -61,6 +64,9 @@ def test_fit_writes_scored_reports_and_eval_agrees(
     losses = [e.value for e in events.Scalars("train/loss")]
     assert len(losses) == 6 and losses[-1] < losses[0]  # a random LM learns the first tokens fast
     assert any(tag.startswith("reports/") for tag in events.Tags()["tensors"])  # generated beside reference
+    # the profile's token cache: on, and the matched image explains the reports no worse than another's
+    assert "train/token_cache_hit_rate" in events.Tags()["scalars"]
+    assert "test/reportgen/loss_other_image" in results
     # ctvlp eval on the checkpoint: the same keys, the same reports
     out = tmp_path / "eval"
     code = main(["eval", "--ckpt", str(run), "--tasks", "reportgen", "--splits", "test", "--out", str(out),
@@ -77,3 +83,24 @@ def test_eval_reportgen_refuses_an_encoder_without_a_decoder(
     code = main(["eval", "--ckpt", str(trained_run), "--tasks", "reportgen", "--splits", "test",
                  "--out", str(tmp_path)])  # fmt: skip
     assert code == 2 and "generates no reports" in capsys.readouterr().err
+
+
+def test_token_cache_trains_on_the_centre_crop(phantom_overrides: list[str], tiny_lm: Path) -> None:
+    """With the frozen encoder's token cache (the cpu_demo profile) a training sample is the same
+    centre crop at every epoch, the evaluation crop; without it, crops are drawn at random."""
+    crops = {}
+    for budget in (512, 0):
+        cfg = load_experiment(
+            "reportgen_llava",
+            "cpu_demo",
+            [*phantom_overrides, f"reportgen.lm.name_or_path={tiny_lm}", f"reportgen.token_cache_mb={budget}",
+             "reportgen.encoder_ckpt=null"],
+        )  # fmt: skip
+        datamodule = ReportGenerationModule.build_datamodule(cfg)
+        datamodule.setup("fit")
+        train = datamodule.datasets["train"]
+        # epochs 0 and 1 of the first training volume, and its evaluation (centre) crop
+        crops[budget] = [train[(0, 0)]["image"], train[(0, 1)]["image"], train[0]["image"]]
+    cached, drawn = crops[512], crops[0]
+    assert torch.equal(cached[0], cached[1]) and torch.equal(cached[0], cached[2])
+    assert not torch.equal(drawn[0], drawn[1])

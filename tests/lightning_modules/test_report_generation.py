@@ -46,7 +46,7 @@ def _module(lm_dir: Path, **reportgen) -> ReportGenerationModule:
             sections[key] = value
     return ReportGenerationModule.from_sections(
         module="report_generation",
-        data={"crop_size": 16},
+        data={"crop_size": 16, "augmentation": {"level": "none"}},  # as the reportgen recipes
         model={"image": {"size": "tiny"}, "proj_dim": 32, "pool_heads": 2},
         reportgen=sections,
     )
@@ -57,6 +57,11 @@ def _images() -> torch.Tensor:
     images = torch.full((2, 1, 16, 16, 16), -0.8)
     images[0, :, 4:12, 4:12, 4:12] = 0.8
     return images
+
+
+def _tokens(module: ReportGenerationModule, images: torch.Tensor | None = None) -> torch.Tensor:
+    """The frozen encoder's tokens of two volumes (the module's own path, token cache included)."""
+    return module.image_tokens({"image": _images() if images is None else images, "image_id": ["a", "b"]})
 
 
 @pytest.mark.parametrize("kind", ["mlp2x", "perceiver", "qformer"])
@@ -73,12 +78,12 @@ def test_projector_output_positions(kind: str) -> None:
 
 def test_loss_is_the_mean_over_report_tokens_only(tiny_lm: Path) -> None:
     module = _module(tiny_lm).eval()
-    images = _images()
-    loss = module.report_loss(images, REPORTS)
+    tokens = _tokens(module)
+    loss = module.report_loss(tokens, REPORTS)
     # by hand: the LM over [prompt; report; </s>], each report token (and </s>) predicted from the
     # position before it; prompt positions and padding carry no loss
     tokenizer = module.tokenizer
-    prompt = module.prompt_embeddings(images)
+    prompt = module.prompt_embeddings(tokens)
     total, count = 0.0, 0
     for i, report in enumerate(REPORTS):
         ids = [*tokenizer(report, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
@@ -124,20 +129,20 @@ def test_each_projector_learns_and_generates_from_the_image(tiny_lm: Path, kind:
     module = _module(tiny_lm, projector=kind)
     if kind == "perceiver":  # RadFM's image markers are tokens of the tokenizer
         assert module.marker_ids.numel() == 2
-        assert module.prompt_embeddings(_images()).shape[1] == 4 + 2 + module.instruction_ids.numel()
-    images = _images()
+        assert module.prompt_embeddings(_tokens(module)).shape[1] == 4 + 2 + module.instruction_ids.numel()
+    tokens = _tokens(module)  # the encoder is frozen: the same tokens at every step
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=3e-3)
     losses = []
     for _ in range(STEPS[kind]):
-        loss = module.report_loss(images, REPORTS)
+        loss = module.report_loss(tokens, REPORTS)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses[::10]
     module.eval()
-    generated = module.generate(images)
+    generated = module.generate(tokens)
     assert len(generated) == 2 and all(isinstance(g, str) for g in generated)
     if kind == "mlp2x":  # the image decides the report: each volume's generation is its own report
         assert generated[0] != generated[1], generated
@@ -183,3 +188,38 @@ def test_a_checkpoint_without_a_freezable_encoder_is_refused(tiny_lm: Path, tmp_
         _module(tiny_lm, encoder_ckpt=str(path))
     with pytest.raises(ConfigError, match="no such checkpoint"):
         _module(tiny_lm, encoder_ckpt=str(tmp_path / "none.ckpt"))
+
+
+def test_token_cache_encodes_each_volume_once_within_its_budget(tiny_lm: Path) -> None:
+    module = _module(tiny_lm, token_cache_mb=1.0).eval()
+    calls = []
+    module.image_encoder.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
+    images = _images()
+    direct = module.image_encoder(images).tokens
+    calls.clear()
+    first = _tokens(module, images)
+    again = _tokens(module, images)
+    assert calls == [2]  # one encoder pass for both volumes, none for the repeat
+    # fp16 on the host: a miss returns what a later hit does, the encoder's tokens rounded to fp16
+    assert torch.equal(first, again) and torch.equal(first, direct.half().float())
+    cache = module.token_cache
+    assert (cache.misses, cache.hits, cache.uncached, len(cache)) == (2, 2, 0, 2)
+    # a batch of a cached and a new volume: only the new one is encoded
+    cache_b = module.image_tokens({"image": images, "image_id": ["a", "c"]})
+    assert calls == [2, 1] and torch.equal(cache_b, first)
+    # A budget for one volume only: the second is encoded at every visit, counted, with a warning.
+    row_mb = direct[0].numel() * 2 / 2**20
+    small = _module(tiny_lm, token_cache_mb=row_mb * 1.5).eval()
+    for _ in range(3):
+        _tokens(small, images)
+    assert (small.token_cache.misses, small.token_cache.hits, small.token_cache.uncached) == (1, 2, 3)
+
+
+def test_token_cache_needs_the_same_input_at_every_epoch(tiny_lm: Path) -> None:
+    with pytest.raises(ConfigError, match="data.augmentation.level=low"):
+        ReportGenerationModule.from_sections(
+            module="report_generation",
+            data={"crop_size": 16, "augmentation": {"level": "low"}},
+            model={"image": {"size": "tiny"}, "proj_dim": 32, "pool_heads": 2},
+            reportgen={"lm": {"name_or_path": str(tiny_lm)}, "token_cache_mb": 8.0},
+        )
