@@ -330,9 +330,7 @@ class ReportGenerationModule(ObjectiveModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         self.log("train/truncated_reports", float(self.truncated_reports), batch_size=size)
         if self.token_cache is not None:
-            cache = self.token_cache
-            looked_up = cache.hits + cache.misses + cache.uncached
-            self.log("train/token_cache_hit_rate", cache.hits / max(looked_up, 1), batch_size=size)
+            self.log("train/token_cache_hit_rate", self.token_cache.hit_rate, batch_size=size)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

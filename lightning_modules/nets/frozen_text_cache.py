@@ -22,6 +22,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from lightning_modules.nets.bounded_cache import BoundedCache, tensor_bytes
+
 # (token ids as bytes, device, autocast dtype or None)
 CacheKey = tuple[bytes, str, torch.dtype | None]
 
@@ -60,7 +62,7 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-class FrozenBackboneCache:
+class FrozenBackboneCache(BoundedCache):
     """LRU cache of ``backbone(ids).last_hidden_state`` per token sequence, at most ``max_mb`` MB.
 
     ``hits``, ``misses`` and ``evictions`` count sequences; ``bypassed`` counts batches that were
@@ -69,23 +71,13 @@ class FrozenBackboneCache:
     """
 
     def __init__(self, max_mb: float) -> None:
-        if max_mb <= 0:
-            raise ValueError(f"max_mb must be positive, got {max_mb}; leave the cache out to turn it off")
-        self.max_bytes = int(max_mb * 2**20)
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
+        super().__init__(max_mb)
         self.evictions = 0
         self.bypassed = 0
         self._entries: OrderedDict[CacheKey, torch.Tensor] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    @property
-    def hit_rate(self) -> float:
-        looked_up = self.hits + self.misses
-        return self.hits / looked_up if looked_up else 0.0
 
     def clear(self) -> None:
         """Drop every entry (the counters stay)."""
@@ -127,12 +119,12 @@ class FrozenBackboneCache:
         self.misses += 1
         ids = sequence[None]
         states = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
-        size = states.numel() * states.element_size()
+        size = tensor_bytes(states)
         if size <= self.max_bytes:
             self._entries[key] = states
             self.bytes += size
             while self.bytes > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
-                self.bytes -= evicted.numel() * evicted.element_size()
+                self.bytes -= tensor_bytes(evicted)
                 self.evictions += 1
         return states

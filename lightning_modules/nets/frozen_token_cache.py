@@ -18,23 +18,24 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lightning_modules.nets.bounded_cache import BoundedCache, tensor_bytes
 
-class VolumeTokenCache:
+
+class VolumeTokenCache(BoundedCache):
     """fp16 tokens per volume id, at most ``max_mb`` MB; ``hits``, ``misses`` (first encodings)
-    and ``uncached`` (encodings of volumes beyond the budget) count volumes."""
+    and ``uncached`` (encodings of volumes beyond the budget) count volumes; ``hit_rate`` is over
+    all three."""
 
     def __init__(self, max_mb: float) -> None:
-        if max_mb <= 0:
-            raise ValueError(f"max_mb must be positive, got {max_mb}; leave the cache out to turn it off")
-        self.max_bytes = int(max_mb * 2**20)
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
+        super().__init__(max_mb)
         self.uncached = 0
         self._entries: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def _lookups(self) -> int:
+        return super()._lookups() + self.uncached
 
     @property
     def full(self) -> bool:
@@ -57,7 +58,7 @@ class VolumeTokenCache:
     def _store(self, volume: str, row: torch.Tensor) -> None:
         if volume in self._entries:  # the same volume twice in one batch (DDP pads with repeats)
             return
-        size = row.numel() * row.element_size()
+        size = tensor_bytes(row)
         if self.bytes + size > self.max_bytes:
             self.uncached += 1
             return

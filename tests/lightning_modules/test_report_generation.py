@@ -204,6 +204,7 @@ def test_token_cache_encodes_each_volume_once_within_its_budget(tiny_lm: Path) -
     assert torch.equal(first, again) and torch.equal(first, direct.half().float())
     cache = module.token_cache
     assert (cache.misses, cache.hits, cache.uncached, len(cache)) == (2, 2, 0, 2)
+    assert cache.hit_rate == 0.5
     # a batch of a cached and a new volume: only the new one is encoded
     cache_b = module.image_tokens({"image": images, "image_id": ["a", "c"]})
     assert calls == [2, 1] and torch.equal(cache_b, first)
@@ -213,6 +214,7 @@ def test_token_cache_encodes_each_volume_once_within_its_budget(tiny_lm: Path) -
     for _ in range(3):
         _tokens(small, images)
     assert (small.token_cache.misses, small.token_cache.hits, small.token_cache.uncached) == (1, 2, 3)
+    assert small.token_cache.hit_rate == pytest.approx(2 / 6)  # over every lookup, the uncached too
 
 
 def test_token_cache_needs_the_same_input_at_every_epoch(tiny_lm: Path) -> None:
