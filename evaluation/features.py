@@ -4,8 +4,8 @@ Per volume we keep the encoder's own pooled image embedding (retrieval, zero-sho
 report embedding (retrieval) and the label row. For the probes we keep the projected image tokens
 in fp16, memory-mapped from ``<cache_dir>/<split>/tokens.npy``, so that the 20 probes of the grid
 train for thousands of steps without another encoder pass. When the tokens of all needed splits
-do not fit the disk budget, only the parameter-free aggregations (``avg``/``max`` over the tokens)
-are kept ("pooled-only"): the attention probes are then skipped, with a warning.
+do not fit the disk budget, none are kept and the probes train with the encoder in the loop
+(:mod:`evaluation.joint_probes`).
 
 A directory whose ``meta.json`` carries the same fingerprint (checkpoint, crop, volumes, mode) is
 reused instead of re-encoded; anything else is overwritten.
@@ -30,12 +30,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from evaluation.probe_grid import POOLED_AGGREGATORS
-
 log = logging.getLogger(__name__)
 
-TokenMode = Literal["none", "tokens", "pooled"]
+TokenMode = Literal["none", "tokens"]
 TOKEN_DTYPE = np.float16
+TOKEN_TORCH_DTYPE = torch.float16  # the same dtype, for tokens that never reach the cache
 META_NAME = "meta.json"
 EMBEDDINGS_NAME = "embeddings.pt"
 
@@ -49,7 +48,7 @@ class VisionLanguageModel(Protocol):
 
 
 class TokenFeatures:
-    """Probe inputs per volume: ``{"tokens": (V, N, C)}`` or ``{"avg": (V, C), "max": (V, C)}``.
+    """Probe inputs per volume: ``{"tokens": (V, N, C)}``.
 
     Arrays may be ``np.memmap``; :meth:`batch` reads only the requested volumes.
     """
@@ -66,10 +65,6 @@ class TokenFeatures:
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
-
-    @property
-    def pooled_only(self) -> bool:
-        return "tokens" not in self.arrays
 
     @property
     def dim(self) -> int:
@@ -136,10 +131,6 @@ class _TokenWriter:
     def write(self, rows: np.ndarray, tokens: torch.Tensor) -> None:
         if self.mode == "tokens":
             self._array("tokens", tuple(tokens.shape[1:]))[rows] = tokens.half().cpu().numpy()
-        elif self.mode == "pooled":
-            pooled = {"avg": tokens.float().mean(dim=1), "max": tokens.float().amax(dim=1)}
-            for name in POOLED_AGGREGATORS:
-                self._array(name, tuple(pooled[name].shape[1:]))[rows] = pooled[name].half().cpu().numpy()
 
     def finish(self) -> TokenFeatures | None:
         if self.mode == "none":
@@ -158,7 +149,7 @@ def _load_cached(directory: Path, key: str, mode: TokenMode, with_text: bool) ->
     saved = torch.load(directory / EMBEDDINGS_NAME, weights_only=True)
     if with_text and "text" not in saved:
         return None
-    names = {"tokens": ["tokens"], "pooled": list(POOLED_AGGREGATORS), "none": []}[mode]
+    names = {"tokens": ["tokens"], "none": []}[mode]
     arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in names}
     log.info("Reusing cached features in %s", directory)
     return SplitFeatures(

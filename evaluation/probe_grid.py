@@ -32,8 +32,8 @@ from torch import nn
 from lightning_modules.nets.attention_pool import MaxPool1D, MeanPool1D
 
 AGGREGATORS = ("avg", "max", "learned_query", "mean_query", "multi_learned_query")
-# Aggregators without parameters: their per-volume output can replace the tokens in a feature cache.
-POOLED_AGGREGATORS = ("avg", "max")
+# Aggregators without parameters: one output serves the probes of every learning rate.
+PARAMETER_FREE_AGGREGATORS = ("avg", "max")
 PAPER_LEARNING_RATES = (1e-1, 3e-2, 1e-2, 3e-3)
 
 
@@ -115,11 +115,8 @@ class ProbeSpec:
 
 
 class ProbeGrid(nn.Module):
-    """``len(aggregators) × len(lrs)`` probes; ``forward`` returns logits (P, B, K).
-
-    ``features`` holds ``"tokens"`` (B, N, C) and/or precomputed ``"avg"`` / ``"max"`` (B, C)
-    (a pooled-only feature cache); attention aggregators need the tokens.
-    """
+    """``len(aggregators) × len(lrs)`` probes; ``forward`` takes ``{"tokens": (B, N, C)}`` and
+    returns logits (P, B, K)."""
 
     def __init__(
         self,
@@ -154,16 +151,15 @@ class ProbeGrid(nn.Module):
 
     def pooled(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Every probe's aggregated features, (P, B, C)."""
+        if "tokens" not in features:
+            raise ValueError(f"The probe grid needs token features ('tokens'); got {sorted(features)}")
+        tokens = features["tokens"]
         pooled: list[torch.Tensor | None] = [None] * len(self.specs)
         for kind, indices in self._kinds.items():
-            if kind in features:
-                kind_pooled = features[kind].expand(len(indices), -1, -1)
-            elif "tokens" not in features:
-                raise ValueError(f"The {kind!r} probes need token features; got only {sorted(features)}")
-            elif kind in POOLED_AGGREGATORS:  # parameter-free: computed once for all learning rates
-                kind_pooled = self.aggregators[indices[0]](features["tokens"]).expand(len(indices), -1, -1)
+            if kind in PARAMETER_FREE_AGGREGATORS:  # computed once for all learning rates
+                kind_pooled = self.aggregators[indices[0]](tokens).expand(len(indices), -1, -1)
             else:
-                kind_pooled = pool_jointly([self.aggregators[i] for i in indices], features["tokens"])
+                kind_pooled = pool_jointly([self.aggregators[i] for i in indices], tokens)
             for row, index in enumerate(indices):
                 pooled[index] = kind_pooled[row]
         return torch.stack(pooled)  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """Training and selecting the probe grid on frozen features (COLIPRI App. C.2).
 
 - All probes of a :class:`~evaluation.probe_grid.ProbeGrid` train jointly on the
-  same batches of cached features: SGD with momentum 0.95, no weight decay, a cosine schedule
+  same batches: of cached features here, or of tokens the frozen encoder computes batch by batch
+  (:mod:`evaluation.joint_probes`) when they do not fit the cache budget. SGD with momentum 0.95, no weight decay, a cosine schedule
   from each probe's own learning rate to 0, and binary cross-entropy over the known labels only
   (NaN labels are masked, never treated as negative).
 - The single best probe is the one with the highest **validation** macro AUPRC (AUPRC because
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -40,15 +42,28 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (losses * known).sum(dim=(1, 2)) / known.sum().clamp(min=1)
 
 
-def _batches(volumes: int, batch_size: int, steps: int, generator: torch.Generator) -> torch.Tensor:
-    """(steps, batch) volume indices: seeded reshuffles, every volume once per pass."""
-    per_batch = min(batch_size, volumes)
-    passes = math.ceil(steps * per_batch / volumes)
+def cached_batches(
+    features: TokenFeatures, labels: torch.Tensor, config: ProbeTraining, device: torch.device | str = "cpu"
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """The training batches of :func:`probe_batch_indices` read from cached features."""
+    if len(features) != labels.shape[0]:
+        raise ValueError(f"{len(features)} feature rows but {labels.shape[0]} label rows")
+    for indices in probe_batch_indices(len(features), config):
+        yield features.batch(indices, device), labels[indices]
+
+
+def probe_batch_indices(volumes: int, config: ProbeTraining) -> torch.Tensor:
+    """(steps, batch) volume indices of the probe training stream: seeded reshuffles, every volume
+    once per pass. The cached and the joint (encoder in the loop) paths draw the same stream."""
+    if config.steps < 1:
+        raise ValueError(f"probe steps must be >= 1, got {config.steps}")
+    generator = torch.Generator().manual_seed(config.seed)
+    per_batch = min(config.batch_size, volumes)
+    passes = math.ceil(config.steps * per_batch / volumes)
     order = torch.cat([torch.randperm(volumes, generator=generator) for _ in range(passes)])
-    return order[: steps * per_batch].view(steps, per_batch)
+    return order[: config.steps * per_batch].view(config.steps, per_batch)
 
 
-@torch.enable_grad()  # callers may run evaluation under no_grad (the periodic EvaluationCallback)
 def train_probe_grid(
     grid: ProbeGrid,
     features: TokenFeatures,
@@ -57,33 +72,41 @@ def train_probe_grid(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> torch.Tensor:
-    """Train every probe of ``grid`` in place; returns each probe's mean loss over the last
-    10 % of the steps, (P,)."""
-    if len(features) != labels.shape[0]:
-        raise ValueError(f"{len(features)} feature rows but {labels.shape[0]} label rows")
-    if config.steps < 1:
-        raise ValueError(f"probe steps must be >= 1, got {config.steps}")
+    """Train every probe of ``grid`` in place on cached features; returns each probe's mean loss
+    over the last 10 % of the steps, (P,)."""
+    batches = cached_batches(features, labels, config, device)
+    return train_probe_grid_on(grid, batches, config.steps, device, progress)
+
+
+@torch.enable_grad()  # callers may run evaluation under no_grad (the periodic EvaluationCallback)
+def train_probe_grid_on(
+    grid: ProbeGrid,
+    batches: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]],
+    steps: int,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    description: str = "probes",
+) -> torch.Tensor:
+    """Train every probe of ``grid`` in place on ``steps`` (features, labels) batches; returns
+    each probe's mean loss over the last 10 % of the steps, (P,)."""
     grid.to(device).train()
     optimizer = torch.optim.SGD(grid.param_groups(), momentum=MOMENTUM, weight_decay=0.0, foreach=True)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
-    generator = torch.Generator().manual_seed(config.seed)
-    tail = max(1, config.steps // 10)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    tail = max(1, steps // 10)
     tail_loss = torch.zeros(len(grid.specs))
-    for step, indices in enumerate(
-        tqdm(
-            _batches(len(features), config.batch_size, config.steps, generator),
-            desc="probes",
-            disable=not progress,
-            leave=False,
-        )
+    step = -1
+    for step, (features, labels) in enumerate(
+        tqdm(batches, total=steps, desc=description, disable=not progress, leave=False)
     ):
-        losses = masked_bce(grid(features.batch(indices, device)), labels[indices].to(device))
+        losses = masked_bce(grid(features), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # probes share no parameters: each gets its own gradient
         optimizer.step()
         schedule.step()
-        if step >= config.steps - tail:
+        if step >= steps - tail:
             tail_loss += losses.detach().cpu() / tail
+    if step + 1 != steps:
+        raise ValueError(f"The probe training stream ended after {step + 1} of {steps} batches")
     return tail_loss
 
 

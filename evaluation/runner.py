@@ -12,6 +12,9 @@ Protocol (COLIPRI App. C; docs/evaluation.md):
 - Validation is always encoded when a classification task runs, even if it is not reported:
   thresholds (F1-optimal per label) and the probe choice (macro AUPRC) come from validation only
   and are applied frozen to test and transfer splits.
+- Probes: the 20-probe grid on the frozen encoder's cached fp16 tokens when they fit
+  ``feature_cache_bytes``, else with the encoder in the loop (``evaluation.joint_probes``);
+  ``<val>/probe/encoder_in_loop`` says which path ran.
 - A transfer split (e.g. RAD-ChestCT on its CT-RATE-mapped labels) names its label columns;
   they are matched by name to the model's label space, and only those columns are scored.
   Retrieval runs only on splits with reports, over the split's ``retrieval`` pairs when given
@@ -50,8 +53,9 @@ from evaluation.features import (
     token_cache_bytes,
     tokens_per_volume,
 )
+from evaluation.joint_probes import predict_probe_grid_jointly, train_probe_grid_jointly
 from evaluation.metrics import classification_metrics, f1_optimal_thresholds
-from evaluation.probe_grid import AGGREGATORS, PAPER_LEARNING_RATES, POOLED_AGGREGATORS, ProbeGrid
+from evaluation.probe_grid import AGGREGATORS, PAPER_LEARNING_RATES, ProbeGrid
 from evaluation.probes import ProbeTraining, predict_probe_grid, select_probe, train_probe_grid
 from evaluation.prompt_zero_shot import PROMPT_KEYS, zero_shot_prompt_scores
 from evaluation.retrieval import RetrievalPairs, recall_from_ranks, retrieval_metrics, true_report_ranks
@@ -261,11 +265,15 @@ class Evaluator:
             self._prompt_pairs(val, splits, features, normalise, temperature)
         if "probe" in self.tasks:
             assert train is not None and train.loader is not None and val is not None
-            train_split = EvalSplit("train", train.loader, train.volumes, has_reports=False)
-            with _timed("Features of train"):
-                train_features = self._features(train_split, token_mode, with_text=False)
-            with _timed(f"Probe grid ({self.settings.probe.steps} steps)"):
-                scores = self._probe_scores(train_features, features, val.name)
+            if token_mode == "tokens":
+                train_split = EvalSplit("train", train.loader, train.volumes, has_reports=False)
+                with _timed("Features of train"):
+                    train_features = self._features(train_split, token_mode, with_text=False)
+                with _timed(f"Probe grid ({self.settings.probe.steps} steps)"):
+                    scores = self._probe_scores(train_features, features, val.name)
+            else:
+                with _timed(f"Probe grid, encoder in the loop ({self.settings.probe.steps} steps)"):
+                    scores = self._joint_probe_scores(train, encoded, features, val.name)
             self._classification("probe", val, splits, features, scores)
 
     # --------------------------------------------------------------------------- features
@@ -281,7 +289,9 @@ class Evaluator:
     def _token_mode(
         self, val: EvalSplit | None, splits: Sequence[EvalSplit], train: TrainSplit | None
     ) -> TokenMode:
-        """Full fp16 tokens if every split the probes touch fits the disk budget, else pooled-only."""
+        """``tokens``: every split the probes touch fits the disk budget, and the probes train on
+        the cached tokens. ``none``: they do not, and the probes train with the frozen encoder in
+        the loop (:mod:`evaluation.joint_probes`); the cache keeps only the embeddings."""
         encoder = self.model.image_encoder
         size = self.settings.input_size
         if isinstance(size, int):
@@ -293,14 +303,16 @@ class Evaluator:
         needed = token_cache_bytes(volumes, per_volume, int(encoder.proj_dim))
         if needed <= self.settings.feature_cache_bytes:
             return "tokens"
-        log.warning(
-            "Probe tokens need %.1f GB, over the %.1f GB budget (evaluation.feature_cache_gb): keeping only "
-            "avg/max pooled tokens; the attention probes (%s) are skipped",
+        log.info(
+            "Probe tokens need %.1f GB, over the %.1f GB budget (evaluation.feature_cache_gb): the %d probes "
+            "train with the frozen encoder in the loop (%d steps of %d volumes, one encoder forward each)",
             needed / 2**30,
             self.settings.feature_cache_bytes / 2**30,
-            ", ".join(a for a in AGGREGATORS if a not in POOLED_AGGREGATORS),
+            len(AGGREGATORS) * len(self.settings.probe_lrs),
+            self.settings.probe.steps,
+            self.settings.probe.batch_size,
         )
-        return "pooled"
+        return "none"
 
     def _features(
         self, split: EvalSplit, token_mode: TokenMode, with_text: bool | None = None
@@ -420,19 +432,18 @@ class Evaluator:
             self._classification(f"zeroshot_prompt_{key}", val, splits, features, scores)
 
     # ----------------------------------------------------------------------------- probes
+    def _probe_grid(self, dim: int) -> ProbeGrid:
+        torch.manual_seed(self.settings.seed)
+        return ProbeGrid(
+            dim, len(self.label_names), self.settings.probe_heads, AGGREGATORS, self.settings.probe_lrs
+        )
+
     def _probe_scores(
         self, train: SplitFeatures, features: dict[str, SplitFeatures], val_name: str
     ) -> dict[str, torch.Tensor]:
+        """The grid trained on cached tokens."""
         assert train.tokens is not None
-        aggregators = POOLED_AGGREGATORS if train.tokens.pooled_only else AGGREGATORS
-        torch.manual_seed(self.settings.seed)
-        grid = ProbeGrid(
-            train.tokens.dim,
-            len(self.label_names),
-            self.settings.probe_heads,
-            aggregators,
-            self.settings.probe_lrs,
-        )
+        grid = self._probe_grid(train.tokens.dim)
         train_loss = train_probe_grid(
             grid, train.tokens, train.labels, self.settings.probe, self.device, self.progress
         )
@@ -440,8 +451,41 @@ class Evaluator:
         for name, split_features in features.items():
             assert split_features.tokens is not None
             probabilities[name] = predict_probe_grid(grid, split_features.tokens, device=self.device)
-        val = features[val_name]
-        best, val_auprc = select_probe(probabilities[val_name], val.labels, self.label_names, grid.names)
+        return self._select_probe(grid, probabilities, features[val_name], train_loss, "cached tokens")
+
+    def _joint_probe_scores(
+        self,
+        train: TrainSplit,
+        splits: dict[str, EvalSplit],
+        features: dict[str, SplitFeatures],
+        val_name: str,
+    ) -> dict[str, torch.Tensor]:
+        """The grid trained with the frozen encoder in the loop; one more encoder pass per split."""
+        assert train.loader is not None
+        grid = self._probe_grid(int(self.model.image_encoder.proj_dim))
+        model, device, autocast = self.vl_model, self.device, self.autocast
+        train_loss = train_probe_grid_jointly(
+            grid, model, train.loader, train.volumes, self.settings.probe, device, autocast, self.progress
+        )
+        probabilities = {}
+        for name, split in splits.items():
+            with _timed(f"Probe predictions of {name} (encoder in the loop)"):
+                probabilities[name] = predict_probe_grid_jointly(
+                    grid, model, split.loader, split.volumes, device, autocast
+                )
+        return self._select_probe(grid, probabilities, features[val_name], train_loss, "encoder in the loop")
+
+    def _select_probe(
+        self,
+        grid: ProbeGrid,
+        probabilities: dict[str, torch.Tensor],
+        val: SplitFeatures,
+        train_loss: torch.Tensor,
+        path: str,
+    ) -> dict[str, torch.Tensor]:
+        """Each split's scores from the probe with the best validation AUPRC; the choice and the
+        path that trained the grid go into ``details["probe"]`` and ``<val>/probe/encoder_in_loop``."""
+        best, val_auprc = select_probe(probabilities[val.split], val.labels, self.label_names, grid.names)
         log.info("Best probe by validation AUPRC: %s (%.4f)", grid.names[best], val_auprc[grid.names[best]])
         self.output.details["probe"] = {
             "selected": grid.names[best],
@@ -449,8 +493,10 @@ class Evaluator:
             "train_loss": dict(zip(grid.names, train_loss.tolist(), strict=True)),
             "steps": self.settings.probe.steps,
             "batch_size": self.settings.probe.batch_size,
-            "token_features": "pooled-only" if train.tokens.pooled_only else "tokens",
+            "path": path,
         }
+        self.output.results[f"{val.split}/probe/encoder_in_loop"] = float(path == "encoder in the loop")
+        self.output.results[f"{val.split}/probe/probes"] = float(len(grid.specs))
         return {name: probs[best] for name, probs in probabilities.items()}
 
     # --------------------------------------------------------------------- classification

@@ -13,19 +13,9 @@ from ctvlp.compare.plots import write_plots
 from ctvlp.compare.spec import load_spec
 from ctvlp.compare.tables import write_tables
 from ctvlp.config.loader import load_experiment
+from ctvlp.log_file import log_to_file
 
 log = logging.getLogger(__name__)
-
-
-def _log_to_file(path: Path) -> logging.Handler:
-    """The compare's progress also goes to ``compare.log`` beside the table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    for name in ("ctvlp.compare", __name__):  # the progress lines, whatever the root level
-        logging.getLogger(name).setLevel(logging.INFO)
-    return handler
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,8 +26,7 @@ def run(args: argparse.Namespace) -> int:
         else Path(load_experiment(spec.encoders[0].experiment or "colipri_c", spec.profile).runs_dir)
     )
     out = runs_dir / "compare" / spec.name
-    handler = _log_to_file(out / "compare.log")
-    try:
+    with log_to_file(out / "compare.log", info_loggers=("ctvlp.compare", __name__)):
         comparison = Comparison(spec, out, device=args.device)
         names = ", ".join(row.name for row in comparison.rows)
         log.info("compare %s (%s): %d encoders (%s); tasks %s; in %s", spec.name, spec.profile or "no profile",
@@ -46,9 +35,6 @@ def run(args: argparse.Namespace) -> int:
         rows = comparison.run(after_each=lambda: write_tables(comparison.rows, spec, out, hparams=False))
         paths = write_tables(rows, spec, out)
         plots = write_plots(rows, spec, out)
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
     print("\n" + paths["results.md"].read_text(encoding="utf-8"))
     print(f"Table: {paths['results.md']}\nJSON: {paths['results.json']}\nPer label: {paths['per_label.md']}")
     print(

@@ -10,7 +10,8 @@ Writes into the run directory (``--out``; default: the checkpoint's run director
 ``results.json`` (merged with training's flat keys), ``results.md`` (with CIs),
 ``results_per_label.json`` (per-label values, thresholds, excluded labels),
 ``probe_selection.json`` (every probe's validation AUPRC and the chosen one), TensorBoard
-scalars under ``tensorboard/``, and the feature cache under ``eval_features/``.
+scalars under ``tensorboard/``, the log under ``eval.log`` and the feature cache under
+``eval_features/``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ctvlp.commands.eval_tasks import is_task_checkpoint, run_task_eval
 from ctvlp.config.errors import ConfigError
 from ctvlp.config.evaluation_tasks import parse_tasks
 from ctvlp.config.loader import checkpoint_config, load_experiment
+from ctvlp.log_file import log_to_file
 from ctvlp.results import results_table, write_results
 from ctvlp.run_dir import Checkpoint, RunDir, new_run_dir, read_checkpoint, resolve_checkpoint
 from datamodules.datamodule import CTDataModule, ensure_cache, resolve_cache_root
@@ -65,6 +67,7 @@ EVAL_SPLITS = ("val", "test")
 FEATURES_DIR = "eval_features"
 PER_LABEL_NAME = "results_per_label.json"
 PROBE_SELECTION_NAME = "probe_selection.json"
+EVAL_LOG_NAME = "eval.log"  # the evaluation's log lines, appended per run
 
 
 def parse_splits(spec: str) -> list[str]:
@@ -255,16 +258,17 @@ def evaluate_run(args: argparse.Namespace, checkpoint: Checkpoint | None) -> tup
         else run_path or new_run_dir(Path(cfg.runs_dir), f"{cfg.name}_colipri").path
     )
     progress = not args.no_progress
-    datamodule, evaluator = prepare_evaluation(
-        cfg, module, weights_identity, tasks, out, _device(args.device), progress
-    )
-    start = time.perf_counter()
-    output = evaluator.run(
-        eval_split(datamodule, "val"),
-        [eval_split(datamodule, s) for s in splits],
-        training_split(datamodule, tasks),
-    )
-    log.info("Evaluation took %.1f s", time.perf_counter() - start)
+    with log_to_file(out / EVAL_LOG_NAME, info_loggers=("evaluation", __name__)):
+        datamodule, evaluator = prepare_evaluation(
+            cfg, module, weights_identity, tasks, out, _device(args.device), progress
+        )
+        start = time.perf_counter()
+        output = evaluator.run(
+            eval_split(datamodule, "val"),
+            [eval_split(datamodule, s) for s in splits],
+            training_split(datamodule, tasks),
+        )
+        log.info("Evaluation took %.1f s", time.perf_counter() - start)
     return out, write_outputs(out, output, global_step)
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from callbacks.evaluation import evaluate_splits
 from ctvlp.config.errors import ConfigError
 from ctvlp.config.evaluation_tasks import parse_tasks
 from ctvlp.config.loader import load_experiment
+from ctvlp.log_file import log_to_file
 from ctvlp.model_selection import model_selection
 from ctvlp.results import collect_results, results_table, write_results
 from ctvlp.run_dir import RunDir, load_checkpoint_file, new_run_dir, resolve_resume
@@ -51,24 +50,6 @@ def best_checkpoint(trainer: L.Trainer, metric: str) -> str | None:
         if getattr(callback, "monitor", None) == metric and getattr(callback, "best_model_path", ""):
             return str(callback.best_model_path)
     return None
-
-
-@contextlib.contextmanager
-def log_to_file(path: Path | None) -> Iterator[None]:
-    """What is logged inside the block (progress lines, warnings) also goes to ``path``
-    (appended: a resumed run continues its log); ``None``: nowhere else."""
-    if path is None:
-        yield
-        return
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
 
 
 @dataclass

@@ -253,8 +253,8 @@ class EvaluationConfig:
     bootstrap_seed: int = 0
     # Native zero-shot: training Findings averaged per label and class (positive / negative).
     zeroshot_reports_per_class: int = 50
-    # Disk budget for the fp16 probe-token cache under <run>/eval_features; above it, only
-    # avg/max-pooled tokens are kept and the attention probes are skipped.
+    # Disk budget for the fp16 probe-token cache under <run>/eval_features; above it, the 20 probes
+    # train with the frozen encoder in the loop (one forward per batch; docs/evaluation.md).
     feature_cache_gb: float = 64.0
     # The clinical report metrics' labeller: null = the rule-based CT-RATE labeller; a local Hugging
     # Face sequence-classification directory (e.g. CT-RATE's RadBERT classifier) = that model, a label

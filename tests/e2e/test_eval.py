@@ -164,3 +164,42 @@ def test_training_logged_the_periodic_evaluation(trained_run: Path) -> None:
     assert "val/zeroshot_short/AUROC" in scalars and "val/zeroshot_short/AUPRC" in scalars, sorted(scalars)
     # Step 0 holds the final metrics of the HParams tab (fit's evaluation.final_tasks).
     assert [e.step for e in events.Scalars("val/zeroshot_short/AUROC") if e.step > 0] == [200, 400]
+
+
+def test_probes_over_the_feature_cache_budget_train_all_20_with_the_encoder_in_the_loop(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """A budget no token fits: ctvlp eval trains the whole grid on encoder forwards and says so in
+    results.json, probe_selection.json and the log."""
+    out = tmp_path / "eval"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main(
+            [
+                "eval",
+                "--ckpt",
+                str(trained_run / "checkpoints" / "last.ckpt"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--tasks",
+                "probe",
+                "--splits",
+                "test",
+                "evaluation.feature_cache_gb=1e-9",
+                "evaluation.probe_steps=20",
+                "evaluation.bootstrap_resamples=0",
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["val/probe/encoder_in_loop"] == 1.0 and results["val/probe/probes"] == 20.0
+    assert 0.0 <= results["test/probe/AUROC"] <= 1.0
+    selection = json.loads((out / "probe_selection.json").read_text(encoding="utf-8"))
+    assert selection["path"] == "encoder in the loop" and len(selection["val_AUPRC"]) == 20
+    log_text = (out / "eval.log").read_text(encoding="utf-8")
+    assert "train with the frozen encoder in the loop" in log_text
+    assert "Joint probe training (encoder in the loop): 20/20 steps" in log_text

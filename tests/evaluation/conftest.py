@@ -14,6 +14,7 @@ import pytest
 import torch
 from einops import rearrange
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lightning_modules.nets.image_encoder import ImageOutput
 
@@ -110,6 +111,23 @@ class ToyData:
     def batches(self, split: str, batch_size: int = 8) -> list[dict[str, Any]]:
         data = self.splits[split]
         return toy_batches(data["images"], data["labels"], data["reports"], self.registry, batch_size)
+
+    def loader(self, split: str, batch_size: int = 8) -> DataLoader:
+        """The split as a DataLoader over an indexable dataset (item i carries index i), in order."""
+        data = self.splits[split]
+        items = [
+            {
+                "image": image,
+                "index": i,
+                "image_id": f"vol{i}",
+                "labels": labels,
+                **{k: v[0] for k, v in self.registry.tokenize([report]).items()},
+            }
+            for i, (image, labels, report) in enumerate(
+                zip(data["images"], data["labels"], data["reports"], strict=True)
+            )
+        ]
+        return DataLoader(items, batch_size=batch_size)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""One encoder pass per volume, fp16 token cache on disk, reuse by fingerprint, pooled-only mode."""
+"""One encoder pass per volume, fp16 token cache on disk, reuse by fingerprint, a mode without tokens."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_tokens_are_cached_in_fp16_on_disk_and_reused(toy_data: Any, toy_model: 
     )
     stored = np.load(tmp_path / "val" / "tokens.npy", mmap_mode="r")
     assert stored.dtype == np.float16 and stored.shape == (40, 8, 8)
-    assert features.tokens is not None and not features.tokens.pooled_only
+    assert features.tokens is not None
     expected = torch.diag_embed(toy_data.splits["val"]["images"].flatten(1)).half().float()
     torch.testing.assert_close(features.tokens.batch(torch.arange(40))["tokens"], expected)
 
@@ -43,15 +43,12 @@ def test_tokens_are_cached_in_fp16_on_disk_and_reused(toy_data: Any, toy_model: 
     assert toy_model.image_encoder.calls == 80  # other weights: encoded again
 
 
-def test_pooled_only_mode_keeps_avg_and_max(toy_data: Any, toy_model: Any) -> None:
+def test_no_token_mode_keeps_only_the_embeddings(toy_data: Any, toy_model: Any) -> None:
     features = extract_features(
-        toy_model, toy_data.batches("val"), "val", 40, token_mode="pooled", with_text=False
+        toy_model, toy_data.batches("val"), "val", 40, token_mode="none", with_text=False
     )
-    assert features.tokens is not None and features.tokens.pooled_only and features.text is None
-    tokens = torch.diag_embed(toy_data.splits["val"]["images"].flatten(1))
-    batch = features.tokens.batch(torch.tensor([5, 2]))
-    torch.testing.assert_close(batch["avg"], tokens[[5, 2]].mean(dim=1), atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(batch["max"], tokens[[5, 2]].amax(dim=1), atol=1e-3, rtol=1e-3)
+    assert features.tokens is None and features.text is None
+    torch.testing.assert_close(features.image, toy_data.splits["val"]["images"].flatten(1))
 
 
 def test_token_batches_keep_the_requested_order_and_repeats() -> None:

@@ -70,13 +70,10 @@ def test_grid_logits_are_each_probes_own_head_on_its_own_pooling() -> None:
         torch.testing.assert_close(logits[index], expected)
 
 
-def test_pooled_only_features_serve_avg_and_max_but_not_attention() -> None:
+def test_the_grid_needs_tokens() -> None:
     tokens = torch.randn(4, 6, 12)
-    pooled = {"avg": tokens.mean(dim=1), "max": tokens.amax(dim=1)}
-    grid = ProbeGrid(12, 3, 2, aggregators=("avg", "max"))
-    torch.testing.assert_close(grid(pooled), grid({"tokens": tokens}))
-    with pytest.raises(ValueError, match="need token features"):
-        ProbeGrid(12, 3, 2, aggregators=("mean_query",))(pooled)
+    with pytest.raises(ValueError, match="needs token features"):
+        ProbeGrid(12, 3, 2, aggregators=("avg", "max"))({"avg": tokens.mean(dim=1)})
 
 
 def test_unknown_aggregator_is_rejected() -> None:

@@ -14,9 +14,9 @@ from evaluation.metrics import classification_metrics
 from evaluation.probe_grid import ProbeGrid
 from evaluation.probes import (
     ProbeTraining,
-    _batches,
     masked_bce,
     predict_probe_grid,
+    probe_batch_indices,
     select_probe,
     train_probe_grid,
 )
@@ -31,10 +31,11 @@ def test_masked_bce_ignores_unknown_labels() -> None:
 
 
 def test_batches_visit_every_volume_once_per_pass() -> None:
-    batches = _batches(volumes=10, batch_size=4, steps=5, generator=torch.Generator().manual_seed(0))
+    batches = probe_batch_indices(10, ProbeTraining(steps=5, batch_size=4, seed=0))
     assert batches.shape == (5, 4)
     assert sorted(batches.flatten()[:10].tolist()) == list(range(10))
-    assert _batches(3, 16, 2, torch.Generator()).shape == (2, 3)  # small splits: batch = split
+    assert probe_batch_indices(3, ProbeTraining(2, 16, 0)).shape == (2, 3)  # small splits: batch = split
+    torch.testing.assert_close(batches, probe_batch_indices(10, ProbeTraining(5, 4, 0)))  # seeded
 
 
 def test_selection_takes_the_highest_validation_auprc() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
@@ -109,19 +108,63 @@ def test_classification_without_validation_is_rejected(toy_model: Any) -> None:
         evaluator.run(None, [EvalSplit("test", [], 0)])
 
 
-def test_pooled_only_fallback_trains_only_avg_and_max_probes(toy_data: Any, toy_model: Any) -> None:
-    settings = EvalSettings(
-        tasks=["probe"], probe=ProbeTraining(50, 16, 0), probe_heads=2, bootstrap_resamples=0, input_size=2
+def test_probes_over_the_token_budget_train_all_20_with_the_encoder_in_the_loop(
+    toy_data: Any, toy_model: Any
+) -> None:
+    """A token budget of one byte: the grid keeps its 20 probes, trained on encoder forwards of the
+    same batch stream, and selects the probe the cached path selects."""
+
+    def evaluate(budget: int) -> Any:
+        settings = EvalSettings(
+            tasks=["probe"],
+            probe=ProbeTraining(150, 16, 0),
+            probe_heads=2,
+            bootstrap_resamples=0,
+            input_size=2,
+        )
+        settings.feature_cache_bytes = budget
+        evaluator = Evaluator(toy_model, toy_data.registry.tokenize, LABELS, settings, progress=False)
+        val, test = (
+            EvalSplit("val", toy_data.loader("val"), 40),
+            EvalSplit("test", toy_data.loader("test"), 40),
+        )
+        train = toy_data.splits["train"]
+        return evaluator.run(
+            val, [val, test], TrainSplit(train["reports"], train["labels"], toy_data.loader("train"), 60)
+        )
+
+    cached = evaluate(2**30)
+    calls = toy_model.image_encoder.calls
+    assert calls == 60 + 40 + 40  # one pass per volume
+    joint = evaluate(1)
+    # 150 steps of 16 volumes, the embeddings of val and test, and their probe predictions.
+    assert toy_model.image_encoder.calls - calls == 150 * 16 + 2 * (40 + 40)
+    assert (cached.details["probe"]["path"], joint.details["probe"]["path"]) == (
+        "cached tokens",
+        "encoder in the loop",
     )
-    settings.feature_cache_bytes = 1  # nothing fits: keep only avg/max pooled tokens
-    evaluator = Evaluator(toy_model, toy_data.registry.tokenize, LABELS, settings)
+    assert (cached.results["val/probe/encoder_in_loop"], joint.results["val/probe/encoder_in_loop"]) == (
+        0.0,
+        1.0,
+    )
+    assert joint.results["val/probe/probes"] == cached.results["val/probe/probes"] == 20.0
+    assert len(joint.details["probe"]["val_AUPRC"]) == 20
+    assert joint.details["probe"]["selected"] == cached.details["probe"]["selected"]
+    for name, value in cached.details["probe"]["val_AUPRC"].items():
+        assert joint.details["probe"]["val_AUPRC"][name] == pytest.approx(value, abs=1e-4)
+    assert joint.results["test/probe/AUROC"] == pytest.approx(cached.results["test/probe/AUROC"], abs=1e-4)
+    assert joint.results["test/probe/AUROC"] > 0.9  # learned, not only run
+
+
+def test_joint_probes_need_a_dataloader_to_draw_their_batches(toy_data: Any, toy_model: Any) -> None:
+    settings = EvalSettings(
+        tasks=["probe"], probe=ProbeTraining(5, 4, 0), probe_heads=2, bootstrap_resamples=0, input_size=2
+    )
+    settings.feature_cache_bytes = 1
+    evaluator = Evaluator(toy_model, toy_data.registry.tokenize, LABELS, settings, progress=False)
     val = EvalSplit("val", toy_data.batches("val"), 40)
     train = toy_data.splits["train"]
-    output = evaluator.run(
-        val, [val], TrainSplit(train["reports"], train["labels"], toy_data.batches("train"), 60)
-    )
-    details = output.details["probe"]
-    assert details["token_features"] == "pooled-only"
-    assert {name.split("@")[0] for name in details["val_AUPRC"]} == {"avg", "max"}
-    assert not math.isnan(output.results["val/probe/AUROC"])
-    assert "val/probe/AUROC_ci_low" not in output.results  # bootstrap_resamples=0: no CIs
+    with pytest.raises(TypeError, match="must be a torch DataLoader"):
+        evaluator.run(
+            val, [val], TrainSplit(train["reports"], train["labels"], toy_data.batches("train"), 60)
+        )
