@@ -16,8 +16,8 @@ Sampling (re-drawn every epoch from ``(seed, epoch)``, :meth:`TaskSampler.draw`)
 
 * per classification task, all positives plus as many negatives as positives (fewer only when a
   task has fewer negatives), drawn without replacement;
-* plus ``seg_fraction`` (10 %) as many segmentation samples: volumes with masks, each with one of
-  its organs.
+* plus ``seg_fraction`` (10 %) of the dataset's volume count as segmentation samples ("an extra
+  10% samples from the dataset", Sec. 3.3): volumes with masks, each with one of its organs.
 
 The counts depend only on the labels, so every epoch has the same size (the training sampler
 needs that); only its content changes. An unknown label (NaN, or Merlin's -1) never makes a task
@@ -320,9 +320,7 @@ class TaskSampler:
             len(self.positives[t]) + min(len(self.positives[t]), len(self.negatives[t]))
             for t in self.positives
         )
-        self.n_segmentation = (
-            int(round(self.seg_fraction * self.n_classification)) if len(self.seg_volumes) else 0
-        )
+        self.n_segmentation = int(round(self.seg_fraction * len(volumes))) if len(self.seg_volumes) else 0
 
     def __len__(self) -> int:
         return self.n_classification + self.n_segmentation

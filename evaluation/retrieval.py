@@ -1,14 +1,17 @@
-"""Image -> report retrieval metrics on a precomputed similarity matrix.
+"""Retrieval metrics on a precomputed query x gallery similarity matrix.
+
+The query is the image (COLIPRI: each volume ranks the split's reports) or the report (GreenRFM:
+each report ranks the split's volumes); :func:`query_similarity` orients the image x report matrix.
 
 Recall@K (the protocol's metric) plus the mean rank of the true report (``MnR``, 1-based, lower is
 better). Recall at a small K over a few dozen volumes is noisy; the mean rank uses every query's
 whole ranking, so it separates a model that learned something from chance with far fewer volumes
 (under a random ranking, MnR over N volumes has mean (N+1)/2 and standard deviation ~sqrt(N / 12)).
 
-Which pairs are ranked (COLIPRI App. C.1, :func:`retrieval_pairs`): the split's image-report pairs
-minus the non-chest scans (CT-RATE's ``no_chest_valid.txt``), then one pair per distinct Findings
-text, since identical reports cannot be told apart (real CT-RATE validation: 1,564 -> 1,551 ->
-1,493 pairs).
+Which pairs are ranked (:func:`retrieval_pairs`): the split's image-report pairs minus the
+non-chest scans (CT-RATE's ``no_chest_valid.txt``; COLIPRI App. C.1), then one pair per distinct
+Findings text, since identical reports cannot be told apart (the COLIPRI authors' protocol, not
+in the paper; real CT-RATE validation: 1,564 -> 1,551 -> 1,493 pairs).
 """
 
 from __future__ import annotations
@@ -18,28 +21,38 @@ from dataclasses import dataclass
 
 import torch
 
+DIRECTIONS = ("image_to_report", "report_to_image")
+
+
+def query_similarity(image_by_report: torch.Tensor, direction: str) -> torch.Tensor:
+    """The (queries x gallery) matrix of ``direction`` from ``image_by_report[i, j]`` = image i
+    against report j: itself for ``image_to_report``, its transpose for ``report_to_image``."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"Unknown retrieval direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+    return image_by_report if direction == "image_to_report" else image_by_report.T
+
 
 def true_report_ranks(similarity: torch.Tensor) -> torch.Tensor:
-    """(N,) 0-based rank of each image's true report (report i for image i) among all N reports.
+    """(N,) 0-based rank of each query's match (gallery item i for query i) among all N items.
 
-    ``similarity[i, j]`` scores image i against report j. Ties count against the match
-    (pessimistic), so a constant similarity ranks every true report last, not first."""
+    ``similarity[i, j]`` scores query i (an image, or a report) against gallery item j. Ties
+    count against the match (pessimistic), so a constant similarity ranks every match last."""
     if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
         raise ValueError(f"similarity must be square (N images x N reports), got {tuple(similarity.shape)}")
     positive = similarity.diagonal().unsqueeze(1)
-    # Rank of the true report = number of reports scoring >= it, other than itself.
+    # Rank of the match = number of gallery items scoring >= it, other than itself.
     return (similarity >= positive).sum(dim=1) - 1
 
 
 def recall_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
     """``{"R@K": fraction of ranks < K}``: a mean over queries, so bootstrapping it means
-    resampling the queries (images) against the fixed gallery of the split's reports."""
+    resampling the queries against the fixed gallery of the split."""
     return {f"R@{k}": float((ranks < k).float().mean()) for k in ks}
 
 
 def recall_at_k(similarity: torch.Tensor, ks: list[int]) -> dict[str, float]:
-    """Image->report Recall@K. ``similarity[i, j]`` scores image i against report j and the
-    matching report of image i is report i. Ties count against the match (pessimistic), so a
+    """Recall@K. ``similarity[i, j]`` scores query i against gallery item j (image against report,
+    or report against image: :func:`query_similarity`) and the match of query i is item i. Ties count against the match (pessimistic), so a
     constant similarity gives recall 0, not 1.
 
     Returns ``{"R@K": recall, "R@K_chance": K / N}`` for each K (chance = expected recall of a

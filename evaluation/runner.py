@@ -22,7 +22,8 @@ Protocol (COLIPRI App. C; docs/evaluation.md):
   ``<split>/retrieval/{reports,non_chest_removed,duplicates_removed,pairs}``).
 - CIs: percentile bootstrap over the volumes of the evaluated split (real resampling,
   ``bootstrap_resamples`` draws, seeded), thresholds and the chosen probe frozen. Retrieval
-  resamples the image queries against the split's fixed report gallery (R@K intervals).
+  resamples the queries (images, or reports for ``report_to_image``) against the split's fixed
+  gallery (R@K intervals).
 """
 
 from __future__ import annotations
@@ -58,7 +59,13 @@ from evaluation.metrics import classification_metrics, f1_optimal_thresholds
 from evaluation.probe_grid import AGGREGATORS, PAPER_LEARNING_RATES, ProbeGrid
 from evaluation.probes import ProbeTraining, predict_probe_grid, select_probe, train_probe_grid
 from evaluation.prompt_zero_shot import PROMPT_KEYS, zero_shot_prompt_scores
-from evaluation.retrieval import RetrievalPairs, recall_from_ranks, retrieval_metrics, true_report_ranks
+from evaluation.retrieval import (
+    RetrievalPairs,
+    query_similarity,
+    recall_from_ranks,
+    retrieval_metrics,
+    true_report_ranks,
+)
 from evaluation.zero_shot import (
     TEMPERATURE,
     ClassPrompts,
@@ -93,8 +100,8 @@ class EvalSplit:
     volumes: int
     label_names: list[str] | None = None
     has_reports: bool = True
-    # The pairs retrieval ranks (COLIPRI App. C.1: non-chest scans and duplicate Findings removed;
-    # ``retrieval.retrieval_pairs``); None: every volume of the split with its own report.
+    # The pairs retrieval ranks (COLIPRI: non-chest scans removed, App. C.1, and duplicate Findings,
+    # its authors; ``retrieval.retrieval_pairs``); None: every volume of the split with its own report.
     retrieval: RetrievalPairs | None = None
 
 
@@ -124,6 +131,7 @@ class TrainSplit:
 class EvalSettings:
     tasks: Sequence[str] = TASKS
     recall_ks: Sequence[int] = (1, 5, 10)
+    retrieval_direction: str = "image_to_report"  # or report_to_image (evaluation.retrieval)
     probe: ProbeTraining = field(default_factory=ProbeTraining)
     probe_lrs: Sequence[float] = PAPER_LEARNING_RATES
     probe_heads: int = 12
@@ -145,6 +153,7 @@ class EvalSettings:
         return cls(
             tasks=list(tasks),
             recall_ks=[int(k) for k in evaluation.recall_ks],
+            retrieval_direction=str(evaluation.get("retrieval_direction", "image_to_report")),
             probe=ProbeTraining(int(evaluation.probe_steps), int(evaluation.probe_batch_size), int(cfg.seed)),
             probe_lrs=[float(lr) for lr in evaluation.probe_lrs],
             probe_heads=int(cfg.model.pool_heads),
@@ -344,7 +353,8 @@ class Evaluator:
 
     # -------------------------------------------------------------------------- retrieval
     def _retrieval(self, split: str, features: SplitFeatures, pairs: RetrievalPairs | None = None) -> None:
-        """Image -> report recall over the split's retrieval pairs (``pairs``; None: every volume).
+        """Recall over the split's retrieval pairs (``pairs``; None: every volume), image -> report
+        or report -> image (``settings.retrieval_direction``).
         Cosine similarity for CLIP models (the trained logit scale and a sigmoid bias do not change
         rankings), the raw dot product for models trained on it."""
         assert features.text is not None
@@ -364,11 +374,12 @@ class Evaluator:
             similarity = image @ text.T
         else:
             similarity = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+        similarity = query_similarity(similarity, self.settings.retrieval_direction)
         ks = list(self.settings.recall_ks)
         for name, value in retrieval_metrics(similarity, ks).items():
             self.output.results[f"{prefix}/{name}"] = value
         if self.settings.bootstrap_resamples > 0:
-            # Queries (images) are resampled against the split's fixed report gallery.
+            # Queries (the rows) are resampled against the split's fixed gallery.
             ranks = true_report_ranks(similarity)
             intervals = bootstrap(
                 lambda rows: recall_from_ranks(ranks[rows], ks),

@@ -44,7 +44,7 @@ from datamodules.organ_classes import NUM_ORGAN_CLASSES, UNKNOWN_CLASS
 from evaluation.grad_cam import similarity_grad_cam
 from evaluation.metrics import classification_metrics
 from evaluation.prompt_zero_shot import prompt_scores, prompt_texts
-from evaluation.retrieval import retrieval_metrics
+from evaluation.retrieval import query_similarity, retrieval_metrics
 from lightning_modules.base import ObjectiveModule
 from lightning_modules.nets.greenrfm_encoders import ClsTextEncoder, CoarseSegDecoder, GreenRFMImageEncoder
 from lightning_modules.nets.greenrfm_losses import (
@@ -263,7 +263,8 @@ class GreenRFMModule(ObjectiveModule):
         for name, score in scores.items():
             macro = classification_metrics(score, labels, self.label_names).macro
             self.log(f"{prefix}/{name}/AUROC", macro["AUROC"], rank_zero_only=True)
-        similarity = once["image"] @ once["text"].T
+        direction = str(self.cfg.evaluation.retrieval_direction)
+        similarity = query_similarity(once["image"] @ once["text"].T, direction)
         for name, value in retrieval_metrics(similarity, list(self.cfg.evaluation.recall_ks)).items():
             self.log(f"{prefix}/retrieval/{name}", value, rank_zero_only=True)
 

@@ -505,7 +505,19 @@ def load_experiment(
         cfg = OmegaConf.merge(cfg, _dotlist(overrides, example="optim.lr=3e-4"))
     typed = validate(_pin_per_device_batch(cfg))
     _check_uniferum_vision_weights(typed)
+    _warn_random_greenrfm_init(typed)
     return typed
+
+
+def _warn_random_greenrfm_init(cfg: DictConfig) -> None:
+    """GreenRFM starts from Kinetics-400 weights (Methods); a new experiment without the file
+    trains from a random initialisation, with a warning (a checkpoint's config is not checked)."""
+    if cfg.module == "greenrfm" and cfg.model.image.weights is None:
+        log.warning(
+            "GreenRFM's r3d_18 trains from a random initialisation (model.image.weights=null); the paper "
+            "starts from torchvision's Kinetics-400 r3d_18 (r3d_18-b3b3357e.pth): download it on a machine "
+            "with internet and set model.image.weights=/path/to/r3d_18-b3b3357e.pth"
+        )
 
 
 def _pin_per_device_batch(cfg: DictConfig) -> DictConfig:

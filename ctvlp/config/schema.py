@@ -236,6 +236,9 @@ class EvaluationConfig:
     # `ctvlp eval` (they train 20 heads); objectives without a text encoder skip this.
     final_tasks: list[str] = field(default_factory=lambda: ["zeroshot_native", "zeroshot_short"])
     recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    # Who queries whom: image_to_report (COLIPRI: each volume ranks the split's reports) or
+    # report_to_image (GreenRFM: each report ranks the split's volumes).
+    retrieval_direction: str = "image_to_report"
     # Volumes shown as axial/coronal/sagittal slices in TensorBoard once per run.
     preview_volumes: int = 3
     # Periodic evaluation during pretraining (EvaluationCallback): every N steps (0 = off), a light
@@ -394,7 +397,7 @@ class UniferumConfig:
     seg_weight: float = 10.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
-    # Extra segmentation samples, as a fraction of the balanced classification samples (0 = none).
+    # Extra segmentation samples per epoch, as a fraction of the dataset's volumes (Sec. 3.3; 0 = none).
     seg_fraction: float = 0.1
     seg_organs: list[str] = field(default_factory=lambda: ["body", "lungs", "heart", "aorta", "spine"])
     # Labels (as a source names them, or task names) never trained on, evaluated as unseen tasks.
@@ -532,6 +535,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.best_mode": ("min", "max"),
     "reportgen.projector": ("mlp2x", "perceiver", "qformer"),
     "reportgen.lm.train": ("projector", "lora", "full"),
+    "evaluation.retrieval_direction": ("image_to_report", "report_to_image"),
 }
 
 

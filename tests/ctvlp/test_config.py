@@ -37,6 +37,7 @@ def test_profile_then_overrides_win() -> None:
 def test_profile_per_module_section_applies_to_that_module_only() -> None:
     green = load_experiment("greenrfm", "cpu_demo", ["trainer.val_check_interval=50"])
     assert green.trainer.max_steps == 300 and green.model.image.stem == 4  # per_module.greenrfm
+    assert green.data.interpolation == "paper"  # make demo's cache
     assert green.greenrfm.lr_text == pytest.approx(1e-3) and green.data.crop_size == 48  # + profile
     assert green.trainer.val_check_interval == 50  # the command line still wins
     colipri = load_experiment("colipri_c", "cpu_demo")
@@ -154,10 +155,18 @@ def test_a_checkpoint_config_drops_keys_that_were_removed_and_checks_overrides_s
         checkpoint_config(saved, ["optim.lr"])
 
 
-def test_greenrfm_has_the_paper_and_code_settings() -> None:
-    cfg = load_experiment("greenrfm", None, ["data.root=/data/ct_rate"])
+def test_greenrfm_has_the_paper_and_code_settings(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="ctvlp.config.loader"):
+        cfg = load_experiment("greenrfm", None, ["data.root=/data/ct_rate"])
+    assert "GreenRFM's r3d_18 trains from a random initialisation" in caplog.text  # no Kinetics file
     assert cfg.module == "greenrfm" and cfg.model.image.arch == "r3d_18" and cfg.model.image.stem == 2
     assert list(cfg.data.spacing) == [1.5, 1.5, 3.0] and list(cfg.data.hu_window) == [-1000, 200]
+    assert cfg.data.interpolation == "colipri_inference"  # trilinear, no antialiasing
+    assert cfg.evaluation.retrieval_direction == "report_to_image"  # each report ranks the volumes
+    assert (
+        load_experiment("colipri_c", None, ["data.root=/x"]).evaluation.retrieval_direction
+        == "image_to_report"
+    )
     assert list(cfg.data.crop_field) == [240, 240, 120] and list(cfg.data.crop_size) == [192, 192, 96]
     assert (cfg.greenrfm.lr_image, cfg.greenrfm.lr_text, cfg.greenrfm.lr_align) == (1e-4, 1e-5, 1e-5)
     assert cfg.greenrfm.cls_weight == 0.5 and cfg.greenrfm.stage1_fraction == 0.5

@@ -3,6 +3,7 @@ import torch
 
 from evaluation.retrieval import (
     mean_rank,
+    query_similarity,
     recall_at_k,
     recall_from_ranks,
     retrieval_metrics,
@@ -58,3 +59,17 @@ def test_mean_rank_by_hand() -> None:
     assert mean_rank(torch.ones(5, 5))["MnR"] == 5.0
     metrics = retrieval_metrics(similarity, [1])
     assert metrics == pytest.approx({"R@1": 2 / 3, "R@1_chance": 1 / 3, "MnR": 5 / 3, "MnR_chance": 2.0})
+
+
+def test_report_to_image_ranks_the_volumes_for_each_report() -> None:
+    """Images 1 and 2 prefer report 0, yet each report prefers its own image: the direction
+    changes the recall."""
+    image_by_report = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.5, 0.6], [0.95, 0.4, 0.7]])
+    by_image = query_similarity(image_by_report, "image_to_report")
+    by_report = query_similarity(image_by_report, "report_to_image")
+    assert true_report_ranks(by_image).tolist() == [0, 2, 1]
+    assert true_report_ranks(by_report).tolist() == [0, 0, 0]
+    assert recall_at_k(by_image, [1])["R@1"] == pytest.approx(1 / 3)
+    assert recall_at_k(by_report, [1])["R@1"] == 1.0
+    with pytest.raises(ValueError, match="valid: image_to_report, report_to_image"):
+        query_similarity(image_by_report, "both")
