@@ -56,6 +56,7 @@ def cost_summary(row: Row) -> dict[str, Any]:
 
 
 def results_json(rows: list[Row], spec: CompareSpec) -> dict[str, Any]:
+    cells = marked_cells(rows, spec)
     return {
         "spec": spec.name,
         "profile": spec.profile,
@@ -65,7 +66,7 @@ def results_json(rows: list[Row], spec: CompareSpec) -> dict[str, Any]:
                 "source": row.encoder.source,
                 "module": row.module,
                 "baseline": row.encoder.baseline,
-                "tasks": {task: cell(row, spec, task) for task in spec.tasks},
+                "tasks": cells[row.name],
                 "cost": cost_summary(row),
                 "jobs": {key: value for key, value in row.costs.items() if key.endswith("_wall_s")},
                 "results": row.results,
@@ -73,6 +74,34 @@ def results_json(rows: list[Row], spec: CompareSpec) -> dict[str, Any]:
             for row in rows
         },
     }
+
+
+def marked_cells(rows: list[Row], spec: CompareSpec) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every row's task cells; a cell with a value also says whether it is the column's best
+    (``best``) or not told apart from it by the CIs (``tied_with_best``)."""
+    cells = {row.name: {task: cell(row, spec, task) for task in spec.tasks} for row in rows}
+    for task in spec.tasks:
+        column = [c[task] for c in cells.values()]
+        best = _best([c.get("value") for c in column], spec.metric(task))
+        best_cell = next((c for c in column if c.get("value") == best), {})
+        for found in column:
+            if "value" in found:
+                found["best"] = found["value"] == best
+                found["tied_with_best"] = not found["best"] and tied_with_best(found, best_cell)
+    return cells
+
+
+def tied_with_best(found: dict[str, Any], best: dict[str, Any]) -> bool:
+    """Whether a cell's value is not told apart from the column's best by the 95 % CIs: the best
+    value inside the cell's CI, or the cell's value inside the best cell's CI."""
+    if "value" not in found or "value" not in best:
+        return False
+
+    def inside(value: float, cell: dict[str, Any]) -> bool:
+        low, high = cell.get("ci_low"), cell.get("ci_high")
+        return low is not None and high is not None and low <= value <= high
+
+    return inside(best["value"], found) or inside(found["value"], best)
 
 
 def _best(values: list[float | None], metric: str) -> float | None:
@@ -89,12 +118,8 @@ def _format(value: float) -> str:
 def markdown(rows: list[Row], spec: CompareSpec) -> str:
     """The table: bold marks the best value per task column; a missing cell names its reason in a
     numbered note under the table."""
-    cells = {row.name: {task: cell(row, spec, task) for task in spec.tasks} for row in rows}
+    cells = marked_cells(rows, spec)
     costs = {row.name: cost_summary(row) for row in rows}
-    best = {
-        task: _best([cells[r.name][task].get("value") for r in rows], spec.metric(task))
-        for task in spec.tasks
-    }
     header = [
         "encoder",
         "source",
@@ -117,7 +142,11 @@ def markdown(rows: list[Row], spec: CompareSpec) -> str:
             text = _format(found["value"])
             if found.get("ci_low") is not None and found.get("ci_high") is not None:
                 text += f" [{_format(found['ci_low'])}, {_format(found['ci_high'])}]"
-            entries.append(f"**{text}**" if found["value"] == best[task] else text)
+            if found["best"]:
+                text = f"**{text}**"
+            elif found["tied_with_best"]:
+                text += " ≈"
+            entries.append(text)
         for _, key in COST_COLUMNS:
             value = costs[row.name][key]
             entries.append("—" if value is None else f"{value:.3g}")
@@ -129,7 +158,12 @@ def markdown(rows: list[Row], spec: CompareSpec) -> str:
     lines.append(
         "encoder's training job here (— for existing runs and baselines); params and GFLOPs count the"
     )
-    lines.append("image encoder (forward + backward per sample at the recipe's crop).")
+    lines.append(
+        "image encoder (forward + backward per sample at the recipe's crop). ≈: not told apart from the"
+    )
+    lines.append(
+        "column's bold value (the bold value is inside this cell's CI, or this value inside the bold one's)."
+    )
     if notes:
         lines.append("")
         lines += [f"[{number}] {note}" for number, note in enumerate(notes, start=1)]

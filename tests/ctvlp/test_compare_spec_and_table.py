@@ -99,19 +99,30 @@ def test_table_bolds_the_best_shows_cis_and_explains_missing_cells() -> None:
         ),  # fmt: skip
         _row("b", {"test/retrieval/MnR": 9.5}, missing={"probe": "no text encoder"}),
         _row("random_a", {"test/retrieval/MnR": 30.0, "test/probe/AUROC": 0.5}, baseline=True),
+        # inside a's CI [0.65, 0.77]: not told apart from the best
+        _row("c", {"test/retrieval/MnR": 31.0, "test/probe/AUROC": 0.66}),
+        # its own CI [0.58, 0.72] reaches a's 0.71
+        _row(
+            "d", {"test/probe/AUROC": 0.6, "test/probe/AUROC_ci_low": 0.58, "test/probe/AUROC_ci_high": 0.72}
+        ),
     ]
     lines = markdown(rows, spec).splitlines()
-    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:5]}
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:7]}
     # Mean rank: lower is better, so b's 9.5 is the bold one; probe: a's 0.71 with its CI.
     assert cells["b"][1] == "**9.500**" and cells["a"][1] == "12.000"
     assert cells["a"][2] == "**0.710 [0.650, 0.770]**"
     assert cells["b"][2] == "n/a [1]" and "[1] b / probe: no text encoder" in lines
+    # CIs: c's 0.66 lies in a's interval, the best 0.71 in d's; the baseline's 0.5 in neither.
+    assert cells["c"][2] == "0.660 ≈" and cells["d"][2] == "0.600 [0.580, 0.720] ≈"
+    assert cells["random_a"][2] == "0.500" and cells["c"][1] == "31.000"
     # Costs: 2 h wall, 4 CPU-hours, 2.5 M parameters, 4 GFLOPs per sample; none for the baseline.
     assert cells["a"][3:] == ["2", "4", "3", "2.5", "4"]
     assert cells["random_a"][3:] == ["—", "—", "—", "—", "—"]
     summary = results_json(rows, spec)["encoders"]
     assert summary["b"]["tasks"]["probe"] == {"metric": "test/probe/AUROC", "missing": "no text encoder"}
     assert summary["random_a"]["baseline"] is True
+    assert summary["a"]["tasks"]["probe"]["best"] and summary["c"]["tasks"]["probe"]["tied_with_best"]
+    assert not summary["random_a"]["tasks"]["probe"]["tied_with_best"]
 
 
 def test_stages_run_one_encoder_at_a_time_with_its_baseline_after_the_first_of_its_kind(
