@@ -12,7 +12,13 @@ import pytest
 from ctvlp.cli import main
 
 HELD_OUT = "Pericardial effusion"
-LEARNING_OVERRIDES = [f"uniferum.held_out_labels=[{HELD_OUT}]"]
+# The paper's segmentation share (10 % of the dataset's volumes) is a few dozen samples an epoch on the
+# session phantom, too few to learn an organ at CPU scale: 0.7 (docs/recipes.md), selected on Dice.
+LEARNING_OVERRIDES = [
+    f"uniferum.held_out_labels=[{HELD_OUT}]",
+    "uniferum.seg_fraction=0.7",
+    "trainer.best_metric=val/seg/dice_mean",
+]
 
 
 def _run(runs_dir: Path, name: str) -> Path:
@@ -77,8 +83,8 @@ def test_efficientnet_vision_trains_through_the_cli(phantom_overrides: list[str]
 
 
 # The learning check runs on the session phantom (300 scans, seed 0) with cpu_demo's 40 validation
-# patients and 1200 steps (cpu_demo's 600 are the COLIPRI demo's; Uniferum trains one task per
-# sample, and learns over ~1000 steps). About 6 min of training on 2 idle cores.
+# patients and its 1200 Uniferum steps (one task per sample; it learns over ~1000 steps). About
+# 6 min of training on 2 idle cores.
 LEARNING_STEPS = ["trainer.max_steps=1200", "trainer.val_check_interval=200"]
 
 
