@@ -32,9 +32,40 @@ def _number(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.4f}"
 
 
+# Splits of an external dataset scored with the run's own thresholds and probe (``ctvlp eval
+# --transfer``): ``transfer_<name>/<task>/<metric>``, shown in a section of their own.
+TRANSFER_PREFIX = "transfer_"
+# ``transfer_<name>/dataset/<count>``: the split's volumes and label coverage, named in the heading.
+TRANSFER_DATASET_TASK = "dataset"
+
+
 def results_table(results: dict[str, float]) -> str:
     """Markdown: one row per split/task, one column per metric; chance levels in parentheses and
-    95 % CIs in brackets when ``<metric>_ci_low`` / ``<metric>_ci_high`` keys exist."""
+    95 % CIs in brackets when ``<metric>_ci_low`` / ``<metric>_ci_high`` keys exist. Transfer
+    splits (``transfer_<name>/...``) follow in a section each, under a heading with their counts."""
+    own = {k: v for k, v in results.items() if not k.startswith(TRANSFER_PREFIX)}
+    transfers = sorted({k.split("/")[0] for k in results if k.startswith(TRANSFER_PREFIX)})
+    parts = [_table(own)] if own or not transfers else []
+    for split in transfers:
+        prefix = f"{split}/{TRANSFER_DATASET_TASK}/"
+        counts = {k.removeprefix(prefix): v for k, v in results.items() if k.startswith(prefix)}
+        rows = {k: v for k, v in results.items() if k.startswith(f"{split}/") and not k.startswith(prefix)}
+        parts.append(f"### Transfer: {split.removeprefix(TRANSFER_PREFIX)}\n\n{_transfer_note(counts)}")
+        parts.append(_table(rows))
+    return "\n\n".join(parts)
+
+
+def _transfer_note(counts: dict[str, float]) -> str:
+    note = "Thresholds and the probe from this run's validation split, applied unchanged."
+    if {"volumes", "mapped_labels", "unmapped_labels"} <= set(counts):
+        note += (
+            f" {int(counts['volumes'])} volumes; {int(counts['mapped_labels'])} labels mapped, "
+            f"{int(counts['unmapped_labels'])} without a counterpart (named in results_per_label.json)."
+        )
+    return note
+
+
+def _table(results: dict[str, float]) -> str:
     rows: dict[tuple[str, str], dict[str, str]] = {}
     columns: list[str] = []
     for key, value in results.items():

@@ -4,7 +4,9 @@ Checkpoints of every image-encoder objective are accepted: ``colipri`` (COLIPRI;
 and the image-only ``mae`` and ``cappa`` (no text embeddings: probes only, the default for them).
 ``uniferum`` and ``report_generation`` checkpoints evaluate themselves (``eval_tasks.py``);
 ``--tasks reportgen`` scores generated reports (``eval_reportgen.py``); ``--tasks dense_zeroshot``
-scores MaskCLIP zero-shot segmentation maps of the findings (``eval_dense.py``).
+scores MaskCLIP zero-shot segmentation maps of the findings (``eval_dense.py``); ``--transfer
+NAME=PATH`` adds an external dataset's split, scored with this run's validation thresholds and
+probe (``eval_transfer.py``).
 
 Writes into the run directory (``--out``; default: the checkpoint's run directory):
 ``results.json`` (merged with training's flat keys), ``results.md`` (with CIs),
@@ -37,6 +39,13 @@ from ctvlp.commands.eval_reportgen import (
     split_report_task,
 )
 from ctvlp.commands.eval_tasks import is_task_checkpoint, run_task_eval
+from ctvlp.commands.eval_transfer import (
+    Transfer,
+    check_transfer_tasks,
+    parse_transfers,
+    refuse_transfer,
+    transfer_split,
+)
 from ctvlp.config.errors import ConfigError
 from ctvlp.config.evaluation_tasks import parse_tasks
 from ctvlp.config.loader import checkpoint_config, load_experiment
@@ -245,29 +254,40 @@ def training_split(datamodule: CTDataModule, tasks: list[str]) -> TrainSplit:
     return TrainSplit.from_entries(datamodule.splits["train"], loader)
 
 
-def evaluate_run(args: argparse.Namespace, checkpoint: Checkpoint | None) -> tuple[Path, dict[str, float]]:
-    """``args`` evaluated on ``checkpoint`` (a ctvlp checkpoint), or on ``--colipri-weights``."""
+def evaluate_run(
+    args: argparse.Namespace, checkpoint: Checkpoint | None, transfers: list[Transfer] | None = None
+) -> tuple[Path, dict[str, float]]:
+    """``args`` evaluated on ``checkpoint`` (a ctvlp checkpoint), or on ``--colipri-weights``;
+    ``transfers`` (``--transfer``) add their datasets' splits."""
     splits = parse_splits(args.splits)
+    transfers = transfers or []
     cfg, module, global_step, run_path, weights_identity = (
         _from_checkpoint(args, checkpoint) if checkpoint is not None else _from_colipri(args)
     )
     tasks = tasks_for(module, str(cfg.module), args.tasks)
+    check_transfer_tasks(transfers, tasks)
     out = (
         Path(args.out)
         if args.out
         else run_path or new_run_dir(Path(cfg.runs_dir), f"{cfg.name}_colipri").path
     )
     progress = not args.no_progress
-    with log_to_file(out / EVAL_LOG_NAME, info_loggers=("evaluation", __name__)):
+    with log_to_file(out / EVAL_LOG_NAME, info_loggers=("evaluation", __name__, transfer_split.__module__)):
         datamodule, evaluator = prepare_evaluation(
             cfg, module, weights_identity, tasks, out, _device(args.device), progress
         )
+        external = [
+            transfer_split(t, cfg.data, datamodule.label_names, int(cfg.seed), out / FEATURES_DIR, progress)
+            for t in transfers
+        ]
         start = time.perf_counter()
         output = evaluator.run(
             eval_split(datamodule, "val"),
-            [eval_split(datamodule, s) for s in splits],
+            [*(eval_split(datamodule, s) for s in splits), *(t.split for t in external)],
             training_split(datamodule, tasks),
         )
+        for split in external:
+            split.add_outputs(output)
         log.info("Evaluation took %.1f s", time.perf_counter() - start)
     return out, write_outputs(out, output, global_step)
 
@@ -281,10 +301,13 @@ def _parse_tasks(spec: str) -> list[str]:
 
 def run_eval(args: argparse.Namespace) -> int:
     splits = parse_splits(args.splits)
+    transfers = parse_transfers(args.transfer)  # names and roots checked before anything is loaded
     dense, args.tasks = split_dense_task(args.tasks)
     if args.tasks is not None:  # a typo fails before the checkpoint is loaded
         _parse_tasks(split_report_task(args.tasks)[1] or "retrieval")
     reports, other_tasks = split_report_task(args.tasks)
+    if dense or reports:
+        refuse_transfer(transfers, "--tasks " + ("dense_zeroshot" if dense else REPORT_TASK))
     checkpoint = None
     if dense and not args.ckpt:
         raise ConfigError("--tasks dense_zeroshot needs --ckpt of a COLIPRI-family run")
@@ -300,6 +323,7 @@ def run_eval(args: argparse.Namespace) -> int:
             if args.tasks is None:
                 return 0
         if is_task_checkpoint(checkpoint):
+            refuse_transfer(transfers, f"'{checkpoint.config.get('module')}' checkpoints")
             if other_tasks and checkpoint.config.get("module") == SELF_EVALUATING:
                 raise ConfigError(
                     f"A report_generation checkpoint is evaluated by --tasks {REPORT_TASK} only"
@@ -319,7 +343,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tasks {REPORT_TASK} needs --ckpt of a run that generates reports")
     elif args.task_text:
         raise ConfigError("--task-text needs --ckpt of a Uniferum (module uniferum) run")
-    out, results = evaluate_run(args, checkpoint)
+    out, results = evaluate_run(args, checkpoint, transfers)
     print(f"\nResults ({out / 'results.json'}):\n")
     print(results_table(results))
     print(f"\nPer-label values: {out / PER_LABEL_NAME}\nTensorBoard logs: {out / 'tensorboard'}")
@@ -372,6 +396,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="LABEL=TEXT",
         help="Uniferum (module uniferum) checkpoints: evaluate LABEL with this task text (repeatable); "
         "held-out labels report as <split>/heldout.<label>/auroc",
+    )
+    parser.add_argument(
+        "--transfer",
+        action="append",
+        default=None,
+        metavar="NAME=PATH",
+        help="also evaluate an external dataset at PATH (repeatable; NAME: rad_chestct, its test split) "
+        "with this run's validation thresholds and probe, its labels mapped onto the run's; results "
+        "under transfer_<NAME>/<task>/<metric>; zero-shot and probe tasks only",
     )
     parser.add_argument("overrides", nargs="*", help="dot-list overrides, e.g. evaluation.probe_steps=2000")
     parser.set_defaults(handler=run_eval)
