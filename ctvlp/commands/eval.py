@@ -234,8 +234,9 @@ def eval_split(datamodule: CTDataModule, name: str) -> EvalSplit:
 
 
 def retrieval_set(datamodule: CTDataModule, name: str) -> RetrievalPairs:
-    """COLIPRI's retrieval pairs of a split (App. C.1): its volumes minus CT-RATE's listed
-    non-chest scans (``no_chest_*.txt`` in the primary source's root), one per distinct Findings."""
+    """COLIPRI's retrieval pairs of a split: its volumes minus CT-RATE's listed non-chest scans
+    (``no_chest_*.txt`` in the primary source's root; App. C.1), one per distinct Findings (the
+    authors' protocol)."""
     entries = datamodule.splits[name]
     primary = data_sources(datamodule.data)[0]
     non_chest = NonChestScans(frozenset(), 0)
