@@ -2,9 +2,9 @@
 
 - All probes of a :class:`~evaluation.probe_grid.ProbeGrid` train jointly on the
   same batches: of cached features here, or of tokens the frozen encoder computes batch by batch
-  (:mod:`evaluation.joint_probes`) when they do not fit the cache budget. SGD with momentum 0.95, no weight decay, a cosine schedule
-  from each probe's own learning rate to 0, and binary cross-entropy over the known labels only
-  (NaN labels are masked, never treated as negative).
+  (:mod:`evaluation.joint_probes`) when they do not fit the cache budget. SGD with momentum
+  0.95, no weight decay, a cosine schedule from each probe's own learning rate to 0, and binary
+  cross-entropy over the known labels only (NaN labels are masked, never treated as negative).
 - The single best probe is the one with the highest **validation** macro AUPRC (AUPRC because
   most labels are rare). It is then applied unchanged to test and transfer splits, with
   thresholds fitted on validation.

@@ -52,8 +52,8 @@ def recall_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
 
 def recall_at_k(similarity: torch.Tensor, ks: list[int]) -> dict[str, float]:
     """Recall@K. ``similarity[i, j]`` scores query i against gallery item j (image against report,
-    or report against image: :func:`query_similarity`) and the match of query i is item i. Ties count against the match (pessimistic), so a
-    constant similarity gives recall 0, not 1.
+    or report against image: :func:`query_similarity`) and the match of query i is item i. Ties
+    count against the match (pessimistic), so a constant similarity gives recall 0, not 1.
 
     Returns ``{"R@K": recall, "R@K_chance": K / N}`` for each K (chance = expected recall of a
     random ranking)."""
