@@ -61,7 +61,9 @@ def crop_settings(data: DictConfig) -> tuple[Size3, Size3 | None, tuple[float, f
 
 
 def source_cache_root(data: DictConfig, source: DataSource) -> Path:
-    return cache_path(Path(data.cache_dir), source.name, source_spacing(data, source), data.interpolation)
+    return cache_path(
+        Path(data.cache_dir), source.cache_name, source_spacing(data, source), data.interpolation
+    )
 
 
 def resolve_cache_root(data: DictConfig) -> Path:
@@ -93,7 +95,10 @@ def ensure_source_cache(
     if index is not None and (not masks or any(e.masks for e in index.entries)):
         return index
     label_names = list(source.spec.label_names)
-    scan = source.spec.scan(Path(source.root), label_names)
+    if source.all_reconstructions:
+        scan = source.spec.scan(Path(source.root), label_names, all_reconstructions=True)
+    else:
+        scan = source.spec.scan(Path(source.root), label_names)
     if label_table is not None:
         scan.records = apply_label_table(scan.records, label_table, label_names)
     if index is not None and not any(r.masks for r in scan.records):

@@ -22,6 +22,10 @@ from datamodules.cache import CacheEntry, Spacing, as_spacing
 from datamodules.labels import label_projection, project_labels
 from datamodules.sources.registry import SourceSpec, get_source
 
+# data.reconstructions: one per acquisition (COLIPRI, CT-CLIP) or every one (Uniferum).
+ONE_RECONSTRUCTION = "one_per_acquisition"
+ALL_RECONSTRUCTIONS = "all"
+
 
 @dataclass(frozen=True)
 class DataSource:
@@ -36,24 +40,35 @@ class DataSource:
     spacing: Spacing | None = None
     # A label table replacing the source's own labels (datamodules/label_tables.py); None: its own.
     labels: str | None = None
+    # Every reconstruction of an acquisition (data.reconstructions: all; CT-RATE stores several),
+    # instead of one; they are cached in a folder of their own (cache_name).
+    all_reconstructions: bool = False
 
     @property
     def kind(self) -> str:
         return self.spec.kind
 
+    @property
+    def cache_name(self) -> str:
+        """The cache folder under ``data.cache_dir``: the source's name, or ``<name>_all_reconstructions``."""
+        return f"{self.name}_all_reconstructions" if self.all_reconstructions else self.name
+
 
 def data_sources(data: DictConfig) -> list[DataSource]:
     """The configured sources, primary first (``data.sources``, or the ``data.source`` shorthand)."""
     listed = list(data.get("sources") or [])
+    every = str(data.get("reconstructions", ONE_RECONSTRUCTION)) == ALL_RECONSTRUCTIONS
     if not listed:
         labels = data.get("labels")
+        spec = get_source(str(data.source))
         return [
             DataSource(
                 str(data.source),
                 str(data.root),
                 1.0,
-                get_source(str(data.source)),
+                spec,
                 labels=str(labels) if labels else None,
+                all_reconstructions=every and spec.has_reconstructions,
             )
         ]
     sources = []
@@ -63,14 +78,16 @@ def data_sources(data: DictConfig) -> list[DataSource]:
             raise ValueError(f"data.sources: weight of {item.name!r} must be positive, not {weight}")
         spacing = item.get("spacing")
         labels = item.get("labels")
+        spec = get_source(str(item.name))
         sources.append(
             DataSource(
                 str(item.name),
                 str(item.root),
                 weight,
-                get_source(str(item.name)),
+                spec,
                 _source_spacing(item.name, spacing),
                 str(labels) if labels else None,
+                all_reconstructions=every and spec.has_reconstructions,
             )
         )
     names = [s.name for s in sources]

@@ -78,6 +78,10 @@ class DataConfig:
     # paper: antialiasing + B-spline; colipri_inference: linear, no antialiasing; paper_torch: paper
     # mode's grid and filters on the torch backend (`ctvlp preprocess --backend torch`, within 1 HU).
     interpolation: str = "paper"
+    # CT-RATE stores several reconstructions of some acquisitions: one_per_acquisition (COLIPRI,
+    # CT-CLIP: the smallest in-plane matrix) or all (Uniferum: 46,168 training volumes); "all" is
+    # cached in <cache_dir>/ct_rate_all_reconstructions/.
+    reconstructions: str = "one_per_acquisition"
     # Training (random) and evaluation (centre) crop in voxels: an int (a cube) or [x, y, z]; each
     # axis a multiple of model.image.patch_size.
     crop_size: Any = 160
@@ -520,6 +524,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "module": tuple(MODULES),
     "data.source": ("ct_rate", "merlin", "rad_chestct", "image_only", "msd"),
     "data.interpolation": ("paper", "colipri_inference", "paper_torch"),
+    "data.reconstructions": ("one_per_acquisition", "all"),
     "data.text.section": ("findings", "impressions", "both"),
     "data.augmentation.level": ("none", "low", "high"),
     "data.spatial_augmentation": ("none", "low", "medium"),

@@ -92,8 +92,11 @@ class SourceScan:
     rejected: list[tuple[str, str, str]]
 
 
-def scan_ct_rate(root: Path, label_names: list[str] = CT_RATE_LABELS) -> SourceScan:
-    """Scan a CT-RATE copy into records (one reconstruction per acquisition, head CTs removed)."""
+def scan_ct_rate(
+    root: Path, label_names: list[str] = CT_RATE_LABELS, all_reconstructions: bool = False
+) -> SourceScan:
+    """Scan a CT-RATE copy into records (head CTs removed): one reconstruction per acquisition
+    (COLIPRI, CT-CLIP), or every reconstruction with ``all_reconstructions`` (Uniferum)."""
     root = resolve_root(root)
     records: list[Record] = []
     rejected: list[tuple[str, str, str]] = []
@@ -101,7 +104,7 @@ def scan_ct_rate(root: Path, label_names: list[str] = CT_RATE_LABELS) -> SourceS
         if not (root / layout.folder).is_dir():
             log.warning("CT-RATE: no %s/ under %s; split %r is empty", layout.folder, root, layout.split)
             continue
-        split_records, split_rejected = _scan_split(root, layout, list(label_names))
+        split_records, split_rejected = _scan_split(root, layout, list(label_names), all_reconstructions)
         records.extend(split_records)
         rejected.extend(split_rejected)
     records.sort(key=lambda r: r.id)
@@ -159,7 +162,7 @@ def volume_id(name: str) -> str:
 
 
 def _scan_split(
-    root: Path, layout: _SplitLayout, label_names: list[str]
+    root: Path, layout: _SplitLayout, label_names: list[str], all_reconstructions: bool = False
 ) -> tuple[list[Record], list[tuple[str, str, str]]]:
     volumes, twice = _find_volumes(root / layout.folder)
     reports, report_dups = _rows_by_id(_read_csv(root / layout.reports, REPORT_COLUMNS), layout.reports)
@@ -213,7 +216,10 @@ def _scan_split(
         else:
             candidates.append((record, metadata[vid]))
 
-    records, dropped = _one_reconstruction_per_acquisition(candidates)
+    if all_reconstructions:
+        records, dropped = [record for record, _ in candidates], 0
+    else:
+        records, dropped = _one_reconstruction_per_acquisition(candidates)
     for record in records:  # TotalSegmentator organ masks under ts_seg/, where present
         record.masks = ct_rate_masks(root, record.image_path)
     log.info(

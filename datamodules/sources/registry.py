@@ -15,17 +15,25 @@ from datamodules.sources.ct_rate import SourceScan
 @dataclass(frozen=True)
 class SourceSpec:
     name: str
-    scan: Callable[[Path, list[str]], SourceScan]
+    # (root, label names) -> records; sources that store several reconstructions of one acquisition
+    # also take ``all_reconstructions`` (``has_reconstructions``).
+    scan: Callable[..., SourceScan]
     label_names: list[str]
     # The kind of its batches: PAIRED (volume + report) or IMAGE_ONLY (no report: MAE / vision-only
     # batches, or labels only)
     kind: str
     resolve_root: Callable[[Path], Path]
+    has_reconstructions: bool = False
 
 
 SOURCES: dict[str, SourceSpec] = {
     "ct_rate": SourceSpec(
-        "ct_rate", ct_rate.scan_ct_rate, SOURCE_LABELS["ct_rate"], PAIRED, ct_rate.resolve_root
+        "ct_rate",
+        ct_rate.scan_ct_rate,
+        SOURCE_LABELS["ct_rate"],
+        PAIRED,
+        ct_rate.resolve_root,
+        has_reconstructions=True,
     ),
     "merlin": SourceSpec("merlin", merlin.scan_merlin, SOURCE_LABELS["merlin"], PAIRED, merlin.resolve_root),
     "rad_chestct": SourceSpec(

@@ -201,3 +201,12 @@ def test_greenrfm_config_errors_come_before_any_work(overrides: list[str], messa
 def test_only_greenrfm_trains_r3d_18() -> None:
     with pytest.raises(ConfigError, match="every other module a Primus"):
         load_experiment("colipri_c", "cpu_demo", ["model.image.arch=r3d_18"])
+
+
+def test_uniferum_trains_every_reconstruction_and_cpu_demo_shares_make_demos_cache() -> None:
+    paper = load_experiment("uniferum", None, ["data.root=/x", "uniferum.vision_weights_2d=none"])
+    assert paper.data.reconstructions == "all"  # Sec. 3.4.1: 46,168 training volumes
+    assert load_experiment("colipri_c", None, ["data.root=/x"]).data.reconstructions == "one_per_acquisition"
+    assert load_experiment("uniferum_seg", "cpu_demo").data.reconstructions == "one_per_acquisition"
+    with pytest.raises(ConfigError, match="data.reconstructions"):
+        load_experiment("colipri_c", None, ["data.root=/x", "data.reconstructions=every"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -161,6 +162,37 @@ def test_scan_fake_ct_rate(tmp_path: Path) -> None:
 
     v = records["valid_1_a_1"]
     assert v.split == "test" and v.patient_id == "valid_1" and v.hu_intercept == -1024.0
+
+
+def test_all_reconstructions_keeps_every_reconstruction_of_an_acquisition(tmp_path: Path) -> None:
+    """Uniferum trains on every reconstruction (data.reconstructions: all); head CTs and bad rows
+    are still left out."""
+    scan = scan_ct_rate(make_fake_ct_rate(tmp_path), all_reconstructions=True)
+    assert {r.id for r in scan.records} == EXPECTED_IDS | {"train_1_a_1", "train_8_a_1", "train_9_a_10"}
+    assert "train_2_a_1" not in {r.id for r in scan.records}  # head CT
+    assert len(scan.rejected) == 6
+
+
+def test_all_reconstructions_are_cached_apart(tmp_path: Path) -> None:
+    """data.reconstructions=all (Uniferum) builds its own cache folder beside the default one."""
+    from omegaconf import OmegaConf
+
+    from datamodules.datamodule import ensure_cache, resolve_cache_root
+
+    root = make_fake_ct_rate(tmp_path / "ct_rate")
+
+    def data(reconstructions: str) -> Any:
+        return OmegaConf.create(
+            {
+                "source": "ct_rate", "root": str(root), "cache_dir": str(tmp_path / "cache"), "spacing": 2.0,
+                "interpolation": "paper", "reconstructions": reconstructions, "preprocess_workers": 1,
+            }
+        )  # fmt: skip
+
+    one, every = ensure_cache(data("one_per_acquisition"), False), ensure_cache(data("all"), False)
+    assert resolve_cache_root(data("all")) == tmp_path / "cache" / "ct_rate_all_reconstructions" / "2mm-paper"
+    assert resolve_cache_root(data("one_per_acquisition")) == tmp_path / "cache" / "ct_rate" / "2mm-paper"
+    assert len(every.entries) == len(one.entries) + 3
 
 
 def test_label_subset_and_missing_label_column(tmp_path: Path) -> None:
