@@ -95,10 +95,7 @@ def ensure_source_cache(
     if index is not None and (not masks or any(e.masks for e in index.entries)):
         return index
     label_names = list(source.spec.label_names)
-    if source.all_reconstructions:
-        scan = source.spec.scan(Path(source.root), label_names, all_reconstructions=True)
-    else:
-        scan = source.spec.scan(Path(source.root), label_names)
+    scan = source.spec.scan_records(Path(source.root), label_names, source.all_reconstructions)
     if label_table is not None:
         scan.records = apply_label_table(scan.records, label_table, label_names)
     if index is not None and not any(r.masks for r in scan.records):

@@ -50,8 +50,13 @@ class DataSource:
 
     @property
     def cache_name(self) -> str:
-        """The cache folder under ``data.cache_dir``: the source's name, or ``<name>_all_reconstructions``."""
-        return f"{self.name}_all_reconstructions" if self.all_reconstructions else self.name
+        return source_cache_name(self.name, self.all_reconstructions)
+
+
+def source_cache_name(source: str, all_reconstructions: bool = False) -> str:
+    """The cache folder of a source under ``data.cache_dir``: its name, or
+    ``<name>_all_reconstructions`` for every reconstruction of each acquisition."""
+    return f"{source}_all_reconstructions" if all_reconstructions else source
 
 
 def data_sources(data: DictConfig) -> list[DataSource]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from datamodules.cache import INTERPOLATIONS, Spacing, as_spacing, cache_path
 from datamodules.cache_shards import Shard
 from datamodules.label_tables import apply_label_table
+from datamodules.mixing import source_cache_name
 from datamodules.preprocess import (
     BACKENDS,
     build_cache,
@@ -69,6 +70,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a label table replacing the source's own labels (as data.labels: e.g. ctvlp annotate's "
         "llm_labels.csv; -1 and empty are unknown)",
     )
+    parser.add_argument(
+        "--all-reconstructions",
+        action="store_true",
+        help="keep every reconstruction of an acquisition (CT-RATE; as data.reconstructions=all, the "
+        "Uniferum recipe) in <cache-dir>/<source>_all_reconstructions/ instead of one per acquisition",
+    )
     sharding = parser.add_mutually_exclusive_group()
     sharding.add_argument(
         "--shard",
@@ -110,13 +117,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     source = SOURCES[args.source]
     label_names = list(source.label_names)
-    scan = source.scan(Path(args.root), label_names)
+    try:
+        scan = source.scan_records(Path(args.root), label_names, args.all_reconstructions)
+    except ValueError as error:
+        print(f"ctvlp preprocess: error: --all-reconstructions: {error}", file=sys.stderr)
+        return 2
     if args.labels is not None:
         scan.records = apply_label_table(scan.records, args.labels, label_names)
     print(f"{args.source}: {len(scan.records)} volumes, {len(scan.rejected)} rejected by the source")
     shard: Shard | None = args.shard
     for spacing in args.spacing or [2.0]:
-        root = cache_path(Path(args.cache_dir), args.source, spacing, interpolation)
+        root = cache_path(
+            Path(args.cache_dir),
+            source_cache_name(args.source, args.all_reconstructions),
+            spacing,
+            interpolation,
+        )
         common = {
             "spacing": spacing,
             "interpolation": interpolation,

@@ -25,6 +25,19 @@ class SourceSpec:
     resolve_root: Callable[[Path], Path]
     has_reconstructions: bool = False
 
+    def scan_records(
+        self, root: Path, label_names: list[str], all_reconstructions: bool = False
+    ) -> SourceScan:
+        """The source's records under ``root``; ``all_reconstructions``: every reconstruction of
+        each acquisition (a ``ValueError`` for a source that stores one)."""
+        if not all_reconstructions:
+            return self.scan(root, label_names)
+        if not self.has_reconstructions:
+            raise ValueError(
+                f"{self.name} stores one reconstruction per acquisition (only ct_rate has several)"
+            )
+        return self.scan(root, label_names, all_reconstructions=True)
+
 
 SOURCES: dict[str, SourceSpec] = {
     "ct_rate": SourceSpec(

@@ -173,26 +173,51 @@ def test_all_reconstructions_keeps_every_reconstruction_of_an_acquisition(tmp_pa
     assert len(scan.rejected) == 6
 
 
-def test_all_reconstructions_are_cached_apart(tmp_path: Path) -> None:
-    """data.reconstructions=all (Uniferum) builds its own cache folder beside the default one."""
+def test_all_reconstructions_are_cached_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ctvlp preprocess --all-reconstructions` builds the cache data.reconstructions=all (Uniferum)
+    reads, beside the default one; fit reuses it."""
     from omegaconf import OmegaConf
 
+    from ctvlp.cli import main
     from datamodules.datamodule import ensure_cache, resolve_cache_root
 
     root = make_fake_ct_rate(tmp_path / "ct_rate")
+    cache_dir = tmp_path / "cache"
+    arguments = [
+        "preprocess",
+        "--root",
+        str(root),
+        "--cache-dir",
+        str(cache_dir),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    assert main([*arguments, "--all-reconstructions"]) == 0
+    built = cache_dir / "ct_rate_all_reconstructions" / "2mm-paper"
+    stamps = {p.name: p.stat().st_mtime_ns for p in (built / "volumes").iterdir()}
 
     def data(reconstructions: str) -> Any:
         return OmegaConf.create(
             {
-                "source": "ct_rate", "root": str(root), "cache_dir": str(tmp_path / "cache"), "spacing": 2.0,
+                "source": "ct_rate", "root": str(root), "cache_dir": str(cache_dir), "spacing": 2.0,
                 "interpolation": "paper", "reconstructions": reconstructions, "preprocess_workers": 1,
             }
         )  # fmt: skip
 
-    one, every = ensure_cache(data("one_per_acquisition"), False), ensure_cache(data("all"), False)
-    assert resolve_cache_root(data("all")) == tmp_path / "cache" / "ct_rate_all_reconstructions" / "2mm-paper"
-    assert resolve_cache_root(data("one_per_acquisition")) == tmp_path / "cache" / "ct_rate" / "2mm-paper"
-    assert len(every.entries) == len(one.entries) + 3
+    assert resolve_cache_root(data("all")) == built
+    every = ensure_cache(data("all"), False)  # reused: nothing rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in (built / "volumes").iterdir()} == stamps
+    one = ensure_cache(data("one_per_acquisition"), False)
+    assert resolve_cache_root(data("one_per_acquisition")) == cache_dir / "ct_rate" / "2mm-paper"
+    assert {e.id for e in every.entries} == {e.id for e in one.entries} | {
+        "train_1_a_1",
+        "train_8_a_1",
+        "train_9_a_10",
+    }
+    capsys.readouterr()
+    assert main(["preprocess", "--source", "merlin", "--root", str(root), "--all-reconstructions"]) == 2
+    assert "only ct_rate has several" in capsys.readouterr().err
 
 
 def test_label_subset_and_missing_label_column(tmp_path: Path) -> None:
