@@ -4,8 +4,9 @@ Uniferum (Sec. 3.5 and its public configs) prepares every CT as follows:
 
 1. HU clipped to +-1000, 1 mm isotropic (here: the ordinary cache at the source's ``spacing``, else
    ``data.spacing``, RAS+, with the organ masks beside it; see ``datamodules/preprocess.py``).
-2. **Body centre**: the largest connected component of the soft-tissue window (HU > -150) gives
-   the centre in x-y. We take the body mask when the cache has one, else that component.
+2. **Body centre**: the largest connected component of the soft-tissue window (-150 to 250 HU),
+   filled by its convex hull on each axial slice; the hulls' centre of mass is the centre in x-y
+   (:func:`body_centre`). A cached body mask is not used for this (the paper thresholds).
 3. **z limited to the lungs**: slices more than 5 mm above / below the lungs (TotalSegmentator lung
    lobes) are discarded; the crop is centred on the lungs in z. Without a lung mask the body
    centroid is used and no slice is discarded.
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from skimage.morphology import convex_hull_image
 
 from datamodules.cache import (
     CacheEntry,
@@ -56,8 +58,9 @@ from datamodules.totalseg import ORGANS
 log = logging.getLogger(__name__)
 
 BOXES_NAME = "uniferum_boxes.json"
-BOXES_VERSION = 1
-SOFT_TISSUE_MIN_HU = -150.0
+BOXES_VERSION = 2
+# The soft-tissue channel whose largest component is the body (Sec. 3.5).
+SOFT_TISSUE_HU = (-150.0, 250.0)
 HU_SCALE = 1000.0
 
 
@@ -90,30 +93,35 @@ class CropBox:
 
 
 # ------------------------------------------------------------------------------------- crop boxes
-def body_mask_from_hu(volume_hu: np.ndarray) -> np.ndarray:
-    """Largest connected component of the soft-tissue window (HU > -150): the body."""
-    labels, count = ndimage.label(volume_hu > SOFT_TISSUE_MIN_HU)
+def body_centre(volume_hu: np.ndarray) -> tuple[float, float, float] | None:
+    """The centre of mass (x, y, z voxels) of the body as Uniferum finds it: the largest connected
+    component of the soft-tissue window, filled by its convex hull on each axial slice (so the lungs
+    and the air inside the chest count, and a table or an arm outside does not pull the centre).
+    ``None`` when no voxel lies in the window."""
+    low, high = SOFT_TISSUE_HU
+    labels, count = ndimage.label((volume_hu >= low) & (volume_hu <= high))
     if count == 0:
-        return np.zeros(volume_hu.shape, dtype=bool)
+        return None
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    body = labels == int(np.argmax(sizes))
+    total = np.zeros(3, dtype=np.float64)
+    voxels = 0
+    for z in np.flatnonzero(body.any(axis=(0, 1))):
+        hull = convex_hull_image(body[:, :, z])
+        xs, ys = np.nonzero(hull)
+        total += (xs.sum(), ys.sum(), float(z) * xs.size)
+        voxels += xs.size
+    return (total[0] / voxels, total[1] / voxels, total[2] / voxels)
 
 
 def compute_box(entry: CacheEntry, spacing: float, lung_margin_mm: float = 5.0) -> CropBox:
     """Body centre in x-y, lung-limited z range (see the module docstring)."""
-    bits = np.load(entry.mask_file) if entry.masks else None
-    body = None
-    if bits is not None and "body" in entry.masks:
-        body = ((bits >> ORGANS.index("body")) & 1).astype(bool)
-    if body is None or not body.any():
-        body = body_mask_from_hu(read_volume(entry))
-    if body.any():
-        centre = [float(c.mean()) for c in np.nonzero(body)]
-    else:
-        centre = [(s - 1) / 2.0 for s in entry.shape]
+    found = body_centre(read_volume(entry))
+    centre = list(found) if found is not None else [(s - 1) / 2.0 for s in entry.shape]
     z_keep = None
-    if bits is not None and "lungs" in entry.masks:
+    if entry.masks and "lungs" in entry.masks:
+        bits = np.load(entry.mask_file)
         lung_slices = np.flatnonzero(((bits >> ORGANS.index("lungs")) & 1).any(axis=(0, 1)))
         if lung_slices.size:
             margin = int(round(lung_margin_mm / spacing))

@@ -10,9 +10,15 @@ import torch
 from omegaconf import OmegaConf
 
 from ctvlp.config.loader import load_experiment
-from datamodules.cache import CacheIndex, cache_path
+from datamodules.cache import CacheIndex, cache_path, read_volume
 from datamodules.totalseg import ORGANS
-from datamodules.uniferum_geometry import UniferumGeometry, UniferumView, ensure_boxes, organ_mask
+from datamodules.uniferum_geometry import (
+    UniferumGeometry,
+    UniferumView,
+    body_centre,
+    ensure_boxes,
+    organ_mask,
+)
 
 SPACING = 6.0
 
@@ -30,12 +36,34 @@ def test_crop_boxes_centre_the_body_and_limit_z_to_the_lungs(index: CacheIndex) 
         bits = np.load(entry.mask_file)
         lungs = np.flatnonzero(((bits >> ORGANS.index("lungs")) & 1).any(axis=(0, 1)))
         assert box.z_keep == (lungs[0] - 1, lungs[-1] + 1)  # 5 mm at 6 mm spacing: one slice
+        centre = body_centre(read_volume(entry))
+        assert centre is not None and box.centre[:2] == pytest.approx(centre[:2])
+        # the phantom's body outline (a cached mask) and the hulled soft-tissue body agree
         body = np.nonzero((bits >> ORGANS.index("body")) & 1)
-        assert box.centre[0] == pytest.approx(body[0].mean()) and box.centre[1] == pytest.approx(
-            body[1].mean()
-        )
+        assert abs(box.centre[0] - body[0].mean()) < 1.0 and abs(box.centre[1] - body[1].mean()) < 1.0
     again = ensure_boxes(index, lung_margin_mm=5.0)  # read back from uniferum_boxes.json
     assert again == boxes and (index.root / "uniferum_boxes.json").is_file()
+
+
+def test_body_centre_is_the_centre_of_the_hulled_soft_tissue_component() -> None:
+    """A C-shaped body wall (soft tissue) around air: its own centre of mass lies off to the closed
+    side, the per-slice convex hull fills the gap, so the centre is the ring's centre. A brighter
+    block (bone, outside the window) and a smaller soft-tissue blob (a table) do not count."""
+    hu = np.full((40, 40, 4), -1000.0)
+    x, y = np.meshgrid(np.arange(40), np.arange(40), indexing="ij")
+    radius = np.hypot(x - 20.0, y - 20.0)
+    wall = (radius >= 10) & (radius <= 13) & ~((x > 24) & (abs(y - 20) <= 4))  # open towards +x
+    hu[wall] = 40.0
+    hu[18:23, 18:23, :] = 600.0  # bone in the middle: outside the window, inside the hull
+    hu[0:3, 0:3, :] = 20.0  # a small separate soft-tissue component
+    own = np.nonzero(np.broadcast_to(wall[..., None], hu.shape))
+    assert own[0].mean() == pytest.approx(18.42, abs=0.01)  # pulled towards the closed side
+    centre = body_centre(hu)
+    assert centre is not None
+    # the hull's chord across the gap cuts off a sliver on the open side: 19.88, not 20
+    assert centre[0] == pytest.approx(20.0, abs=0.15) and centre[1] == pytest.approx(20.0, abs=1e-9)
+    assert centre[2] == pytest.approx(1.5)
+    assert body_centre(np.full((8, 8, 3), -1000.0)) is None
 
 
 def test_view_shapes_alignment_and_determinism(index: CacheIndex) -> None:
