@@ -97,6 +97,22 @@ RAD_CHESTCT_LOCATION_LABELS: list[str] = ["calcification*aorta", "calcification*
 # location), then the location-specific labels above.
 RAD_CHESTCT_LABELS: list[str] = [*RAD_CHESTCT_ABNORMALITIES, *RAD_CHESTCT_LOCATION_LABELS]
 
+# ----------------------------------------------------------------------------------------------- INSPECT
+# INSPECT (CT pulmonary angiograms, Stanford AIMI): the NLP-derived PE diagnosis (the release's column
+# ``pe_positive_nlp``) and the 7 prognostic labels as the label table names them. The prognostic names
+# follow ``<x>_month_<event>``, so Uniferum makes "Predict the risk of {event} in {x} months" tasks of
+# them. Values True / False / Censored; Censored (and blank) is NaN = unknown, masked everywhere.
+INSPECT_LABELS: list[str] = [
+    "pe_positive",
+    "1_month_mortality",
+    "6_month_mortality",
+    "12_month_mortality",
+    "1_month_readmission",
+    "6_month_readmission",
+    "12_month_readmission",
+    "12_month_PH",
+]
+
 # ---------------------------------------------------------------------------- mappings onto CT-RATE names
 # target CT-RATE label -> the source labels it is derived from. Several source labels combine as "any":
 # 1 if any of them is 1, 0 if all of them are known and 0, otherwise unknown (NaN). A CT-RATE label a
@@ -151,16 +167,19 @@ RAD_CHESTCT_TO_CT_RATE: dict[str, list[str]] = {
 }
 
 # Native label space of every source ("image_only" has none) and its mapping onto CT-RATE names.
+# INSPECT shares no CT-RATE label (PE and outcomes are not among the 18): its mapping is empty.
 SOURCE_LABELS: dict[str, list[str]] = {
     "ct_rate": CT_RATE_LABELS,
     "merlin": MERLIN_LABELS,
     "rad_chestct": RAD_CHESTCT_LABELS,
+    "inspect": INSPECT_LABELS,
     "image_only": [],
 }
 TO_CT_RATE: dict[str, dict[str, list[str]]] = {
     "ct_rate": {name: [name] for name in CT_RATE_LABELS},
     "merlin": MERLIN_TO_CT_RATE,
     "rad_chestct": RAD_CHESTCT_TO_CT_RATE,
+    "inspect": {},
     "image_only": {},
 }
 

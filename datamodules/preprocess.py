@@ -72,7 +72,7 @@ from datamodules.cache_shards import (
 from datamodules.errors import BadVolumeError
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.mask_preprocess import cached_mask_organs, masks_complete, write_masks
-from datamodules.readers import check_spacing, read_other_format, to_hu
+from datamodules.readers import check_affine, check_channels, check_spacing, read_other_format, to_hu
 from datamodules.records import Record
 from datamodules.resample_torch import ras_orientation, resample_hu
 
@@ -110,7 +110,8 @@ def load_hu(record: Record) -> tuple[np.ndarray, np.ndarray]:
     from the dataset's tables, as CT-RATE) the header's scl_slope/scl_inter are ignored like its
     zooms; when ``record.spacing`` is None the header is trusted, its scaling included.
     The affine keeps the header's direction cosines and origin; its voxel sizes become
-    ``record.spacing``.
+    ``record.spacing``. Images with more than one channel and corrupted affines (non-finite, a zero
+    voxel size, a singular direction matrix) raise :class:`BadVolumeError` (``datamodules.readers``).
     """
     path = Path(record.image_path)
     # RAD-ChestCT .npz and DICOM series folders (datamodules/readers.py); NIfTI continues below.
@@ -129,12 +130,7 @@ def load_hu(record: Record) -> tuple[np.ndarray, np.ndarray]:
         raise BadVolumeError(f"unreadable header: {type(error).__name__}: {error}") from error
 
     shape = tuple(int(s) for s in image.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        squeeze = True
-    elif len(shape) == 3:
-        squeeze = False
-    else:
-        raise BadVolumeError(f"not a 3D volume: shape {shape}")
+    check_channels(shape)
     if any(s < 2 for s in shape[:3]):
         raise BadVolumeError(f"degenerate 3D volume (an axis shorter than 2 voxels): shape {shape}")
 
@@ -147,8 +143,8 @@ def load_hu(record: Record) -> tuple[np.ndarray, np.ndarray]:
             raw = np.asarray(proxy)
     except Exception as error:
         raise BadVolumeError(f"unreadable or truncated data: {type(error).__name__}: {error}") from error
-    if squeeze:
-        raw = raw[..., 0]
+    if raw.ndim > 3:  # trailing singleton dimensions (X, Y, Z, 1[, 1])
+        raw = raw.reshape(raw.shape[:3])
     if raw.dtype.kind not in "iuf" or raw.ndim != 3:
         raise BadVolumeError(f"unsupported voxel type {raw.dtype} / shape {raw.shape}")
 
@@ -157,9 +153,7 @@ def load_hu(record: Record) -> tuple[np.ndarray, np.ndarray]:
 
     affine = np.asarray(image.affine, dtype=np.float64).copy()
     linear = affine[:3, :3]
-    zooms = np.linalg.norm(linear, axis=0)
-    if not (np.isfinite(affine).all() and (zooms > 0).all()):
-        raise BadVolumeError(f"degenerate header affine:\n{affine}")
+    zooms = check_affine(affine)
     if trust_header:
         # nibabel silently reads a zero pixdim as 1 mm: check what the header really stores.
         pixdim = _stored_pixdim(path, image)

@@ -1,6 +1,7 @@
 """Readers for the volume formats that are not NIfTI: RAD-ChestCT ``.npz`` files and DICOM series,
 and the checks every reader shares (NIfTI's :func:`datamodules.preprocess.load_hu` included): the
-HU rescale (:func:`to_hu`) and the voxel spacing (:func:`check_spacing`).
+HU rescale (:func:`to_hu`) and the voxel spacing (:func:`check_spacing`); and NIfTI's own: one
+channel (:func:`check_channels`) and a usable affine (:func:`check_affine`).
 
 Each returns what :func:`datamodules.preprocess.load_hu` returns for NIfTI: float32 HU of shape
 (X, Y, Z) and the 4x4 affine (voxel index -> RAS+ world mm), or raises
@@ -159,6 +160,45 @@ def _check_shape(shape: tuple[int, ...]) -> None:
         raise BadVolumeError(f"not a 3D volume: shape {tuple(shape)}")
     if any(s < 2 for s in shape):
         raise BadVolumeError(f"degenerate 3D volume (an axis shorter than 2 voxels): shape {tuple(shape)}")
+
+
+def check_channels(shape: tuple[int, ...]) -> None:
+    """A NIfTI image shape must be (X, Y, Z), or (X, Y, Z, 1[, 1 ...]), which reads as (X, Y, Z).
+    More than one value per voxel (two channels: (X, Y, Z, 2) or (X, Y, Z, 1, 2), as some INSPECT
+    scans store) is no CT volume to resample."""
+    if len(shape) < 3:
+        raise BadVolumeError(f"not a 3D volume: shape {tuple(shape)}")
+    channels = math.prod(shape[3:])
+    if channels == 2:
+        raise BadVolumeError(f"not a 3D volume: two channels (shape {tuple(shape)})")
+    if channels != 1:
+        raise BadVolumeError(f"not a 3D volume: {channels} channels or time points (shape {tuple(shape)})")
+
+
+# |det| of an affine's unit axis vectors: 1 for orthogonal axes, cos(tilt) for a gantry-tilted
+# (sheared) grid, 0 when two axes are parallel. Below this the grid is no 3D grid.
+MIN_AXIS_VOLUME = 0.1
+
+
+def check_affine(affine: np.ndarray) -> np.ndarray:
+    """The voxel sizes (column norms) of a 4x4 voxel -> world affine, or BadVolumeError("corrupted
+    affine ...") when it has non-finite entries, a zero voxel size or a singular direction matrix."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise BadVolumeError(f"corrupted affine (non-finite entries):\n{affine}")
+    linear = affine[:3, :3]
+    zooms = np.linalg.norm(linear, axis=0)
+    if not (zooms > 0).all():
+        raise BadVolumeError(
+            f"corrupted affine (zero voxel size {tuple(zooms.round(4).tolist())}):\n{affine}"
+        )
+    axis_volume = abs(float(np.linalg.det(linear / zooms)))
+    if axis_volume < MIN_AXIS_VOLUME:
+        raise BadVolumeError(
+            f"corrupted affine (singular direction matrix: |det| of the unit axes {axis_volume:.3g} "
+            f"< {MIN_AXIS_VOLUME}):\n{affine}"
+        )
+    return zooms
 
 
 def check_spacing(spacing: tuple[float, ...] | np.ndarray) -> np.ndarray:

@@ -85,6 +85,8 @@ class ReportTransform:
             return findings
         if self.section == "impressions":
             return impressions
+        if impressions == findings:  # one text in both sections (INSPECT's impression): said once
+            return findings
         return f"{findings} {impressions}".strip()
 
     def __call__(self, volume_id: str, sections: dict[str, str], rng: random.Random | None) -> str:

@@ -158,10 +158,17 @@ MERLIN_FINDINGS: dict[str, Finding] = {
     "fracture": _f("fractures", "bones"),
 }
 
+# INSPECT (CT pulmonary angiograms): the PE diagnosis. Its 7 outcome labels (``<x>_month_<event>``)
+# are prognosis tasks by their names and need no entry.
+INSPECT_FINDINGS: dict[str, Finding] = {
+    "pe_positive": _f("pulmonary embolism", "pulmonary arteries"),
+}
+
 SOURCE_FINDINGS: dict[str, dict[str, Finding]] = {
     "ct_rate": CT_RATE_FINDINGS,
     "rad_chestct": RAD_CHESTCT_FINDINGS,
     "merlin": MERLIN_FINDINGS,
+    "inspect": INSPECT_FINDINGS,
 }
 
 # How each organ reads in "Segment {organ} in the image."
@@ -172,6 +179,8 @@ ORGAN_TEXT: dict[str, str] = {
     "aorta": "thoracic aorta",
     "spine": "spine",
 }
+# Event names that read badly as spelled in a label column (INSPECT's ``12_month_PH``).
+PROGNOSIS_EVENTS: dict[str, str] = {"PH": "pulmonary hypertension"}
 PROGNOSIS_LABEL = re.compile(r"^(?P<months>\d+)_months?_(?P<event>.+)$", re.IGNORECASE)
 
 
@@ -212,6 +221,7 @@ def classification_task(source: str, label: str, text: str | None = None) -> tup
         return (PROGNOSIS if match else DIAGNOSIS), text, slug(label)
     if match:
         event = match["event"].replace("_", " ").strip()
+        event = PROGNOSIS_EVENTS.get(event, event)
         months = int(match["months"])
         return PROGNOSIS, prognosis_text(event, months), slug(f"{event} {months} months")
     finding = SOURCE_FINDINGS.get(source, {}).get(label)

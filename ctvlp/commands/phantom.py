@@ -8,22 +8,25 @@ from pathlib import Path
 
 from datamodules.phantom.ct_rate_writer import write_phantom_ct_rate
 from datamodules.phantom.image_only_writer import write_phantom_image_only
+from datamodules.phantom.inspect_writer import write_phantom_inspect
 from datamodules.phantom.merlin_writer import write_phantom_merlin
 from datamodules.phantom.msd_writer import write_phantom_msd
 from datamodules.phantom.rad_chestct_writer import write_phantom_rad_chestct
 
-PHANTOM_SOURCES = ("ct_rate", "merlin", "rad_chestct", "image_only", "msd_liver", "msd_lung")
+PHANTOM_SOURCES = ("ct_rate", "merlin", "rad_chestct", "inspect", "image_only", "msd_liver", "msd_lung")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "phantom",
-        help="write a synthetic phantom dataset (CT-RATE, Merlin, RAD-ChestCT or image-only layout)",
+        help="write a synthetic phantom dataset (CT-RATE, Merlin, RAD-ChestCT, INSPECT or image-only layout)",
         description=(
             "Write N phantom scans under DIR in the layout of --source: ct_rate (chest CT + reports, "
             "labels, metadata; extra reconstructions and head CTs), merlin (abdomen CT, "
             "reports_final.xlsx, 30-disease CSV), rad_chestct (.npz chest CT + abnormality x location "
-            "labels), image_only (NLST-style patient/time-point folders, DICOM series and NIfTI) or "
+            "labels), inspect (CT pulmonary angiograms with emboli, impressions, PE and outcome labels "
+            "True/False/Censored, splits, patient mapping; two bad scans to quarantine), "
+            "image_only (NLST-style patient/time-point folders, DICOM series and NIfTI) or "
             "msd_liver / msd_lung (segmentation: nnU-Net raw / MSD layout, liver or lung lesions). "
             "Deterministic given the seed; a complete phantom with the same parameters is reused."
         ),
@@ -45,7 +48,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--scale",
         type=float,
         default=1.0,
-        help="rad_chestct only: chest size factor (1 = life size at 0.8 mm, ~430^3 voxels; default 1)",
+        help="rad_chestct and inspect: chest size factor (rad_chestct: 1 = life size at 0.8 mm, ~430^3 "
+        "voxels; inspect: 1 = life size at ~4 mm, ~90 x 90 x 75 voxels; default 1)",
+    )
+    parser.add_argument(
+        "--bad-cases",
+        type=int,
+        default=None,
+        metavar="K",
+        help="inspect only: training scans written broken, a corrupted affine then two channels "
+        "(0-2; default 2 when N >= 10, else 0)",
     )
     parser.add_argument(
         "--dicom",
@@ -81,6 +93,22 @@ def run(args: argparse.Namespace) -> int:
             f"{r.n_test} test), scale {r.scale}"
         )
         s = r
+    elif args.source == "inspect":
+        p = write_phantom_inspect(
+            args.out,
+            args.n,
+            seed=args.seed,
+            scale=args.scale,
+            bad_cases=args.bad_cases,
+            workers=args.workers,
+            progress=progress,
+        )
+        bad = ", ".join(f"{kind} {sid}" for kind, sid in p.bad_cases.items()) or "none"
+        what = (
+            f"phantom INSPECT at {p.root}: {p.n_studies} studies of {p.n_patients} patients ({p.n_train} "
+            f"train / {p.n_val} valid / {p.n_test} test), {p.n_pe} with PE, bad scans: {bad}, scale {p.scale}"
+        )
+        s = p
     elif args.source in ("msd_liver", "msd_lung"):
         d = write_phantom_msd(
             args.out, args.n, task=args.source[4:], seed=args.seed, workers=args.workers, progress=progress

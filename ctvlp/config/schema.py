@@ -49,7 +49,7 @@ class AugmentationConfig:
 class SourceConfig:
     """One dataset of a multi-source mix (see datamodules/mixing.py)."""
 
-    name: str = MISSING  # ct_rate | merlin | rad_chestct | image_only
+    name: str = MISSING  # ct_rate | merlin | rad_chestct | inspect | image_only
     root: str = MISSING
     # Share of training samples, relative to the other sources' weights.
     weight: float = 1.0
@@ -120,6 +120,8 @@ class DataConfig:
     # ${data.image_only_spacing}, so a profile or the command line can move it.
     image_only_root: str = "data/nlst"
     image_only_spacing: Any = None  # a number or [x, y, z] mm, as data.spacing
+    # INSPECT (CT pulmonary angiograms), for the experiments that mix it in (uniferum_inspect.yaml).
+    inspect_root: str = "data/inspect"
     text: TextDataConfig = field(default_factory=TextDataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     # none | low | medium: small random rotation / zoom / mirroring of training crops (COLIPRI's
@@ -522,7 +524,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "uniferum.vision": ("efficientnet_b0", "primus"),
     "uniferum.inflate_mode": ("copy", "mean"),
     "module": tuple(MODULES),
-    "data.source": ("ct_rate", "merlin", "rad_chestct", "image_only", "msd"),
+    "data.source": ("ct_rate", "merlin", "rad_chestct", "inspect", "image_only", "msd"),
     "data.interpolation": ("paper", "colipri_inference", "paper_torch"),
     "data.reconstructions": ("one_per_acquisition", "all"),
     "data.text.section": ("findings", "impressions", "both"),

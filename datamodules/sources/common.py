@@ -1,5 +1,5 @@
-"""Helpers the Merlin, RAD-ChestCT and image-only sources share: tables keyed by id, file walks,
-text and label checks. A source turns every problem with one volume or row into a reason string;
+"""Helpers the Merlin, RAD-ChestCT, INSPECT and image-only sources share: tables keyed by id, file
+walks, text and label checks. A source turns every problem with one volume or row into a reason string;
 only a wrong layout or a missing label column raises."""
 
 from __future__ import annotations
@@ -21,6 +21,15 @@ log = logging.getLogger(__name__)
 REPLACEMENT_CHAR = "\ufffd"
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 Rejected = tuple[str, str, str]  # (id, path, reason)
+# A dataset's split names -> ours (train / val / test).
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 
 def find_files(root: Path, suffix: str) -> tuple[dict[str, Path], dict[str, list[Path]]]:
@@ -33,6 +42,18 @@ def find_files(root: Path, suffix: str) -> tuple[dict[str, Path], dict[str, list
     found = {vid: sorted(ps)[0] for vid, ps in paths.items()}
     twice = {vid: sorted(ps) for vid, ps in paths.items() if len(ps) > 1}
     return found, twice
+
+
+def find_table(root: Path, names: Iterable[str]) -> Path | None:
+    """The first of ``names`` found: directly under ``root``, else in any sub-folder (sorted paths)."""
+    for name in names:
+        direct = root / name
+        if direct.is_file():
+            return direct
+        hits = sorted(p for p in root.rglob(name) if p.is_file())
+        if hits:
+            return hits[0]
+    return None
 
 
 def find_column(df: pd.DataFrame, wanted: str) -> str | None:
@@ -53,11 +74,17 @@ def require_columns(df: pd.DataFrame, path: Path, wanted: list[str], layout: str
     return {name: str(column) for name, column in found.items()}
 
 
-def read_csv(path: Path, layout: str) -> pd.DataFrame:
-    """All cells as strings (blank = ""); undecodable bytes become U+FFFD, which the sources reject."""
+def read_csv(path: Path, layout: str, sep: str = ",") -> pd.DataFrame:
+    """All cells as strings (blank = ""); undecodable bytes become U+FFFD, which the sources reject.
+    ``sep="\\t"`` reads a tab-separated table."""
     try:
         return pd.read_csv(
-            path, dtype=str, keep_default_na=False, encoding="utf-8-sig", encoding_errors="replace"
+            path,
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8-sig",
+            encoding_errors="replace",
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as error:
         raise DataRootError(f"cannot parse {path}: {error}\n{layout}") from error

@@ -26,6 +26,7 @@ from datamodules.labels import MERLIN_LABELS
 from datamodules.records import Record
 from datamodules.sources.common import (
     SAFE_ID,
+    SPLIT_NAMES,
     Rejected,
     find_column,
     find_files,
@@ -49,14 +50,7 @@ ID_COLUMN = "study id"
 FINDINGS_COLUMN = "Findings"
 SPLIT_COLUMN = "Split"
 PATIENT_COLUMN = "patient id"
-SPLITS = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-}
+SPLITS = SPLIT_NAMES
 
 EXPECTED_LAYOUT = f"""\
 Expected the Merlin layout under the data root:

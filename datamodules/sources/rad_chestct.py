@@ -25,7 +25,7 @@ from pathlib import Path
 from datamodules.errors import DataRootError, MissingLabelColumnError
 from datamodules.labels import RAD_CHESTCT_LABELS
 from datamodules.records import Record
-from datamodules.sources.common import SAFE_ID, Rejected, find_files, read_csv, rows_by_id
+from datamodules.sources.common import SAFE_ID, Rejected, find_files, find_table, read_csv, rows_by_id
 from datamodules.sources.ct_rate import SourceScan
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,8 @@ Run `ctvlp phantom --source rad_chestct --out DIR` for a phantom RAD-ChestCT."""
 
 
 def _find_tables(root: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for split, (name, _) in TABLES.items():
-        direct = root / name
-        hits = [direct] if direct.is_file() else sorted(root.rglob(name))
-        if hits:
-            found[split] = hits[0]
-    return found
+    found = {split: find_table(root, [name]) for split, (name, _) in TABLES.items()}
+    return {split: path for split, path in found.items() if path is not None}
 
 
 def resolve_root(root: Path | str) -> Path:

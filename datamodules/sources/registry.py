@@ -8,7 +8,7 @@ from pathlib import Path
 
 from datamodules.batching import IMAGE_ONLY, PAIRED
 from datamodules.labels import SOURCE_LABELS
-from datamodules.sources import ct_rate, image_only, merlin, msd, rad_chestct
+from datamodules.sources import ct_rate, image_only, inspect, merlin, msd, rad_chestct
 from datamodules.sources.ct_rate import SourceScan
 
 
@@ -55,6 +55,10 @@ SOURCES: dict[str, SourceSpec] = {
         SOURCE_LABELS["rad_chestct"],
         IMAGE_ONLY,  # the public subset has labels but no reports
         rad_chestct.resolve_root,
+    ),
+    # CT pulmonary angiograms with their report impressions; PE diagnosis and outcome labels
+    "inspect": SourceSpec(
+        "inspect", inspect.scan_inspect, SOURCE_LABELS["inspect"], PAIRED, inspect.resolve_root
     ),
     "image_only": SourceSpec(
         "image_only",

@@ -32,15 +32,20 @@ def test_label_tables_cover_the_datasets() -> None:
 
 
 def test_task_texts_follow_the_templates() -> None:
-    tasks = build_tasks({"ct_rate": CT_RATE_LABELS, "inspect": ["12_month_mortality", "pe_positive"]})
+    tasks = build_tasks(
+        {"ct_rate": CT_RATE_LABELS, "inspect": ["12_month_mortality", "pe_positive", "pe_location"]}
+    )
     by_name = {t.name: t for t in tasks}
     assert by_name["pleural_effusion"].text == "Diagnose the presence of pleural effusion around the lungs"
     assert by_name["cardiomegaly"].text == "Diagnose the presence of cardiomegaly in the heart"
     assert by_name["mortality_12_months"].kind == PROGNOSIS
     assert by_name["mortality_12_months"].text == "Predict the risk of mortality in 12 months"
-    assert "pe_positive" not in by_name  # not in any table: no task
+    pe = by_name["pulmonary_embolism"]
+    assert pe.text == "Diagnose the presence of pulmonary embolism in the pulmonary arteries"
+    assert pe.kind == DIAGNOSIS and pe.columns == {"inspect": 1}
+    assert "pe_location" not in by_name  # not in any table: no task
     assert by_name["lungs"].kind == SEGMENTATION and by_name["lungs"].text == "Segment lungs in the image."
-    assert sum(t.kind == DIAGNOSIS for t in tasks) == 18
+    assert sum(t.kind == DIAGNOSIS for t in tasks) == 19  # CT-RATE's 18 and INSPECT's PE
 
 
 def test_shared_labels_of_several_sources_are_one_task() -> None:
