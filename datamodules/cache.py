@@ -11,6 +11,9 @@ Layout of one cache (one source at one spacing and interpolation)::
         masks/<id>.npy    only for records with organ masks: uint8 on the same grid, bit i set where
                           organ ``datamodules.totalseg.ORGANS[i]`` is (nearest-neighbour resampled);
                           the entry's ``masks`` lists the organs it has
+        ts_labels/<id>.npy only for records with a TotalSegmentator ``total`` label map: its uint8
+                          class ids on the same grid (nearest neighbour), the source of the fine
+                          organ tasks; the entry's ``ts_labels`` lists the ids present
         sources/<id>.json what each volume was built from; source.json: the dataset it was built
                           from (``datamodules.cache_provenance``: a changed dataset is rebuilt)
 
@@ -35,6 +38,7 @@ QUARANTINE_NAME = "quarantine.csv"
 BUILD_NAME = "build.json"
 VOLUMES_DIR = "volumes"
 MASKS_DIR = "masks"
+TS_LABELS_DIR = "ts_labels"
 MASK_DTYPE = np.dtype("u1")
 AIR_HU = -1000
 DTYPE = np.dtype("<i2")
@@ -118,6 +122,10 @@ def mask_relpath(volume_id: str) -> str:
     return f"{MASKS_DIR}/{volume_id}.npy"
 
 
+def ts_labels_relpath(volume_id: str) -> str:
+    return f"{TS_LABELS_DIR}/{volume_id}.npy"
+
+
 def npy_shape(path: Path, expected: np.dtype = DTYPE) -> tuple[int, ...] | None:
     """Shape of a complete C-order ``.npy`` file of dtype ``expected`` (default int16; header parses,
     size matches), else ``None``."""
@@ -163,10 +171,26 @@ class CacheEntry:
     labels: list[float] = field(default_factory=list)
     sections: dict[str, str] = field(default_factory=dict)
     masks: list[str] = field(default_factory=list)  # organs in masks/<id>.npy (empty: no mask file)
+    # TotalSegmentator ``total`` class ids present in ts_labels/<id>.npy (empty: no such file)
+    ts_labels: list[int] = field(default_factory=list)
 
     @property
     def mask_file(self) -> Path:
         return self.file.parent.parent / mask_relpath(self.id)
+
+    @property
+    def ts_labels_file(self) -> Path:
+        return self.file.parent.parent / ts_labels_relpath(self.id)
+
+    def files_complete(self, check_sizes: bool = True) -> bool:
+        """The volume file and the mask files the entry lists exist (and, with ``check_sizes``, are
+        whole and of the entry's shape)."""
+        files = [(self.file, DTYPE)]
+        files += [(self.mask_file, MASK_DTYPE)] if self.masks else []
+        files += [(self.ts_labels_file, MASK_DTYPE)] if self.ts_labels else []
+        if not check_sizes:
+            return all(path.is_file() for path, _ in files)
+        return all(npy_shape(path, dtype) == self.shape for path, dtype in files)
 
     def to_json(self, root: Path) -> dict[str, Any]:
         try:
@@ -185,6 +209,8 @@ class CacheEntry:
         }
         if self.masks:
             data["masks"] = list(self.masks)
+        if self.ts_labels:
+            data["ts_labels"] = list(self.ts_labels)
         return data
 
     @classmethod
@@ -200,6 +226,7 @@ class CacheEntry:
             labels=[math.nan if v is None else float(v) for v in data["labels"]],
             sections={str(k): str(v) for k, v in data.get("sections", {}).items()},
             masks=[str(m) for m in data.get("masks", [])],
+            ts_labels=[int(i) for i in data.get("ts_labels", [])],
         )
 
 
@@ -262,16 +289,9 @@ class CacheIndex:
         return [e for e in self.entries if e.split == name]
 
     def missing_entries(self, check_sizes: bool = True) -> list[CacheEntry]:
-        """Entries whose volume file is absent (or, with ``check_sizes``, truncated / wrong shape)."""
-        if not check_sizes:
-            return [
-                e for e in self.entries if not e.file.is_file() or (e.masks and not e.mask_file.is_file())
-            ]
-        return [
-            e
-            for e in self.entries
-            if npy_shape(e.file) != e.shape or (e.masks and npy_shape(e.mask_file, MASK_DTYPE) != e.shape)
-        ]
+        """Entries whose volume or mask files are absent (or, with ``check_sizes``, truncated / of
+        the wrong shape)."""
+        return [e for e in self.entries if not e.files_complete(check_sizes)]
 
     def is_complete(self, check_sizes: bool = True) -> bool:
         """Every entry's volume file is present (and, with ``check_sizes``, whole)."""
@@ -299,6 +319,15 @@ def read_mask_crop(entry: CacheEntry, start: tuple[int, int, int], size: tuple[i
     if not entry.masks:
         raise ValueError(f"Cache entry {entry.id} has no organ masks")
     return _padded_crop(np.load(entry.mask_file, mmap_mode="r"), start, size, 0)
+
+
+def read_ts_labels_crop(
+    entry: CacheEntry, start: tuple[int, int, int], size: tuple[int, int, int]
+) -> np.ndarray:
+    """Like :func:`read_crop` for the entry's TotalSegmentator class ids (uint8; 0 outside)."""
+    if not entry.ts_labels:
+        raise ValueError(f"Cache entry {entry.id} has no TotalSegmentator label map")
+    return _padded_crop(np.load(entry.ts_labels_file, mmap_mode="r"), start, size, 0)
 
 
 def _padded_crop(

@@ -162,7 +162,17 @@ def records_fingerprint(
     digest.update(json.dumps([list(label_names), [list(row) for row in quarantine]]).encode())
     for r in records:
         labels = [None if math.isnan(v) else v for v in r.label_vector(list(label_names))]
-        item = [r.id, r.patient_id, r.split, r.source, str(r.image_path), labels, r.sections, sorted(r.masks)]
+        item = [
+            r.id,
+            r.patient_id,
+            r.split,
+            r.source,
+            str(r.image_path),
+            labels,
+            r.sections,
+            sorted(r.masks),
+            str(r.ts_total or ""),
+        ]
         digest.update(json.dumps(item, sort_keys=True).encode())
     return digest.hexdigest()
 

@@ -87,18 +87,18 @@ def ensure_source_cache(
     complete and the dataset is the one it was built from (``datamodules.cache_provenance``);
     otherwise (re)built, which reuses the volumes of an earlier run whose inputs are unchanged.
 
-    ``masks``: the organ masks are needed too, so a cache built without them is completed when
-    the source has masks (its volumes are reused)."""
+    ``masks``: the organ masks (bit field and TotalSegmentator label maps) are needed too, so a
+    cache built without them is completed when the source has them (its volumes are reused)."""
     cache_root = source_cache_root(data, source)
     label_table = Path(source.labels) if source.labels else None
     index = reusable_index(cache_root, Path(source.root), label_table)
-    if index is not None and (not masks or any(e.masks for e in index.entries)):
+    if index is not None and (not masks or any(e.ts_labels for e in index.entries)):
         return index
     label_names = list(source.spec.label_names)
     scan = source.spec.scan_records(Path(source.root), label_names, source.all_reconstructions)
     if label_table is not None:
         scan.records = apply_label_table(scan.records, label_table, label_names)
-    if index is not None and not any(r.masks for r in scan.records):
+    if index is not None and not any(r.masks or r.ts_total is not None for r in scan.records):
         return index  # the source has no organ masks: nothing to add
     log.info(
         "Preprocessing %d %s volumes%s into %s",

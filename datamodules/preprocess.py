@@ -71,7 +71,12 @@ from datamodules.cache_shards import (
 )
 from datamodules.errors import BadVolumeError
 from datamodules.labels import CT_RATE_LABELS
-from datamodules.mask_preprocess import cached_mask_organs, masks_complete, write_masks
+from datamodules.mask_preprocess import (
+    cached_mask_organs,
+    cached_ts_label_ids,
+    masks_complete,
+    write_masks,
+)
 from datamodules.readers import check_affine, check_channels, check_spacing, read_other_format, to_hu
 from datamodules.records import Record
 from datamodules.resample_torch import ras_orientation, resample_hu
@@ -578,6 +583,7 @@ def _entry(
         labels=record.label_vector(list(label_names)),
         sections=dict(record.sections),
         masks=cached_mask_organs(record, cache_root, shape),
+        ts_labels=cached_ts_label_ids(record, cache_root, shape),
     )
 
 
@@ -679,7 +685,7 @@ def _convert_one(
     save_npy_atomic(volume, cache_root / volume_relpath(record.id))
     write_signature(cache_root, record.id, signature)  # after the volume: a crash between redoes it
     x, y, z = volume.shape
-    if record.masks:  # nearest-neighbour organ masks beside the volume
+    if record.masks or record.ts_total is not None:  # nearest-neighbour masks beside the volume
         write_masks(record, cache_root, spacing, (x, y, z))
     return (x, y, z), ""
 

@@ -26,6 +26,8 @@ class Record:
     image header is trusted. Voxels become HU as ``raw * hu_slope + hu_intercept``.
     ``labels`` maps label name -> 1.0 / 0.0, with ``math.nan`` for unknown.
     ``masks`` maps organ name (``datamodules.totalseg.ORGANS``) -> where its mask is stored.
+    ``ts_total``: the TotalSegmentator ``total`` label map on the image's grid, when the dataset has
+    one (the fine organ tasks of ``datamodules.totalseg.TS_ORGAN_IDS`` are read from it).
     """
 
     id: str
@@ -39,6 +41,7 @@ class Record:
     labels: dict[str, float] = field(default_factory=dict)
     source: str = "ct_rate"
     masks: dict[str, MaskSource] = field(default_factory=dict)
+    ts_total: Path | None = None
 
     def label_vector(self, names: list[str]) -> list[float]:
         return [float(self.labels.get(name, math.nan)) for name in names]

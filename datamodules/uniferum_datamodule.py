@@ -51,7 +51,7 @@ from datamodules.uniferum_geometry import (
     UniferumView,
     View,
     ensure_boxes,
-    organ_mask,
+    organ_available,
 )
 from datamodules.uniferum_tasks import (
     CLASSIFICATION_KINDS,
@@ -106,10 +106,11 @@ class _VolumeSource:
     def empty_target(self) -> torch.Tensor:
         return torch.zeros(self.n_tokens, self.u**3)
 
-    def target(self, bits: torch.Tensor | None, organ: str) -> torch.Tensor:
-        if bits is None:
+    def target(self, view: View, organ: str) -> torch.Tensor:
+        mask = view.organ(organ)
+        if mask is None:
             return self.empty_target()
-        return seg_target(organ_mask(bits, organ), self.downsample, self.u)
+        return seg_target(mask, self.downsample, self.u)
 
 
 class TaskTrainDataset(Dataset):
@@ -151,9 +152,7 @@ class TaskTrainDataset(Dataset):
             "task_text": task.text,
             "target": float(samples.target[index]),
             "is_seg": is_seg,
-            "seg_target": self.volumes.target(view.bits, task.organ)
-            if is_seg
-            else self.volumes.empty_target(),
+            "seg_target": self.volumes.target(view, task.organ) if is_seg else self.volumes.empty_target(),
         }
 
 
@@ -169,14 +168,14 @@ class TaskEvalDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.volumes.entries[index]
-        view = self.volumes.view(entry, None, with_masks=bool(entry.masks))
+        view = self.volumes.view(entry, None, with_masks=bool(self.seg_tasks))
         labels = [
             task_label(entry.labels, entry.source, t) if t.kind in CLASSIFICATION_KINDS else math.nan
             for t in self.volumes.tasks
         ]
-        available = [t.organ in entry.masks for t in self.seg_tasks]
+        available = [organ_available(entry, t.organ) for t in self.seg_tasks]
         targets = [
-            self.volumes.target(view.bits, t.organ) if ok else self.volumes.empty_target()
+            self.volumes.target(view, t.organ) if ok else self.volumes.empty_target()
             for t, ok in zip(self.seg_tasks, available, strict=True)
         ]
         return {
@@ -298,7 +297,10 @@ class UniferumDataModule(SplitDataModule):
         seg_organs = set(organs) if float(self.uniferum.seg_fraction) > 0 else set()
         sampler = TaskSampler(
             self.tasks,
-            [(e.source, e.labels, [o for o in e.masks if o in seg_organs]) for e in train.entries],
+            [
+                (e.source, e.labels, [o for o in organs if o in seg_organs and organ_available(e, o)])
+                for e in train.entries
+            ],
             seg_fraction=float(self.uniferum.seg_fraction),
             seed=self.seed,
         )

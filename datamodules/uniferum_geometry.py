@@ -50,10 +50,11 @@ from datamodules.cache import (
     CacheIndex,
     read_crop,
     read_mask_crop,
+    read_ts_labels_crop,
     read_volume,
     write_json_atomic,
 )
-from datamodules.totalseg import ORGANS
+from datamodules.totalseg import ORGANS, SEGMENTATION_ORGANS, TS_ORGAN_IDS
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,30 @@ def rotation_matrix(angles_rad: Sequence[float]) -> np.ndarray:
 @dataclass
 class View:
     """One prepared sample: the image (1, X, Y, Z) in [-1, 1] and, when asked, the organ bit field
-    (X, Y, Z) uint8 on the same grid (0 outside the kept region)."""
+    and the TotalSegmentator class ids, (X, Y, Z) uint8 on the same grid (0 outside the kept region;
+    ``None`` where the volume has none)."""
 
     image: torch.Tensor
     bits: torch.Tensor | None
+    ts_labels: torch.Tensor | None = None
+
+    def organ(self, name: str) -> torch.Tensor | None:
+        """One organ (float 0/1, (X, Y, Z)), or ``None`` when this view lacks its mask."""
+        if name in ORGANS:
+            return None if self.bits is None else organ_mask(self.bits, name)
+        if self.ts_labels is None:
+            return None
+        return torch.isin(self.ts_labels, torch.tensor(TS_ORGAN_IDS[name], dtype=torch.uint8)).float()
+
+
+def organ_available(entry: CacheEntry, organ: str) -> bool:
+    """Whether ``entry`` has a mask of ``organ`` (a bit-field organ it lists, or a TotalSegmentator
+    organ with at least one of its classes present)."""
+    if organ in ORGANS:
+        return organ in entry.masks
+    if organ not in TS_ORGAN_IDS:
+        raise ValueError(f"unknown organ {organ!r}; known: {', '.join(SEGMENTATION_ORGANS)}")
+    return not set(TS_ORGAN_IDS[organ]).isdisjoint(entry.ts_labels)
 
 
 class UniferumView:
@@ -206,12 +227,14 @@ class UniferumView:
         # +1: air becomes 0, so grid_sample's zero padding pads with air.
         image = torch.from_numpy(read_crop(entry, start, size).astype(np.float32)) / HU_SCALE
         image = image.clamp_(-1.0, 1.0).add_(1.0)
-        bits = None
+        bits = labels = None
         if with_masks and entry.masks:
             bits = torch.from_numpy(read_mask_crop(entry, start, size).astype(np.float32))
+        if with_masks and entry.ts_labels:
+            labels = torch.from_numpy(read_ts_labels_crop(entry, start, size).astype(np.float32))
         if box.z_keep is not None:  # slices beyond the lungs +- margin are discarded (air)
             lo, hi = box.z_keep[0] - start[2], box.z_keep[1] - start[2]
-            for volume in (image, bits):
+            for volume in (image, bits, labels):
                 if volume is not None:
                     volume[:, :, : max(lo, 0)] = 0.0
                     volume[:, :, max(hi + 1, 0) :] = 0.0
@@ -231,17 +254,20 @@ class UniferumView:
         grid = F.affine_grid(theta_t, list(out_size), align_corners=False)
         sampled = F.grid_sample(image[None, None], grid, mode="bilinear", align_corners=False)[0]
         image = sampled.sub_(1.0)
-        mask = None
-        if bits is not None:
-            mask = F.grid_sample(bits[None, None], grid, mode="nearest", align_corners=False)[0, 0]
-            mask = mask.round_().to(torch.uint8)
+        masks = [None if m is None else _warp_labels(m, grid) for m in (bits, labels)]
         if augment:
             if rng.random() < g.p:
                 noise = rng.standard_normal(image.shape, dtype=np.float32)
                 image = image + g.noise_std * torch.from_numpy(noise)
             if rng.random() < g.p:
                 image = image + float(rng.uniform(-g.intensity_offset, g.intensity_offset))
-        return View(image=image.clamp_(-1.0, 1.0), bits=mask)
+        return View(image=image.clamp_(-1.0, 1.0), bits=masks[0], ts_labels=masks[1])
+
+
+def _warp_labels(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """A label volume (bit field or class ids, as float) through the view's grid, nearest neighbour."""
+    out = F.grid_sample(volume[None, None], grid, mode="nearest", align_corners=False)[0, 0]
+    return out.round_().to(torch.uint8)
 
 
 def organ_mask(bits: torch.Tensor, organ: str) -> torch.Tensor:

@@ -10,7 +10,8 @@ Task types (Uniferum Sec. 3.3):
 * **prognosis**: "Predict the risk of {event} in {x} months", for labels named
   ``<x>_month_<event>`` (INSPECT style, e.g. ``12_month_mortality``) in any source.
 * **segmentation**: "Segment {organ} in the image.", for the organs of ``datamodules/totalseg.py``
-  where a volume has their mask.
+  (the five bit-field organs and the TotalSegmentator ones of Suppl. Tab. 1) where a volume has
+  their mask.
 
 Sampling (re-drawn every epoch from ``(seed, epoch)``, :meth:`TaskSampler.draw`):
 
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from datamodules.totalseg import ORGANS
+from datamodules.totalseg import ORGANS, SEGMENTATION_ORGANS
 
 DIAGNOSIS, PROGNOSIS, SEGMENTATION = "diagnosis", "prognosis", "segmentation"
 CLASSIFICATION_KINDS = (DIAGNOSIS, PROGNOSIS)
@@ -172,12 +173,35 @@ SOURCE_FINDINGS: dict[str, dict[str, Finding]] = {
 }
 
 # How each organ reads in "Segment {organ} in the image."
+# The fine organs read as Uniferum's Suppl. Tab. 1 names them ("Left upper pulmonary lobe", ...);
+# heart keeps our "heart" (the paper: "Cardiac organ").
 ORGAN_TEXT: dict[str, str] = {
     "body": "body",
     "lungs": "lungs",
     "heart": "heart",
     "aorta": "thoracic aorta",
     "spine": "spine",
+    "liver": "liver",
+    "stomach": "stomach",
+    "lung_upper_lobe_left": "left upper pulmonary lobe",
+    "lung_lower_lobe_left": "left lower pulmonary lobe",
+    "lung_upper_lobe_right": "right upper pulmonary lobe",
+    "lung_middle_lobe_right": "right middle pulmonary lobe",
+    "lung_lower_lobe_right": "right lower pulmonary lobe",
+    "esophagus": "esophagus",
+    "trachea": "tracheal airway",
+    **{f"vertebrae_T{i}": f"thoracic vertebra {i}" for i in range(1, 13)},
+    "pulmonary_vein": "pulmonary vein",
+    "atrial_appendage_left": "left atrial appendage",
+    "superior_vena_cava": "superior vena cava",
+    "inferior_vena_cava": "inferior vena cava",
+    **{f"rib_{side}_{i}": f"{side} rib {i}" for side in ("left", "right") for i in range(1, 13)},
+    "sternum": "sternal body",
+    "costal_cartilages": "costal cartilaginous structures",
+    "thoracic_vertebrae": "thoracic vertebrae",
+    "ribs": "ribs",
+    "ribs_left": "left ribs",
+    "ribs_right": "right ribs",
 }
 # Event names that read badly as spelled in a label column (INSPECT's ``12_month_PH``).
 PROGNOSIS_EVENTS: dict[str, str] = {"PH": "pulmonary hypertension"}
@@ -267,6 +291,11 @@ def build_tasks(
         Task(str(e["name"]), str(e["kind"]), text, dict(e["columns"]), held_out=bool(e["held"]))  # type: ignore[arg-type]
         for text, e in by_text.items()
     ]
+    unknown_organs = [organ for organ in organs if organ not in SEGMENTATION_ORGANS]
+    if unknown_organs:
+        raise ValueError(
+            f"uniferum.seg_organs: unknown organ(s) {unknown_organs}; known: {', '.join(SEGMENTATION_ORGANS)}"
+        )
     tasks += [Task(organ, SEGMENTATION, segmentation_text(organ), organ=organ) for organ in organs]
     return tasks
 

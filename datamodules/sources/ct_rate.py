@@ -24,7 +24,7 @@ from datamodules.errors import DataRootError, MissingLabelColumnError
 from datamodules.labels import CT_RATE_LABELS
 from datamodules.records import Record
 from datamodules.sources.common import read_csv, rows_by_id
-from datamodules.totalseg import ct_rate_masks
+from datamodules.totalseg import ct_rate_masks, ct_rate_ts_total
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,7 @@ def _scan_split(
         records, dropped = _one_reconstruction_per_acquisition(candidates)
     for record in records:  # TotalSegmentator organ masks under ts_seg/, where present
         record.masks = ct_rate_masks(root, record.image_path)
+        record.ts_total = ct_rate_ts_total(root, record.image_path)
     log.info(
         "CT-RATE %s: %d volume files, %d head CTs excluded (%s), %d extra reconstructions dropped, "
         "%d rejected, %d records",

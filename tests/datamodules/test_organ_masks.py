@@ -13,7 +13,16 @@ import pytest
 from datamodules.cache import CacheIndex, cache_path, read_volume
 from datamodules.preprocess import build_cache
 from datamodules.sources.ct_rate import scan_ct_rate
-from datamodules.totalseg import ORGAN_LABEL_MAPS, ORGANS, TS_BODY, TS_TOTAL, ct_rate_mask_path
+from datamodules.totalseg import (
+    HEART,
+    LUNG_LOBES,
+    ORGAN_LABEL_MAPS,
+    ORGANS,
+    TS_BODY,
+    TS_ORGAN_IDS,
+    TS_TOTAL,
+    ct_rate_mask_path,
+)
 
 SPACING = 6.0
 
@@ -72,3 +81,36 @@ def test_an_older_cache_without_masks_gains_them(phantom_root: Path, tmp_path: P
     assert all(e.masks == list(ORGANS) and e.mask_file.is_file() for e in second.entries)
     assert {e.id: os.stat(e.file).st_mtime_ns for e in second.entries} == stamps  # volumes reused
     assert second.is_complete()
+
+
+def test_the_totalsegmentator_label_map_is_cached_beside_the_bit_field(index: CacheIndex) -> None:
+    """ts_labels/<id>.npy holds the ``total`` class ids on the image grid; the entry lists the ids
+    present, and the unions the bit field stores are the same voxels read from it."""
+    lobes = sorted(LUNG_LOBES.values())
+    for entry in index.entries[:12]:
+        labels = np.load(entry.ts_labels_file)
+        bits = np.load(entry.mask_file)
+        assert labels.shape == bits.shape == entry.shape and labels.dtype == np.uint8
+        assert entry.ts_labels == sorted(int(i) for i in np.unique(labels) if i)
+        assert set(lobes) <= set(entry.ts_labels) and HEART in entry.ts_labels
+        lungs = ((bits >> ORGANS.index("lungs")) & 1).astype(bool)
+        np.testing.assert_array_equal(np.isin(labels, lobes), lungs)
+        spine = ((bits >> ORGANS.index("spine")) & 1).astype(bool)
+        thoracic = np.isin(labels, TS_ORGAN_IDS["thoracic_vertebrae"])
+        assert thoracic.any() and not (thoracic & ~spine).any()
+
+
+def test_an_older_cache_without_ts_labels_gains_them(phantom_root: Path, tmp_path: Path) -> None:
+    records = scan_ct_rate(phantom_root).records[:3]
+    assert all(r.ts_total is not None for r in records)
+    bare = [type(r)(**{**r.__dict__, "ts_total": None}) for r in records]
+    root = tmp_path / "cache"
+    first = build_cache(bare, root, spacing=12.0, workers=1, progress=False)
+    assert all(e.masks and not e.ts_labels for e in first.entries)
+    stamps = {e.id: os.stat(e.file).st_mtime_ns for e in first.entries}
+    second = build_cache(records, root, spacing=12.0, workers=1, progress=False)
+    assert all(e.ts_labels and e.ts_labels_file.is_file() for e in second.entries)
+    assert {e.id: os.stat(e.file).st_mtime_ns for e in second.entries} == stamps  # volumes reused
+    assert second.is_complete()
+    second.entries[0].ts_labels_file.unlink()
+    assert second.missing_entries() == [second.entries[0]]

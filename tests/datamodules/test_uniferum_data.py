@@ -17,6 +17,7 @@ from datamodules.uniferum_geometry import (
     UniferumView,
     body_centre,
     ensure_boxes,
+    organ_available,
     organ_mask,
 )
 
@@ -113,3 +114,42 @@ def test_datamodule_batches(phantom_overrides: list[str]) -> None:
     assert evaluation["seg_available"].all()
     assert len(evaluation["task_kinds"]) == n_tasks
     OmegaConf.to_container(cfg)  # the config stays plain (checkpointable)
+
+
+def test_totalsegmentator_organ_tasks_read_the_cached_label_map(phantom_overrides: list[str]) -> None:
+    """Fine organs (a lung lobe, the thoracic vertebrae) are available where the label map holds
+    them, their targets come from it, and an organ the phantom never draws (a rib) makes no task."""
+    from lightning_modules.uniferum import UniferumModule
+
+    organs = "[lungs,lung_upper_lobe_left,lung_lower_lobe_left,thoracic_vertebrae,rib_left_5]"
+    overrides = [*phantom_overrides, "data.num_workers=0", f"uniferum.seg_organs={organs}"]
+    cfg = load_experiment("uniferum_seg", "cpu_demo", [*overrides, "uniferum.seg_fraction=0.5"])
+    datamodule = UniferumModule.build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup()
+    train = datamodule.datasets["train"]
+    entry = train.volumes.entries[0]
+    assert organ_available(entry, "lung_upper_lobe_left") and organ_available(entry, "thoracic_vertebrae")
+    assert not organ_available(entry, "rib_left_5")
+    box = train.volumes.boxes[entry.id]
+    view = train.volumes.views[entry.source](entry, box, None, with_masks=True)
+    lungs, upper, lower = (view.organ(o) for o in ("lungs", "lung_upper_lobe_left", "lung_lower_lobe_left"))
+    assert upper.sum() > 0 and lower.sum() > 0 and not (upper * lower).any()
+    assert not (upper * (1 - lungs)).any() and view.organ("rib_left_5").sum() == 0
+    epoch = train.epoch_samples(0)
+    seg_tasks = [datamodule.tasks[int(t)].organ for t in epoch.task[np.isnan(epoch.target)]]
+    assert {"lung_upper_lobe_left", "thoracic_vertebrae"} <= set(seg_tasks)
+    assert "rib_left_5" not in seg_tasks
+    i = int(np.flatnonzero(np.isnan(epoch.target))[seg_tasks.index("thoracic_vertebrae")])
+    sample = train[(i, 0)]
+    assert (
+        sample["task_text"] == "Segment thoracic vertebrae in the image." and sample["seg_target"].sum() > 0
+    )
+    evaluation = next(iter(datamodule.loader("val")))
+    names = [t.organ for t in datamodule.tasks if t.kind == "segmentation"]
+    available = evaluation["seg_available"]
+    assert available[:, names.index("lung_lower_lobe_left")].all()
+    assert not available[:, names.index("rib_left_5")].any()
+    with pytest.raises(Exception, match="unknown organ"):
+        bad = load_experiment("uniferum_seg", "cpu_demo", [*phantom_overrides, "uniferum.seg_organs=[lung]"])
+        UniferumModule.build_datamodule(bad).setup()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from datamodules.labels import CT_RATE_LABELS, MERLIN_LABELS, RAD_CHESTCT_LABELS
+from datamodules.totalseg import UNIFERUM_PAPER_ORGANS
 from datamodules.uniferum_tasks import (
     CT_RATE_FINDINGS,
     DIAGNOSIS,
@@ -128,3 +129,16 @@ def test_held_out_labels_make_no_training_sample() -> None:
     held = [t for t, task in enumerate(tasks) if task.held_out]
     assert held and not np.isin(draw.task, held).any()
     assert len(draw) > 0
+
+
+def test_the_paper_organ_list_makes_59_segmentation_tasks_with_the_papers_names() -> None:
+    tasks = build_tasks({"ct_rate": CT_RATE_LABELS}, organs=UNIFERUM_PAPER_ORGANS)
+    seg = {t.organ: t.text for t in tasks if t.kind == SEGMENTATION}
+    assert len(seg) == 59 and len(set(seg.values())) == 59
+    assert seg["rib_left_1"] == "Segment left rib 1 in the image."
+    assert seg["vertebrae_T12"] == "Segment thoracic vertebra 12 in the image."
+    assert seg["lung_middle_lobe_right"] == "Segment right middle pulmonary lobe in the image."
+    assert seg["trachea"] == "Segment tracheal airway in the image."
+    assert seg["ribs_left"] == "Segment left ribs in the image."
+    with pytest.raises(ValueError, match="unknown organ.*'kidneys'"):
+        build_tasks({"ct_rate": CT_RATE_LABELS}, organs=["lungs", "kidneys"])
