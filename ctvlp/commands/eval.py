@@ -324,12 +324,13 @@ def run_eval(args: argparse.Namespace) -> int:
             if args.tasks is None:
                 return 0
         if is_task_checkpoint(checkpoint):
-            refuse_transfer(transfers, f"'{checkpoint.config.get('module')}' checkpoints")
-            if other_tasks and checkpoint.config.get("module") == SELF_EVALUATING:
-                raise ConfigError(
-                    f"A report_generation checkpoint is evaluated by --tasks {REPORT_TASK} only"
-                )
-            return run_task_eval(args, checkpoint, splits, _overrides(args))
+            if checkpoint.config.get("module") == SELF_EVALUATING:
+                refuse_transfer(transfers, f"'{SELF_EVALUATING}' checkpoints")
+                if other_tasks:
+                    raise ConfigError(
+                        f"A report_generation checkpoint is evaluated by --tasks {REPORT_TASK} only"
+                    )
+            return run_task_eval(args, checkpoint, splits, _overrides(args), transfers)
         if reports:
             out, results = evaluate_cappa_reports(
                 checkpoint, splits, _overrides(args), Path(args.out) if args.out else None, args.device,
@@ -405,7 +406,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=PATH",
         help="also evaluate an external dataset at PATH (repeatable; NAME: rad_chestct, its test split) "
         "with this run's validation thresholds and probe, its labels mapped onto the run's; results "
-        "under transfer_<NAME>/<task>/<metric>; zero-shot and probe tasks only",
+        "under transfer_<NAME>/<task>/<metric>; zero-shot and probe tasks, or a uniferum run's "
+        "tasks on the dataset's own labels (shared: diagnosis, unique: heldout)",
     )
     parser.add_argument("overrides", nargs="*", help="dot-list overrides, e.g. evaluation.probe_steps=2000")
     parser.set_defaults(handler=run_eval)

@@ -9,6 +9,8 @@ AUPRC per task and their means, organ Dice, and the held-out tasks (``uniferum.h
 never trained on). ``--task-text "LABEL=TEXT"`` (repeatable) evaluates a label with a new task text:
 zero-shot on an unseen task when the label was held out in training (or has no task in the tables).
 Results are merged into ``results.json`` / ``results.md`` of the run (or ``--out``).
+``--transfer rad_chestct=PATH`` adds that dataset's test split, scored on its own labels
+(``ctvlp/commands/eval_task_transfer.py``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ctvlp.commands.eval_task_transfer import evaluate_task_transfer
+from ctvlp.commands.eval_transfer import Transfer
 from ctvlp.config.errors import ConfigError
 from ctvlp.config.loader import checkpoint_config
 from ctvlp.results import collect_results, results_table, write_results
@@ -63,6 +68,7 @@ def evaluate_task_checkpoint(
     out: Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    transfers: Sequence[Transfer] = (),
 ) -> tuple[Path, dict[str, float]]:
     cfg = task_eval_config(checkpoint.config, overrides, texts)
     module = checkpoint.restore(cfg)
@@ -89,6 +95,8 @@ def evaluate_task_checkpoint(
         else:
             trainer.validate(module, dataloaders=loader, verbose=False)
         results.update(collect_results(trainer.callback_metrics))
+    for transfer in transfers:
+        results.update(evaluate_task_transfer(cfg, module, trainer, datamodule.tasks, transfer))
     write_results(run / "results.json", results)
     merged = json.loads((run / "results.json").read_text(encoding="utf-8"))
     (run / "results.md").write_text(results_table(merged) + "\n", encoding="utf-8")
@@ -98,7 +106,11 @@ def evaluate_task_checkpoint(
 
 
 def run_task_eval(
-    args: argparse.Namespace, checkpoint: Checkpoint, splits: list[str], overrides: list[str]
+    args: argparse.Namespace,
+    checkpoint: Checkpoint,
+    splits: list[str],
+    overrides: list[str],
+    transfers: Sequence[Transfer] = (),
 ) -> int:
     out, results = evaluate_task_checkpoint(
         checkpoint,
@@ -108,6 +120,7 @@ def run_task_eval(
         Path(args.out) if args.out else None,
         args.device,
         not args.no_progress,
+        transfers,
     )
     print(f"\nResults ({out / 'results.json'}):\n")
     print(results_table(results))

@@ -14,8 +14,9 @@ chosen probe come from the run's own validation split (CT-RATE) and are applied 
   ``results.json`` (``transfer_<name>/dataset/unmapped_labels``);
 - it has no reports, so retrieval is left out; results are ``transfer_<name>/<task>/<metric>``.
 
-Checkpoints that evaluate themselves (Uniferum, report generation) and the dense and report tasks
-do not support it yet; asking for them is an error that says so.
+Uniferum checkpoints are scored on the transfer dataset's own labels instead
+(``ctvlp/commands/eval_task_transfer.py``). Report generators and the dense and report tasks do not
+support it yet; asking for them is an error that says so.
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ def refuse_transfer(transfers: Sequence[Transfer], what: str) -> None:
     if transfers:
         raise ConfigError(
             f"--transfer is not supported for {what} yet: it evaluates the frozen encoders of "
-            "colipri, greenrfm, mae and cappa checkpoints (zero-shot and probe tasks). Run it "
-            "without --transfer"
+            "colipri, greenrfm, mae and cappa checkpoints (zero-shot and probe tasks) and uniferum "
+            "checkpoints (their tasks). Run it without --transfer"
         )
 
 

@@ -72,6 +72,35 @@ def test_eval_scores_a_new_task_text(short_run: Path) -> None:
     assert (short_run / "results.md").read_text(encoding="utf-8").startswith("| split | task |")
 
 
+def test_eval_transfer_scores_rad_chestct_on_its_own_labels(short_run: Path, tmp_path: Path) -> None:
+    """`ctvlp eval --transfer rad_chestct=PATH` on a Uniferum run: RAD-ChestCT's test split, its
+    labels as tasks; the ones whose text the run trained on are external validation (diagnosis), the
+    others zero-shot (heldout); no segmentation."""
+    root = tmp_path / "rad_chestct"
+    assert main(["phantom", "--source", "rad_chestct", "--out", str(root), "--n", "20", "--scale", "0.25",
+                 "--workers", "1", "--no-progress"]) == 0  # fmt: skip
+    out = tmp_path / "eval"
+    code = main(
+        ["eval", "--ckpt", str(short_run), "--splits", "test", "--no-progress", "--out", str(out),
+         "--transfer", f"rad_chestct={root}"]
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert "test/diagnosis/auroc_mean" in results  # the run's own split is still scored
+    prefix = "transfer_rad_chestct"
+    # 7 RAD-ChestCT labels share CT-RATE's task text; pericardial effusion's was held out in training
+    assert results[f"{prefix}/dataset/shared_tasks"] == 6.0
+    assert results[f"{prefix}/dataset/unique_tasks"] == 33.0
+    assert results[f"{prefix}/dataset/volumes"] == 4.0  # the phantom's test split
+    shared = {k.split("/")[1] for k in results if k.startswith(f"{prefix}/diagnosis.")}
+    assert shared and shared <= {
+        "diagnosis.atelectasis", "diagnosis.bronchiectasis", "diagnosis.cardiomegaly", "diagnosis.consolidation",
+        "diagnosis.emphysema", "diagnosis.pleural_effusion",
+    }  # fmt: skip
+    assert not any(k.startswith(f"{prefix}/seg") for k in results)
+    assert all(0.0 <= v <= 1.0 for k, v in results.items() if k.endswith("/auroc"))
+
+
 def test_efficientnet_vision_trains_through_the_cli(phantom_overrides: list[str], tmp_path: Path) -> None:
     """The paper's vision encoder (cpu_demo swaps in the tiny Primus): one real training and
     validation step at a small input, with the Uniferum (CT-RATE only) recipe."""
