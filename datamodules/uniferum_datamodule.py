@@ -317,8 +317,9 @@ class UniferumDataModule(SplitDataModule):
             "test": TaskEvalDataset(volumes("test")),
         }
         self.eval_collate = EvalCollator(self.tokenizer, self.max_length, self.tasks)
-        for name, dataset in self.datasets.items():
-            if len(dataset) == 0:
+        needed = ("val", "test") if stage in ("validate", "test") else tuple(self.datasets)
+        for name, dataset in self.datasets.items():  # evaluating needs no training samples
+            if name in needed and len(dataset) == 0:
                 raise ValueError(
                     f"The uniferum '{name}' split is empty; check data.root, data.val_patients and the labels"
                 )

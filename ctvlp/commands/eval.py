@@ -404,7 +404,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="NAME=PATH",
-        help="also evaluate an external dataset at PATH (repeatable; NAME: rad_chestct, its test split) "
+        help="also evaluate an external dataset at PATH (repeatable; NAME: rad_chestct or, for "
+        "uniferum runs only, inspect; their test splits) "
         "with this run's validation thresholds and probe, its labels mapped onto the run's; results "
         "under transfer_<NAME>/<task>/<metric>; zero-shot and probe tasks, or a uniferum run's "
         "tasks on the dataset's own labels (shared: diagnosis, unique: heldout)",

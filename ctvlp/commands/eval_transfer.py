@@ -42,7 +42,7 @@ from datamodules.labels import label_projection, project_labels
 from datamodules.loaders import seeded_loader
 from datamodules.mixing import DataSource, data_sources
 from datamodules.samplers import EvalSampler
-from datamodules.sources import rad_chestct
+from datamodules.sources import inspect, rad_chestct
 from datamodules.sources.registry import get_source
 from evaluation.features import checkpoint_identity, fingerprint
 from evaluation.runner import EvalOutput, EvalSplit
@@ -67,17 +67,27 @@ def _check_rad_chestct(root: Path, split: str) -> Path:
     return root
 
 
+def _check_inspect(root: Path, split: str) -> Path:
+    """The INSPECT root, with its impression, label and split tables."""
+    return inspect.resolve_root(root)
+
+
 @dataclass(frozen=True)
 class TransferDataset:
-    """A dataset ``--transfer`` knows: its data source, the split it evaluates, a root check."""
+    """A dataset ``--transfer`` knows: its data source, the split it evaluates, a root check, and
+    whether frozen encoders can be scored on it (its labels map onto CT-RATE names) or only
+    Uniferum runs (their task texts)."""
 
     source: str
     split: str
     check_root: Callable[[Path, str], Path]
+    frozen_encoders: bool = True
 
 
 DATASETS: dict[str, TransferDataset] = {
     "rad_chestct": TransferDataset("rad_chestct", "test", _check_rad_chestct),
+    # INSPECT shares no label with CT-RATE: its PE and outcome tasks are Uniferum's zero-shot ones.
+    "inspect": TransferDataset("inspect", "test", _check_inspect, frozen_encoders=False),
 }
 
 
@@ -137,7 +147,14 @@ def refuse_transfer(transfers: Sequence[Transfer], what: str) -> None:
 
 
 def check_transfer_tasks(transfers: Sequence[Transfer], tasks: Sequence[str]) -> None:
-    """Transfer datasets have labels but no reports: they need a zero-shot or probe task."""
+    """A frozen encoder's transfer: datasets whose labels map onto CT-RATE names, scored by a
+    zero-shot or probe task (they have labels but no reports)."""
+    for transfer in transfers:
+        if not transfer.dataset.frozen_encoders:
+            raise ConfigError(
+                f"--transfer {transfer.name}: it shares no label with CT-RATE, so a frozen encoder has "
+                "nothing to be scored on there; it scores uniferum runs (--ckpt of a uniferum run)"
+            )
     if transfers and not any(t in CLASSIFICATION_TASKS for t in tasks):
         names = ", ".join(t.name for t in transfers)
         raise ConfigError(

@@ -178,7 +178,7 @@ def test_bad_transfer_input_fails_with_a_clear_message_and_exit_code_2(
 
     rad = f"rad_chestct={rad_chestct_root}"
     err = error("--transfer", f"merlin={rad_chestct_root}")
-    assert "unknown transfer dataset 'merlin'; available: rad_chestct" in err
+    assert "unknown transfer dataset 'merlin'; available: rad_chestct, inspect" in err
     assert "must look like NAME=PATH" in error("--transfer", str(rad_chestct_root))
     missing = tmp_path / "nowhere"
     err = error("--transfer", f"rad_chestct={missing}")
@@ -193,3 +193,9 @@ def test_bad_transfer_input_fails_with_a_clear_message_and_exit_code_2(
     # Refused once the checkpoint says which tasks it runs, before any cache or feature work.
     err = error("--transfer", rad, "--tasks", "retrieval", ckpt=trained_run / "checkpoints" / "last.ckpt")
     assert "no reports, so they are scored by the zero-shot and probe tasks only" in err
+    inspect_root = tmp_path / "inspect"
+    assert main(["phantom", "--source", "inspect", "--out", str(inspect_root), "--n", "4", "--scale", "0.5",
+                 "--workers", "1", "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    err = error("--transfer", f"inspect={inspect_root}", ckpt=trained_run / "checkpoints" / "last.ckpt")
+    assert "--transfer inspect: it shares no label with CT-RATE" in err and "uniferum runs" in err

@@ -72,17 +72,22 @@ def test_eval_scores_a_new_task_text(short_run: Path) -> None:
     assert (short_run / "results.md").read_text(encoding="utf-8").startswith("| split | task |")
 
 
-def test_eval_transfer_scores_rad_chestct_on_its_own_labels(short_run: Path, tmp_path: Path) -> None:
-    """`ctvlp eval --transfer rad_chestct=PATH` on a Uniferum run: RAD-ChestCT's test split, its
-    labels as tasks; the ones whose text the run trained on are external validation (diagnosis), the
+def test_eval_transfer_scores_rad_chestct_and_inspect_on_their_own_labels(
+    short_run: Path, tmp_path: Path
+) -> None:
+    """`ctvlp eval --transfer rad_chestct=PATH --transfer inspect=PATH` on a Uniferum run: each test
+    split, its labels as tasks; the ones whose text the run trained on are external validation (diagnosis), the
     others zero-shot (heldout); no segmentation."""
     root = tmp_path / "rad_chestct"
     assert main(["phantom", "--source", "rad_chestct", "--out", str(root), "--n", "20", "--scale", "0.25",
                  "--workers", "1", "--no-progress"]) == 0  # fmt: skip
+    inspect = tmp_path / "inspect"
+    assert main(["phantom", "--source", "inspect", "--out", str(inspect), "--n", "12", "--scale", "0.5",
+                 "--workers", "1", "--no-progress"]) == 0  # fmt: skip
     out = tmp_path / "eval"
     code = main(
         ["eval", "--ckpt", str(short_run), "--splits", "test", "--no-progress", "--out", str(out),
-         "--transfer", f"rad_chestct={root}"]
+         "--transfer", f"rad_chestct={root}", "--transfer", f"inspect={inspect}"]
     )  # fmt: skip
     assert code == 0
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -98,6 +103,10 @@ def test_eval_transfer_scores_rad_chestct_on_its_own_labels(short_run: Path, tmp
         "diagnosis.emphysema", "diagnosis.pleural_effusion",
     }  # fmt: skip
     assert not any(k.startswith(f"{prefix}/seg") for k in results)
+    # INSPECT's PE and 7 outcome tasks are all new text for a CT-RATE run: zero-shot (Uniferum Fig. 3)
+    assert results["transfer_inspect/dataset/shared_tasks"] == 0.0
+    assert results["transfer_inspect/dataset/unique_tasks"] == 8.0
+    assert results["transfer_inspect/dataset/volumes"] >= 1.0
     assert all(0.0 <= v <= 1.0 for k, v in results.items() if k.endswith("/auroc"))
 
 
