@@ -97,10 +97,21 @@ def colipri_weights_checkpoint(cfg: DictConfig, weights: Path, folder: Path) -> 
     return _written_checkpoint(folder, key, lambda: colipri_module_from_weights(cfg, weights), cfg)
 
 
+def _world(cfg: DictConfig) -> int:
+    """Devices x nodes a run trained on (``ctvlp fit`` writes the resolved counts into its config;
+    an older run's ``auto`` counts as one device)."""
+    try:
+        devices = int(OmegaConf.select(cfg, "trainer.devices"))
+    except (TypeError, ValueError):
+        devices = 1
+    return devices * int(OmegaConf.select(cfg, "trainer.num_nodes") or 1)
+
+
 def encoder_costs(path: Path) -> dict[str, Any]:
     """Parameters of the image encoder and its forward + backward FLOPs per training sample (counted
     on the meta device at the recipe's crop size; the text tower, decoders and heads are not
-    counted), and the samples the checkpoint has seen (global step x per-device batch)."""
+    counted), the samples the checkpoint has seen (global step x global batch), and the devices it
+    trained on (``world``: devices x nodes) with its accelerator setting."""
     checkpoint = read_checkpoint(path)
     cfg = checkpoint_config(checkpoint.config)
     state = checkpoint.raw["state_dict"]
@@ -111,6 +122,8 @@ def encoder_costs(path: Path) -> dict[str, Any]:
         "steps": checkpoint.global_step,
         "samples": checkpoint.global_step
         * int(OmegaConf.select(cfg, "data.global_batch_size") or cfg.data.batch_size or 0),
+        "world": _world(cfg),
+        "accelerator": str(OmegaConf.select(cfg, "trainer.accelerator") or "auto"),
     }
     try:
         module = module_class(str(cfg.module))(OmegaConf.to_container(cfg, resolve=True))

@@ -57,6 +57,9 @@ class JobRecord:
     cpu_s: float
     peak_rss_gb: float
     finished_at: str
+    # CUDA devices visible where the job ran (0: a CPU node): its GPU-hours are wall x the devices
+    # its run trained on (ctvlp/compare/tables.py).
+    cuda_devices: int = 0
     reused: bool = field(default=False, compare=False)
 
     @property
@@ -161,6 +164,12 @@ def _terminated_with(process: subprocess.Popen) -> Any:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _visible_cuda_devices() -> int:
+    import torch  # the job's own process imported it; here only to count the devices
+
+    return int(torch.cuda.device_count())
+
+
 def run_job(job: Job) -> JobRecord:
     """Run ``job`` here unless an identical one finished before; its output goes to ``job.log``.
     Under SLURM with several tasks (one per GPU), every task runs the command (one rank each) and
@@ -190,6 +199,7 @@ def run_job(job: Job) -> JobRecord:
         cpu_s=round(usage.ru_utime + usage.ru_stime, 2),
         peak_rss_gb=round(memory.peak_bytes / 2**30, 3),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        cuda_devices=_visible_cuda_devices(),
     )
     record_data = asdict(record)
     record_data.pop("reused")

@@ -19,6 +19,7 @@ PENDING = "pending"
 COST_COLUMNS = (
     ("train wall (h)", "wall_h"),
     ("CPU-hours", "cpu_h"),
+    ("GPU-hours", "gpu_h"),
     ("peak RSS (GB)", "peak_rss_gb"),
     ("params (M)", "params_m"),
     ("GFLOPs / sample", "gflops_per_sample"),
@@ -39,12 +40,23 @@ def cell(row: Row, spec: CompareSpec, task: str) -> dict[str, Any]:
     }
 
 
+def gpu_hours(row: Row) -> float | None:
+    """Wall hours x the GPUs the training ran on, when it ran where CUDA devices were visible and
+    its accelerator allows them (``auto`` / ``gpu`` / ``cuda``); ``None`` for a CPU run."""
+    train = row.train
+    on_gpu = row.costs.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    if train is None or train.cuda_devices < 1 or not on_gpu:
+        return None
+    return train.wall_s / 3600 * int(row.costs.get("world", 1))
+
+
 def cost_summary(row: Row) -> dict[str, Any]:
     train = row.train
     flops = row.costs.get("flops_per_sample")
     return {
         "wall_h": train.wall_s / 3600 if train else None,
         "cpu_h": train.cpu_s / 3600 if train else None,
+        "gpu_h": gpu_hours(row),
         "peak_rss_gb": train.peak_rss_gb if train else None,
         "params_m": row.costs["params"] / 1e6 if "params" in row.costs else None,
         "gflops_per_sample": flops / 1e9 if flops else None,
@@ -152,18 +164,13 @@ def markdown(rows: list[Row], spec: CompareSpec) -> str:
             entries.append("—" if value is None else f"{value:.3g}")
         lines.append("| " + " | ".join(entries) + " |")
     lines.append("")
-    lines.append(
-        "Test split; [low, high]: 95 % bootstrap CI where the evaluation computed one. Costs are of the"
-    )
-    lines.append(
-        "encoder's training job here (— for existing runs and baselines); params and GFLOPs count the"
-    )
-    lines.append(
-        "image encoder (forward + backward per sample at the recipe's crop). ≈: not told apart from the"
-    )
-    lines.append(
-        "column's bold value (the bold value is inside this cell's CI, or this value inside the bold one's)."
-    )
+    lines += [
+        "Test split; [low, high]: 95 % bootstrap CI where the evaluation computed one. Costs are of the",
+        "encoder's training job here (— for existing runs and baselines); GPU-hours are wall hours x the",
+        "GPUs it trained on (— on CPU); params and GFLOPs count the image encoder (forward + backward",
+        "per sample at the recipe's crop). ≈: not told apart from the column's bold value (the bold",
+        "value is inside this cell's CI, or this value inside the bold one's).",
+    ]
     if notes:
         lines.append("")
         lines += [f"[{number}] {note}" for number, note in enumerate(notes, start=1)]

@@ -14,7 +14,7 @@ from ctvlp.compare.jobs import JobRecord
 from ctvlp.compare.pipeline import Comparison, Progress, Row, Stage
 from ctvlp.compare.plots import write_plots
 from ctvlp.compare.spec import CompareSpec, EncoderSpec, load_spec
-from ctvlp.compare.tables import cell, markdown, results_json
+from ctvlp.compare.tables import cell, cost_summary, gpu_hours, markdown, results_json
 from ctvlp.config.errors import ConfigError
 
 
@@ -115,9 +115,9 @@ def test_table_bolds_the_best_shows_cis_and_explains_missing_cells() -> None:
     # CIs: c's 0.66 lies in a's interval, the best 0.71 in d's; the baseline's 0.5 in neither.
     assert cells["c"][2] == "0.660 ≈" and cells["d"][2] == "0.600 [0.580, 0.720] ≈"
     assert cells["random_a"][2] == "0.500" and cells["c"][1] == "31.000"
-    # Costs: 2 h wall, 4 CPU-hours, 2.5 M parameters, 4 GFLOPs per sample; none for the baseline.
-    assert cells["a"][3:] == ["2", "4", "3", "2.5", "4"]
-    assert cells["random_a"][3:] == ["—", "—", "—", "—", "—"]
+    # Costs: 2 h wall, 4 CPU-hours, no GPU, 2.5 M parameters, 4 GFLOPs per sample; none for the baseline.
+    assert cells["a"][3:] == ["2", "4", "—", "3", "2.5", "4"]
+    assert cells["random_a"][3:] == ["—", "—", "—", "—", "—", "—"]
     summary = results_json(rows, spec)["encoders"]
     assert summary["b"]["tasks"]["probe"] == {"metric": "test/probe/AUROC", "missing": "no text encoder"}
     assert summary["random_a"]["baseline"] is True
@@ -178,3 +178,23 @@ def test_progress_calls_after_each_after_every_stage_including_a_slurm_submissio
     progress.run(stages, after_each=lambda: calls.append(progress.done))
     assert calls == [1, 2, 3]
     assert len(progress.durations["eval"]) == 2  # the submission is not timed as a finished eval
+
+
+@pytest.mark.parametrize(
+    ("cuda_devices", "accelerator", "world", "expected"),
+    [
+        (8, "auto", 8, 16.0),  # 2 h on 8 GPUs
+        (8, "gpu", 16, 32.0),  # 2 nodes x 8
+        (0, "auto", 1, None),  # a CPU node
+        (8, "cpu", 1, None),  # GPUs visible, the run asked for the CPU
+    ],
+)
+def test_gpu_hours_are_wall_hours_times_the_gpus_the_run_trained_on(
+    cuda_devices: int, accelerator: str, world: int, expected: float | None
+) -> None:
+    row = _row("a", {})
+    row.train = JobRecord("k", [], 0, 7200.0, 100.0, 3.0, "", cuda_devices=cuda_devices)
+    row.costs = {**row.costs, "world": world, "accelerator": accelerator}
+    assert gpu_hours(row) == expected
+    assert cost_summary(row)["gpu_h"] == expected
+    assert _row("b", {}).train.cuda_devices == 0 and gpu_hours(_row("b", {})) is None  # older job.json
