@@ -81,23 +81,32 @@ def check_data(data: DictConfig) -> None:
 
 
 def ensure_source_cache(
-    data: DictConfig, source: DataSource, progress: bool = True, masks: bool = False
+    data: DictConfig,
+    source: DataSource,
+    progress: bool = True,
+    masks: bool = False,
+    ts_labels: bool = False,
 ) -> CacheIndex:
     """The cache of one source: reused when its index exists, every entry's volume file is
     complete and the dataset is the one it was built from (``datamodules.cache_provenance``);
     otherwise (re)built, which reuses the volumes of an earlier run whose inputs are unchanged.
 
-    ``masks``: the organ masks (bit field and TotalSegmentator label maps) are needed too, so a
-    cache built without them is completed when the source has them (its volumes are reused)."""
+    ``masks``: the organ bit field is needed too, and ``ts_labels`` the TotalSegmentator ``total``
+    label maps (Uniferum's organ tasks; 1 byte a voxel, so only written when asked for): a cache
+    built without them is completed when the source has them (its volumes are reused)."""
     cache_root = source_cache_root(data, source)
     label_table = Path(source.labels) if source.labels else None
     index = reusable_index(cache_root, Path(source.root), label_table)
-    if index is not None and (not masks or any(e.ts_labels for e in index.entries)):
+    has_masks = index is not None and (not masks or any(e.masks for e in index.entries))
+    if has_masks and (not ts_labels or any(e.ts_labels for e in index.entries)):
         return index
     label_names = list(source.spec.label_names)
     scan = source.spec.scan_records(Path(source.root), label_names, source.all_reconstructions)
     if label_table is not None:
         scan.records = apply_label_table(scan.records, label_table, label_names)
+    if not ts_labels:
+        for record in scan.records:
+            record.ts_total = None
     if index is not None and not any(r.masks or r.ts_total is not None for r in scan.records):
         return index  # the source has no organ masks: nothing to add
     log.info(

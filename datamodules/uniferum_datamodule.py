@@ -268,7 +268,7 @@ class UniferumDataModule(SplitDataModule):
 
     def prepare_data(self) -> None:
         for source in data_sources(self.data):
-            index = ensure_source_cache(self.data, source, masks=True)
+            index = ensure_source_cache(self.data, source, masks=True, ts_labels=True)
             ensure_boxes(index, self.geometry.lung_margin_mm)
 
     def setup(self, stage: str | None = None) -> None:

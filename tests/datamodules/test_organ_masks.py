@@ -114,3 +114,25 @@ def test_an_older_cache_without_ts_labels_gains_them(phantom_root: Path, tmp_pat
     assert second.is_complete()
     second.entries[0].ts_labels_file.unlink()
     assert second.missing_entries() == [second.entries[0]]
+
+
+def test_label_maps_are_cached_only_for_the_organ_tasks_that_read_them(
+    small_ct_rate_root: Path, tmp_path: Path, data_config
+) -> None:
+    """A CLIP run's cache (no organ tasks) holds no ts_labels/; Uniferum's call adds them beside the
+    same volumes."""
+    from datamodules.datamodule import ensure_source_cache
+    from datamodules.mixing import data_sources
+
+    data = data_config(tmp_path, root=str(small_ct_rate_root))
+    (source,) = data_sources(data)
+    plain = ensure_source_cache(data, source, progress=False)
+    assert plain.entries and all(e.masks and not e.ts_labels for e in plain.entries)
+    assert not (plain.root / "ts_labels").exists()
+    stamps = {e.id: os.stat(e.file).st_mtime_ns for e in plain.entries}
+    full = ensure_source_cache(data, source, progress=False, masks=True, ts_labels=True)
+    assert all(e.ts_labels and e.ts_labels_file.is_file() for e in full.entries)
+    assert {e.id: os.stat(e.file).st_mtime_ns for e in full.entries} == stamps
+    assert (
+        ensure_source_cache(data, source, progress=False, masks=True, ts_labels=True).entries == full.entries
+    )
