@@ -9,6 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -40,6 +42,26 @@ TRAINED_RUN_OVERRIDES = [
     "trainer.val_check_interval=100",
     "evaluation.every_n_steps=200",
 ]
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch on one thread inside the block, the count restored after: small tensors on 2 shared
+    cores gain nothing from more threads, they only wait for each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def one_torch_thread() -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """``with one_torch_thread(): ...`` (a fixture: the test folders are not packages)."""
+    return _one_torch_thread
 
 
 @pytest.fixture(scope="session")

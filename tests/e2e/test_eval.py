@@ -21,29 +21,29 @@ METRICS = ("AUROC", "AUPRC", "BA", "F1", "F1_weighted")
 
 
 @pytest.fixture(scope="module")
-def evaluated(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, float]]:
+def evaluated(
+    trained_run: Path, tmp_path_factory: pytest.TempPathFactory, one_torch_thread
+) -> Iterator[tuple[Path, float]]:
     """One `ctvlp eval` of the trained run's last checkpoint, into a separate directory."""
     out = tmp_path_factory.mktemp("eval")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors on 2 shared cores: threads only add waiting
     start = time.perf_counter()
-    code = main(
-        [
-            "eval",
-            "--ckpt",
-            str(trained_run / "checkpoints" / "last.ckpt"),
-            "--out",
-            str(out),
-            "--no-progress",
-            "--tasks",
-            "retrieval,zeroshot,probe",
-            "--splits",
-            "val,test",
-            "evaluation.bootstrap_resamples=50",  # the CI keys and their order, not their precision
-        ]
-    )
+    with one_torch_thread():
+        code = main(
+            [
+                "eval",
+                "--ckpt",
+                str(trained_run / "checkpoints" / "last.ckpt"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--tasks",
+                "retrieval,zeroshot,probe",
+                "--splits",
+                "val,test",
+                "evaluation.bootstrap_resamples=50",  # the CI keys and their order, not their precision
+            ]
+        )
     elapsed = time.perf_counter() - start
-    torch.set_num_threads(threads)
     assert code == 0
     yield out, elapsed
 
@@ -107,7 +107,7 @@ def test_probe_finds_the_phantom_abnormalities(evaluated: tuple[Path, float]) ->
 
 
 def test_transfer_split_reuses_the_validation_probe_and_thresholds(
-    trained_run: Path, evaluated: tuple[Path, float]
+    trained_run: Path, evaluated: tuple[Path, float], one_torch_thread
 ) -> None:
     """The phantom test split, passed as a transfer dataset with 16 of the 18 labels, gets exactly
     the test split's per-label numbers: same probe, same validation thresholds, label columns
@@ -127,14 +127,10 @@ def test_transfer_split_reuses_the_validation_probe_and_thresholds(
     transfer = EvalSplit(
         "transfer", transfer_batches, test.volumes, label_names=transfer_names, has_reports=False
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         output = evaluator.run(
             eval_split(datamodule, "val"), [test, transfer], training_split(datamodule, ["probe"])
         )
-    finally:
-        torch.set_num_threads(threads)
     test_auroc, transfer_auroc = (
         output.per_label["test/probe/AUROC"],
         output.per_label["transfer/probe/AUROC"],
@@ -167,14 +163,12 @@ def test_training_logged_the_periodic_evaluation(trained_run: Path) -> None:
 
 
 def test_probes_over_the_feature_cache_budget_train_all_20_with_the_encoder_in_the_loop(
-    trained_run: Path, tmp_path: Path
+    trained_run: Path, tmp_path: Path, one_torch_thread
 ) -> None:
     """A budget no token fits: ctvlp eval trains the whole grid on encoder forwards and says so in
     results.json, probe_selection.json and the log."""
     out = tmp_path / "eval"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         code = main(
             [
                 "eval",
@@ -192,8 +186,6 @@ def test_probes_over_the_feature_cache_budget_train_all_20_with_the_encoder_in_t
                 "evaluation.bootstrap_resamples=0",
             ]
         )
-    finally:
-        torch.set_num_threads(threads)
     assert code == 0
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["val/probe/encoder_in_loop"] == 1.0 and results["val/probe/probes"] == 20.0

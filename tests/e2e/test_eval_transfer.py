@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from ctvlp.cli import main
 from ctvlp.config.loader import checkpoint_config
@@ -33,11 +32,9 @@ class Evaluated:
     seconds: float
 
 
-def _eval(ckpt: Path, out: Path, root: Path) -> tuple[int, float]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors on 2 shared cores: threads only add waiting
+def _eval(ckpt: Path, out: Path, root: Path, one_torch_thread) -> tuple[int, float]:
     start = time.perf_counter()
-    try:
+    with one_torch_thread():
         code = main(
             [
                 "eval",
@@ -56,8 +53,6 @@ def _eval(ckpt: Path, out: Path, root: Path) -> tuple[int, float]:
                 "evaluation.bootstrap_resamples=0",
             ]
         )
-    finally:
-        torch.set_num_threads(threads)
     return code, time.perf_counter() - start
 
 
@@ -79,10 +74,10 @@ def transfer_cache(trained_run: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(
-    trained_run: Path, rad_chestct_root: Path, tmp_path_factory: pytest.TempPathFactory
+    trained_run: Path, rad_chestct_root: Path, tmp_path_factory: pytest.TempPathFactory, one_torch_thread
 ) -> Evaluated:
     out = tmp_path_factory.mktemp("eval_transfer")
-    code, seconds = _eval(trained_run / "checkpoints" / "last.ckpt", out, rad_chestct_root)
+    code, seconds = _eval(trained_run / "checkpoints" / "last.ckpt", out, rad_chestct_root, one_torch_thread)
     assert code == 0
     return Evaluated(out, seconds)
 
@@ -142,7 +137,7 @@ def test_transfer_scores_the_rad_chestct_test_split_with_ct_rate_thresholds_and_
 
 
 def test_a_second_transfer_evaluation_reuses_the_cache_and_the_features(
-    evaluated: Evaluated, trained_run: Path, rad_chestct_root: Path, transfer_cache: Path
+    evaluated: Evaluated, trained_run: Path, rad_chestct_root: Path, transfer_cache: Path, one_torch_thread
 ) -> None:
     volumes = sorted((transfer_cache / "volumes").glob("*.npy"))
     assert len(volumes) == RAD_N  # every split cached at the run's spacing, as `ctvlp preprocess` does
@@ -152,7 +147,9 @@ def test_a_second_transfer_evaluation_reuses_the_cache_and_the_features(
     assert "Transfer rad_chestct: built the cache" in before
     first = json.loads((evaluated.out / "results.json").read_text(encoding="utf-8"))
 
-    code, seconds = _eval(trained_run / "checkpoints" / "last.ckpt", evaluated.out, rad_chestct_root)
+    code, seconds = _eval(
+        trained_run / "checkpoints" / "last.ckpt", evaluated.out, rad_chestct_root, one_torch_thread
+    )
     assert code == 0
     second = log.read_text(encoding="utf-8")[len(before) :]
     assert f"Transfer rad_chestct: reusing the cache {transfer_cache}" in second
