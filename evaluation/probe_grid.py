@@ -22,6 +22,7 @@ is what keeps 12 attention probes over thousands of tokens cheap. Parameters are
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ from einops import rearrange
 from torch import nn
 
 from lightning_modules.nets.attention_pool import MaxPool1D, MeanPool1D
+
+log = logging.getLogger(__name__)
 
 AGGREGATORS = ("avg", "max", "learned_query", "mean_query", "multi_learned_query")
 # Aggregators without parameters: one output serves the probes of every learning rate.
@@ -114,9 +117,26 @@ class ProbeSpec:
         return f"{self.aggregator}@lr={self.lr:g}"
 
 
+def attention_heads(embed_dim: int, wanted: int) -> int:
+    """The head count of the attention probes: ``wanted`` (``model.pool_heads``) when it divides the
+    token width, else the largest count below it that does (GreenRFM's r3d_18 gives 512 channels,
+    which 12 heads do not divide), with a warning naming both."""
+    if wanted < 1:
+        raise ValueError(f"the attention probes need at least one head, not {wanted}")
+    heads = max(h for h in range(1, min(wanted, embed_dim) + 1) if embed_dim % h == 0)
+    if heads != wanted:
+        log.warning(
+            "Attention probes: model.pool_heads=%d does not divide the token width %d; they use %d heads",
+            wanted,
+            embed_dim,
+            heads,
+        )
+    return heads
+
+
 class ProbeGrid(nn.Module):
     """``len(aggregators) × len(lrs)`` probes; ``forward`` takes ``{"tokens": (B, N, C)}`` and
-    returns logits (P, B, K)."""
+    returns logits (P, B, K). The attention probes use :func:`attention_heads` of ``num_heads``."""
 
     def __init__(
         self,
@@ -130,6 +150,7 @@ class ProbeGrid(nn.Module):
         if not aggregators or not lrs:
             raise ValueError("The probe grid needs at least one aggregator and one learning rate")
         self.specs = [ProbeSpec(kind, float(lr)) for kind in aggregators for lr in lrs]
+        num_heads = attention_heads(embed_dim, num_heads)
         self.aggregators = nn.ModuleList(
             build_aggregator(s.aggregator, embed_dim, num_heads) for s in self.specs
         )

@@ -12,6 +12,7 @@ from evaluation.probe_grid import (
     PAPER_LEARNING_RATES,
     ProbeAttentionPool,
     ProbeGrid,
+    attention_heads,
     pool_jointly,
 )
 from lightning_modules.nets.attention_pool import (
@@ -101,3 +102,22 @@ def test_joint_training_trains_each_probe_as_if_alone() -> None:
             optimizer.step()
     torch.testing.assert_close(joint.heads[1].weight, alone.heads[0].weight)
     torch.testing.assert_close(joint.aggregators[1].query, alone.aggregators[0].query)
+
+
+@pytest.mark.parametrize(
+    ("width", "wanted", "heads"),
+    [(768, 12, 12), (512, 12, 8), (96, 6, 6), (64, 6, 4), (97, 6, 1), (4, 12, 4)],
+)
+def test_attention_probes_take_the_largest_head_count_that_divides_the_token_width(
+    width: int, wanted: int, heads: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GreenRFM's r3d_18 tokens are 512 wide: 12 heads (COLIPRI's) do not divide them."""
+    assert attention_heads(width, wanted) == heads
+    assert ("does not divide the token width" in caplog.text) == (heads != wanted)
+    grid = ProbeGrid(width, 3, wanted)
+    logits = grid({"tokens": torch.randn(2, 5, width)})
+    assert logits.shape == (20, 2, 3)
+    attention = [m for m in grid.aggregators if hasattr(m, "attn")]
+    assert attention and all(m.attn.num_heads == heads for m in attention)
+    with pytest.raises(ValueError, match="at least one head"):
+        attention_heads(width, 0)
