@@ -97,6 +97,19 @@ def colipri_weights_checkpoint(cfg: DictConfig, weights: Path, folder: Path) -> 
     return _written_checkpoint(folder, key, lambda: colipri_module_from_weights(cfg, weights), cfg)
 
 
+# Where a module keeps its image encoder: CLIP-style recipes, Uniferum.
+IMAGE_ENCODER_PREFIXES = ("image_encoder.", "vision.")
+
+
+def _image_encoder(module: torch.nn.Module, cfg: DictConfig) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """The image encoder and the input it sees in training (Uniferum: its model input shape)."""
+    if hasattr(module, "image_encoder"):
+        return module.image_encoder, as_size3(cfg.data.crop_size)
+    if hasattr(module, "vision"):
+        return module.vision, tuple(int(s) for s in cfg.uniferum.input_shape)
+    raise AttributeError(f"module {cfg.module!r} has no image encoder to count")
+
+
 def _world(cfg: DictConfig) -> int:
     """Devices x nodes a run trained on (``ctvlp fit`` writes the resolved counts into its config;
     an older run's ``auto`` counts as one device)."""
@@ -115,7 +128,7 @@ def encoder_costs(path: Path) -> dict[str, Any]:
     checkpoint = read_checkpoint(path)
     cfg = checkpoint_config(checkpoint.config)
     state = checkpoint.raw["state_dict"]
-    prefix = "image_encoder." if any(k.startswith("image_encoder.") for k in state) else ""
+    prefix = next((p for p in IMAGE_ENCODER_PREFIXES if any(k.startswith(p) for k in state)), "")
     costs: dict[str, Any] = {
         "params": int(sum(v.numel() for k, v in state.items() if k.startswith(prefix))),
         "params_scope": "image encoder" if prefix else "whole module",
@@ -127,8 +140,9 @@ def encoder_costs(path: Path) -> dict[str, Any]:
     }
     try:
         module = module_class(str(cfg.module))(OmegaConf.to_container(cfg, resolve=True))
-        encoder = module.image_encoder.to("meta")
-        images = torch.randn(1, 1, *as_size3(cfg.data.crop_size), device="meta")
+        encoder, shape = _image_encoder(module, cfg)
+        encoder = encoder.to("meta")
+        images = torch.randn(1, 1, *shape, device="meta")
         with FlopCounterMode(display=False) as counter:
             output = encoder(images)
             pooled = output.pooled if hasattr(output, "pooled") else output

@@ -11,14 +11,35 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from ctvlp.compare.pipeline import Row  # noqa: E402
 from ctvlp.compare.spec import CompareSpec  # noqa: E402
 from ctvlp.compare.tables import cell, cost_summary  # noqa: E402
 
 BASELINE_COLOUR = "0.6"
+# Trained encoders in tab10 without its grey, which would read as a baseline.
+ENCODER_COLOURS = tuple(colour for i, colour in enumerate(plt.get_cmap("tab10").colors) if i != 7)
 # Panels per line of quality_vs_cost.png (eight tasks in one line made a 34-inch-wide figure).
 PANELS_PER_ROW = 4
+
+
+def _colour(row: Row, index: int) -> object:
+    """A row's colour, the same in every plot (its position in the table)."""
+    return BASELINE_COLOUR if row.encoder.baseline else ENCODER_COLOURS[index % len(ENCODER_COLOURS)]
+
+
+def _cost_axis(axis: plt.Axes, costs: list[float], label: str) -> None:
+    """A log cost axis. Minor ticks carry no labels (a panel spanning less than a decade printed
+    them on top of each other); such a panel labels its lowest and highest cost instead."""
+    axis.set_xscale("log")
+    axis.set_xlabel(label)
+    axis.xaxis.set_minor_formatter(NullFormatter())
+    if costs and max(costs) < 10 * min(costs):
+        ticks = sorted({min(costs), max(costs)})
+        axis.set_xticks(ticks, [f"{t:.2g}" for t in ticks])
+    if not costs:
+        axis.text(0.5, 0.5, "training cost not measured", ha="center", va="center", transform=axis.transAxes)
 
 
 def task_bars(rows: list[Row], spec: CompareSpec, task: str, path: Path) -> Path:
@@ -27,7 +48,7 @@ def task_bars(rows: list[Row], spec: CompareSpec, task: str, path: Path) -> Path
     values = [c.get("value", 0.0) for _, c in cells]
     lower = [c["value"] - c["ci_low"] if c.get("ci_low") is not None else 0.0 for _, c in cells]
     upper = [c["ci_high"] - c["value"] if c.get("ci_high") is not None else 0.0 for _, c in cells]
-    colours = [BASELINE_COLOUR if row.encoder.baseline else f"C{i}" for i, (row, _) in enumerate(cells)]
+    colours = [_colour(row, i) for i, (row, _) in enumerate(cells)]
     figure, axis = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 3.6))
     axis.bar(names, values, yerr=[lower, upper], capsize=4, color=colours)
     for index, (_, found) in enumerate(cells):
@@ -54,6 +75,7 @@ def quality_vs_cost(rows: list[Row], spec: CompareSpec, path: Path) -> Path:
     for axis in axes.flat[len(spec.tasks) :]:
         axis.set_visible(False)
     for axis, task in zip(axes.flat, spec.tasks, strict=False):
+        costs: list[float] = []
         for index, row in enumerate(rows):
             found = cell(row, spec, task)
             if "value" not in found:
@@ -66,11 +88,11 @@ def quality_vs_cost(rows: list[Row], spec: CompareSpec, path: Path) -> Path:
                 continue
             if not cost:  # e.g. an existing run's CPU-hours: not measured here
                 continue
-            axis.scatter([cost], [found["value"]], color=f"C{index}", label=row.name, zorder=3)
+            costs.append(float(cost))
+            axis.scatter([cost], [found["value"]], color=_colour(row, index), label=row.name, zorder=3)
             if found.get("ci_low") is not None and found.get("ci_high") is not None:
-                axis.vlines(cost, found["ci_low"], found["ci_high"], color=f"C{index}")
-        axis.set_xscale("log")
-        axis.set_xlabel(cost_label)
+                axis.vlines(cost, found["ci_low"], found["ci_high"], color=_colour(row, index))
+        _cost_axis(axis, costs, cost_label)
         axis.set_title(task)
         axis.set_ylabel(spec.metric(task).split("/", 1)[-1])
         if axis.get_legend_handles_labels()[0]:

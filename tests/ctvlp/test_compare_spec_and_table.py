@@ -198,3 +198,22 @@ def test_gpu_hours_are_wall_hours_times_the_gpus_the_run_trained_on(
     assert gpu_hours(row) == expected
     assert cost_summary(row)["gpu_h"] == expected
     assert _row("b", {}).train.cuda_devices == 0 and gpu_hours(_row("b", {})) is None  # older job.json
+
+
+def test_cost_axis_labels_a_narrow_range_once_and_trained_rows_are_never_baseline_grey() -> None:
+    import matplotlib.pyplot as plt
+
+    from ctvlp.compare.plots import BASELINE_COLOUR, _colour, _cost_axis
+
+    figure, (narrow, empty) = plt.subplots(1, 2)
+    narrow.scatter([5.4e12, 5.5e12, 6.1e12], [0.3, 0.31, 0.32])
+    _cost_axis(narrow, [5.4e12, 5.5e12, 6.1e12], "training FLOPs")
+    figure.canvas.draw()
+    assert [t.get_text() for t in narrow.get_xticklabels()] == ["5.4e+12", "6.1e+12"]
+    assert not any(t.get_text() for t in narrow.get_xticklabels(minor=True))
+    _cost_axis(empty, [], "training FLOPs")
+    assert [t.get_text() for t in empty.texts] == ["training cost not measured"]
+    plt.close(figure)
+    colours = {_colour(_row(f"r{i}", {}), i) for i in range(20)}
+    assert len(colours) == 9 and (0.4980392156862745,) * 3 not in colours  # tab10's grey
+    assert _colour(_row("random", {}, baseline=True), 3) == BASELINE_COLOUR
