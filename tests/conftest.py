@@ -29,6 +29,7 @@ PHANTOM_SCANS = 300
 PHANTOM_IMAGE_ONLY_PATIENTS = 6
 MERLIN_N = 10
 MSD_LIVER_N = 10  # 5 folds: 2 test cases, 1 validation case, 7 training cases
+INSPECT_N = 12  # 8 train (2 of them quarantined), 2 valid, 2 test studies
 DEMO_SPACING = 6.0
 # 400 steps: the contrastive loss sits at ln(batch) for the first ~200 (cpu_demo.yaml), so a
 # shorter run has learned nothing to assert on. About 3 min on 2 idle cores.
@@ -69,6 +70,16 @@ def merlin_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small phantom Merlin (abdominal CT, 30 labels with -1), for the Merlin sources and recipes."""
     root = tmp_path_factory.mktemp("phantoms") / "merlin"
     write_phantom_merlin(root, MERLIN_N, seed=0, workers=2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_inspect_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small phantom INSPECT (CTPA, PE and outcome labels), for the recipes that mix it in."""
+    from datamodules.phantom.inspect_writer import write_phantom_inspect
+
+    root = tmp_path_factory.mktemp("phantoms") / "inspect"
+    write_phantom_inspect(root, INSPECT_N, seed=0, scale=0.5, workers=1, progress=False)
     return root
 
 

@@ -30,7 +30,10 @@ def test_fast_dev_run_every_experiment(
     if experiment.startswith("reportgen_"):  # a random frozen encoder and the session's tiny LM
         lm = request.getfixturevalue("tiny_lm")
         overrides = [*overrides, "reportgen.encoder_ckpt=null", f"reportgen.lm.name_or_path={lm}"]
-    source = load_experiment(experiment, "cpu_demo", overrides).data.source
+    data = load_experiment(experiment, "cpu_demo", overrides).data
+    source = data.source
+    if any(item.name == "inspect" for item in data.sources or []):  # CT-RATE + the session's INSPECT
+        overrides = [*overrides, f"data.inspect_root={request.getfixturevalue('phantom_inspect_root')}"]
     if source == "msd":  # segmentation: the session's phantom liver at 6 mm (volumes ~65^3), 32^3 patches
         msd_root = request.getfixturevalue("msd_liver_root")
         overrides = [f"data.root={msd_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.spacing=6.0",
