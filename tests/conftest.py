@@ -10,7 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import contextlib  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -45,24 +45,16 @@ TRAINED_RUN_OVERRIDES = [
 ]
 
 
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Torch on one thread inside the block, the count restored after: small tensors on 2 shared
-    cores gain nothing from more threads, they only wait for each other."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def one_torch_thread() -> Callable[[], contextlib.AbstractContextManager[None]]:
-    """``with one_torch_thread(): ...`` (a fixture: the test folders are not packages)."""
-    return _one_torch_thread
+    """``with one_torch_thread(): ...``: torch on one CPU thread inside the block, the count restored
+    after (small tensors on 2 shared cores only wait for each other with more); a fixture, as the
+    test folders are not packages."""
+    import torch
+
+    from lightning_modules.nets.frozen_text_cache import one_cpu_thread
+
+    return lambda: one_cpu_thread(torch.device("cpu"))
 
 
 @pytest.fixture(scope="session")

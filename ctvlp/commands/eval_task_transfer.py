@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ctvlp.commands.eval_transfer import Transfer
 from ctvlp.config.schema import SourceConfig
@@ -95,5 +95,4 @@ def evaluate_task_transfer(
     results[f"{dataset}/volumes"] = float(len(datamodule.datasets[transfer.dataset.split]))
     results[f"{dataset}/shared_tasks"] = float(len(shared))
     results[f"{dataset}/unique_tasks"] = float(len(tasks) - len(shared))
-    OmegaConf.to_container(config)  # the config stays plain
     return results

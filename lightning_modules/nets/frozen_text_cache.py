@@ -45,7 +45,7 @@ def _valid_lengths(attention_mask: torch.Tensor) -> list[int] | None:
 
 
 @contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
     """One intra-op thread for the single-sequence forwards on a CPU. A 200-token MiniLM forward is
     too small to split with profit once cores are shared: each op's barrier then waits for a
     descheduled thread. Measured here (8 reports of ~200 tokens, one at a time): idle, 2 threads
@@ -99,7 +99,7 @@ class FrozenBackboneCache(BoundedCache):
         keys = [(sequence.cpu().numpy().tobytes(), str(input_ids.device), autocast) for sequence in sequences]
         rows = [self._lookup(key) if key in self._entries else None for key in keys]
         if any(row is None for row in rows):
-            with _one_cpu_thread(input_ids.device):
+            with one_cpu_thread(input_ids.device):
                 for i, row in enumerate(rows):
                     if row is None:
                         rows[i] = self._encode(backbone, sequences[i], keys[i])
